@@ -3,6 +3,7 @@
 FASTC1K_NO_EXTENSIONS=1 builds a pure-Python package (the engine falls back to _core_py).
 FASTC1K_DEBUG=1 builds with assertions and the debug macro on (make debug).
 FASTC1K_SANITIZE=1 builds with ASan + UBSan (make test-asan).
+FASTC1K_ONLY=fastc1k._core builds only the named extensions (development).
 """
 import os
 
@@ -32,10 +33,14 @@ if not os.environ.get("FASTC1K_NO_EXTENSIONS"):
             define_macros=macros,
         )
 
+    extensions = [
+        ext("fastc1k._core", "src/fastc1k/_core.pyx"),
+    ]
+    only = os.environ.get("FASTC1K_ONLY")  # e.g. fastc1k._core: build just that one (development)
+    if only:
+        extensions = [e for e in extensions if e.name in only.split(",")]
     ext_modules = cythonize(
-        [
-            ext("fastc1k._core", "src/fastc1k/_core.pyx"),
-        ],
+        extensions,
         compiler_directives={"language_level": "3", "embedsignature": True},
         compile_time_env={"FASTC1K_DEBUG": debug},
     )
