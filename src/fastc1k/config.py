@@ -50,7 +50,7 @@ FIELDS: tuple[Field, ...] = (
           "seconds a response may wait for the client to read; then close", "seconds"),
     Field("graceful_timeout", float, 10.0, 0.0, 86400.0,
           "seconds to finish in-flight requests on SIGTERM/stop() before closing", "seconds"),
-    Field("buffer_size", int, 16384, 1024, 1 << 24,
+    Field("buffer_size", int, 24576, 1024, 1 << 24,
           "read buffer size; must hold max_request_line + max_header_bytes + 2", "bytes"),
     Field("pool_size", int, 1024, 1, 1 << 22,
           "read buffers preallocated per worker (one per connection with an unfinished request)"),

@@ -80,6 +80,10 @@ class Server:
         self.worker.stop(graceful)
 
     def close(self) -> None:
+        """Release the engine's resources and (if this Server made it) the listening socket."""
+        close = getattr(self.worker, "close", None)
+        if close is not None:
+            close()
         if self._own_sock:
             self.sock.close()
 
