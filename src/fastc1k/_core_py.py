@@ -702,8 +702,8 @@ class Worker:
             self.t_send.clear(conn.fd)
             if conn.buf and conn.state < CLOSING:
                 self._process(conn, now)
-        if conn.state == CLOSING or conn.peer_closed:
-            self._linger(conn, now)
+        if conn.state == CLOSING or conn.peer_closed or (self._stop and conn.state == HEAD and not conn.buf):
+            self._linger(conn, now)  # done with this connection (or shutting down)
             return
         if conn.writing or not conn.reading:
             conn.writing, conn.reading = False, True
