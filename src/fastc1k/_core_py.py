@@ -53,6 +53,9 @@ VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 FIELD_LINE = re.compile(rb"([" + _TCHAR + rb"]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*")
 # chunk-size [ chunk-ext ] CRLF ; chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[\x09\x20-\x7e\x80-\xff]*)?)")
+# what a chunk line may look like before its LF arrives: anything else is rejected at once
+# (as the C engine's byte-wise decoder does), not when the line ends
+CHUNK_LINE_START = re.compile(rb"[0-9A-Fa-f]{0,16}|[0-9A-Fa-f]{1,16}(?:[ \t]*|[ \t]*;[\x09\x20-\x7e\x80-\xff]*\r?|\r)")
 CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
 BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -242,7 +245,7 @@ class _ChunkState:
             if st == CHUNK_SIZE:
                 nl = buf.find(b"\r\n", pos)
                 if nl < 0:
-                    if n - pos > MAX_CHUNK_LINE:
+                    if n - pos > MAX_CHUNK_LINE or CHUNK_LINE_START.fullmatch(bytes(buf[pos:n])) is None:
                         raise ParseError(400)
                     return pos, False
                 if nl - pos > MAX_CHUNK_LINE:
@@ -562,11 +565,20 @@ class Worker:
                         break
                     if graceful_deadline is None:
                         graceful_deadline = t0 + self.cfg.graceful_timeout
+                        # Idle connections get a short grace: a request that arrives (or sits
+                        # unread in the kernel) is answered with Connection: close, not reset.
+                        idle_close_at = t0 + min(0.5, self.cfg.graceful_timeout / 2)
+                        for conn in list(self.conns.values()):
+                            conn.keep_alive = False
+                    if t0 >= idle_close_at:
                         for conn in list(self.conns.values()):
                             if conn.state == HEAD and not conn.buf and not conn.out:
-                                self._close(conn)
-                            else:
-                                conn.keep_alive = False
+                                try:
+                                    waiting = conn.sock.recv(1, socket.MSG_PEEK)
+                                except OSError:
+                                    waiting = b""
+                                if not waiting:
+                                    self._close(conn)
                     if not self.conns or t0 >= graceful_deadline:
                         break
                 lag = int((time.monotonic() - t0) * 1e6)

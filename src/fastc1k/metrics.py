@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 __all__ = ["COUNTERS", "Counter", "MetricsArea", "LAG_BUCKETS", "N_WORDS", "IDX", "render_prometheus",
-           "lag_quantile_us", "PARSE_ERROR_KINDS", "TIMEOUT_KINDS", "STATUS_CODES"]
+           "lag_quantile_us", "SlotList", "PARSE_ERROR_KINDS", "TIMEOUT_KINDS", "STATUS_CODES"]
 
 LAYOUT_VERSION = 1
 
@@ -73,6 +74,8 @@ COUNTERS: tuple[Counter, ...] = tuple(_C)
 IDX: dict[str, int] = {}
 for _i, _c in enumerate(COUNTERS):
     IDX[_c.name + ("{" + _c.label + "}" if _c.label else "")] = _i
+# Words summed into the retired totals when a worker exits (word 0, pid, is a gauge: never).
+_COUNTER_WORDS = tuple(i for i, c in enumerate(COUNTERS) if c.kind == "counter")
 N_WORDS = (len(COUNTERS) + 7) // 8 * 8  # whole cache lines
 
 ENGINE_C, ENGINE_PY = 1, 2
@@ -83,13 +86,27 @@ def status_index(status: int) -> int:
     return IDX.get(key, IDX['responses{status="other"}'])
 
 
+class SlotList(list):
+    """A consistent copy of every worker slot, plus `retired`: the counters of workers
+    that have exited (folded in by the master), so totals keep counting across restarts."""
+    retired: Sequence[int] | None = None
+
+
 class MetricsArea:
-    """N slots of N_WORDS uint64 in one anonymous shared mapping (made before fork)."""
+    """N slots of N_WORDS uint64 in one anonymous shared mapping (made before fork).
+
+    After the N worker slots comes one more, written only by the master: word 0 is a
+    sequence number (odd while the master folds a dead worker's slot), the rest hold the
+    counters of retired workers. A worker's slot is reset when its replacement starts, so
+    per-worker series restart with the new pid while the totals keep counting.
+    """
 
     def __init__(self, n_slots: int = 1) -> None:
         self.n_slots = n_slots
-        self._mm = mmap.mmap(-1, max(1, n_slots) * N_WORDS * 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self._mm = mmap.mmap(-1, (max(1, n_slots) + 1) * N_WORDS * 8,
+                             flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self._view = memoryview(self._mm).cast("Q")
+        self._retired = self._view[max(1, n_slots) * N_WORDS:(max(1, n_slots) + 1) * N_WORDS]
 
     def slot(self, i: int) -> memoryview:
         if not 0 <= i < self.n_slots:
@@ -101,8 +118,30 @@ class MetricsArea:
         for k in range(N_WORDS):
             s[k] = 0
 
-    def slots(self) -> list[memoryview]:
-        return [self.slot(i) for i in range(self.n_slots)]
+    def retire(self, i: int) -> None:
+        """Master only, after worker i exited: add its counters to the retired totals, clear it."""
+        s, r = self.slot(i), self._retired
+        r[0] += 1                                  # odd: readers retry
+        for k in _COUNTER_WORDS:
+            r[k] += s[k]
+        for k in range(N_WORDS):
+            s[k] = 0
+        r[0] += 1
+
+    def slots(self) -> SlotList:
+        """A consistent copy of every slot (live or not) and the retired totals (seqlock read)."""
+        while True:
+            seq = self._retired[0]
+            if seq & 1:
+                time.sleep(0)
+                continue
+            out = SlotList(self.slot(i).tolist() for i in range(self.n_slots))
+            out.retired = self._retired.tolist()
+            if self._retired[0] == seq:
+                return out
+
+    def render(self, extra: Iterable[tuple[str, str, str, float]] = ()) -> bytes:
+        return render_prometheus(self.slots(), extra)
 
 
 def lag_quantile_us(slot: Sequence[int], q: float) -> int:
@@ -126,10 +165,12 @@ def _live(slots: Iterable[Sequence[int]]) -> list[Sequence[int]]:
 
 
 def render_prometheus(slots: Iterable[Sequence[int]], extra: Iterable[tuple[str, str, str, float]] = ()) -> bytes:
-    """Totals over the live slots, then per-worker series (label worker="<pid>").
+    """Totals over the live slots (plus retired workers' counters when `slots` carries
+    them, see MetricsArea.slots), then per-worker series (label worker="<pid>").
 
     `extra` adds (name, kind, help, value) families such as process CPU and RSS.
     """
+    retired = getattr(slots, "retired", None)
     live = _live(slots)
     lines: list[str] = []
     seen: set[str] = set()
@@ -143,6 +184,8 @@ def render_prometheus(slots: Iterable[Sequence[int]], extra: Iterable[tuple[str,
             lines.append(f"# TYPE {fam} {c.kind}")
         agg = max if c.name in ("loop_lag_max_us", "pool_peak") else sum
         total = agg([s[i] for s in live]) if live else 0
+        if retired is not None and c.kind == "counter":
+            total += retired[i]
         label = "{" + c.label + "}" if c.label else ""
         lines.append(f"{fam}{label} {total}")
         for s in live:
@@ -153,11 +196,46 @@ def render_prometheus(slots: Iterable[Sequence[int]], extra: Iterable[tuple[str,
         lines.append(f"# TYPE {fam} gauge")
         for s in live:
             lines.append(f'{fam}{{worker="{s[IDX["pid"]]}"}} {lag_quantile_us(s, label)}')
+    fam = "fastc1k_loop_events_per_wait"
+    lines += [f"# HELP {fam} events returned per epoll_wait since the worker started", f"# TYPE {fam} gauge"]
+    for s in live:
+        waits = s[IDX["loop_waits"]]
+        lines.append(f'{fam}{{worker="{s[IDX["pid"]]}"}} {s[IDX["loop_events"]] / waits if waits else 0:.3f}')
+    lines += _worker_process_lines([s[IDX["pid"]] for s in live])
     for name, kind, help_, value in extra:
         lines.append(f"# HELP {name} {help_}")
         lines.append(f"# TYPE {name} {kind}")
         lines.append(f"{name} {value}")
     return ("\n".join(lines) + "\n").encode()
+
+
+_WORKER_PROCESS_FAMILIES = (
+    ("fastc1k_worker_cpu_seconds_total", "counter", "user+system CPU of each worker"),
+    ("fastc1k_worker_resident_memory_bytes", "gauge", "RSS of each worker"),
+    ("fastc1k_worker_open_fds", "gauge", "open fds of each worker"),
+    ("fastc1k_worker_max_fds", "gauge", "RLIMIT_NOFILE soft limit of each worker"),
+)
+
+
+def _worker_process_lines(pids: Sequence[int]) -> list[str]:
+    """CPU, RSS, open fds and fd limit of every live worker (read from /proc by psutil)."""
+    import psutil
+
+    rows: list[tuple[int, tuple[float, ...]]] = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                t = p.cpu_times()
+                rows.append((pid, (round(t.user + t.system, 3), p.memory_info().rss, p.num_fds(),
+                                   p.rlimit(psutil.RLIMIT_NOFILE)[0])))
+        except (psutil.Error, OSError):
+            continue  # exited meanwhile (the master folds its slot)
+    lines: list[str] = []
+    for k, (fam, kind, help_) in enumerate(_WORKER_PROCESS_FAMILIES):
+        lines += [f"# HELP {fam} {help_}", f"# TYPE {fam} {kind}"]
+        lines += [f'{fam}{{worker="{pid}"}} {vals[k]}' for pid, vals in rows]
+    return lines
 
 
 def process_series(pid: int | None = None) -> list[tuple[str, str, str, float]]:
