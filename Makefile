@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: compile test test-pure test-c bench clean debug test-asan testinstalled
+.PHONY: compile test test-pure test-c bench ceiling clean debug test-asan testinstalled test-hostile fuzz soak c1m
 
 compile:            ## build the extensions in place (src/fastc1k/*.so)
 	$(PY) setup.py build_ext --inplace
@@ -14,8 +14,44 @@ test-pure:          ## the suite with the pure-Python engine only
 test-c:
 	FASTC1K_TEST_ENGINES=c $(PY) -m pytest
 
-bench:
-	$(PY) -m pytest bench --benchmark-autosave
+debug:              ## the extensions in place with FASTC1K_DEBUG=1: -O0 -g, FC_ASSERT and FC_DBG compiled in
+	FASTC1K_DEBUG=1 $(PY) setup.py build_ext --inplace --force
+
+ASAN_DIR ?= build/asan
+ASAN_TESTS ?= tests/test_conformance.py tests/test_bodies.py tests/test_limits.py tests/test_hostile.py tests/test_core_c.py
+test-asan:          ## C engine built with ASan+UBSan in build/asan (the tree's .so untouched), conformance suite on it
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r src/fastc1k $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/fastc1k/_core.*.so
+	FASTC1K_SANITIZE=1 FASTC1K_ONLY=fastc1k._core $(PY) setup.py build_ext --force \
+		--build-lib $(ASAN_DIR) --build-temp $(ASAN_DIR)/tmp
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		FASTC1K_TEST_ENGINES=c PYTHONPATH=$(ASAN_DIR) $(PY) -m pytest -p no:cacheprovider -m 'not slow' $(ASAN_TESTS)
+
+bench:             ## pytest-benchmark suites, every server side by side (~10 min; as root for the quota)
+	PYTHONPATH=src:. $(PY) -m pytest bench --benchmark-autosave \
+		--benchmark-storage=file://bench/results/benchmarks --benchmark-group-by=group \
+		--benchmark-columns=min,median,max,rounds
+
+ceiling:           ## the README's Performance figures and chart, bench/results/ceiling.* (~6 min; as root)
+	PYTHONPATH=src:. $(PY) -m bench.ceiling
+
+FUZZ_SECONDS ?= 600
+test-hostile:       ## hostile input, parser differential, short fuzz, soak (10 s), 10k-connection probe; both engines
+	PYTHONPATH=src $(PY) -m pytest -m "not slow" tests/test_hostile.py tests/test_differential.py tests/test_fuzz.py \
+		tests/test_soak.py tests/test_probe.py
+
+fuzz:               ## coverage-guided fuzz of the C parser, instrumented with clang (FUZZ_SECONDS=600)
+	PY=$(PY) sh fuzz/build.sh && PY=$(PY) sh fuzz/run.sh $(FUZZ_SECONDS)
+
+soak:               ## the documented 10-minute soak at 70% of capacity, with churn (C engine)
+	PYTHONPATH=src $(PY) tests/test_soak.py --engine c --duration 600
+
+c1m:                ## hold 1,000,000 connections (heavy: ~12 GB RAM, a few minutes; see README "Hardening")
+	PYTHONPATH=src $(PY) -m fastc1k.capacity.probe --connections 1000000 --workers 56 --clients 56 \
+		--source-ips 127.0.0.10-127.0.0.59 --hold 30 --engine c
+
+testinstalled:      ## sdist -> wheel from the sdist -> fresh venv in /tmp -> the suite from outside the tree
+	PY=$(PY) bash scripts/testinstalled.sh
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache
