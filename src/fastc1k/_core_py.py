@@ -15,7 +15,7 @@ The HTTP rules are the README's "HTTP behaviour" table; the grammar is RFC 9112.
 from __future__ import annotations
 
 import errno
-import json
+import logging
 import os
 import re
 import selectors
@@ -28,6 +28,8 @@ from .config import ServerConfig
 from .routes import DATA, HANDLER, JSON, METRICS, PROMETHEUS, STATIC, Request, Route, Routes, render_result
 
 __all__ = ["Worker", "parse_request", "ParseError", "ENGINE_NAME", "ENGINE_READY"]
+
+log = logging.getLogger("fastc1k")
 
 ENGINE_NAME = "python"
 ENGINE_READY = True
@@ -62,7 +64,8 @@ BARE_LF = re.compile(rb"(?<!\r)\n")
 # connection states
 HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILER, CLOSING, LINGER = range(8)
 KIND_STATUS = {v: k for k, v in metrics.PARSE_ERROR_STATUS.items()}
-I_REQUESTS, I_BYTES_IN, I_BYTES_OUT = (metrics.IDX[k] for k in ("requests", "bytes_in", "bytes_out"))
+I_REQUESTS, I_BYTES_IN, I_BYTES_OUT, I_POOL_IN_USE, I_POOL_PEAK = (
+    metrics.IDX[k] for k in ("requests", "bytes_in", "bytes_out", "pool_in_use", "pool_peak"))
 
 
 class ParseError(Exception):
@@ -178,8 +181,8 @@ def parse_head(buf: bytearray | bytes, pos: int, cfg: ServerConfig) -> tuple[Hea
     if hosts > 1 or (hosts == 0 and h.version == "HTTP/1.1"):
         raise ParseError(400)
     if te:
-        if lengths:
-            raise ParseError(400)  # RFC 9112 6.1: a smuggling vector; reject
+        if lengths or h.version == "HTTP/1.0":
+            raise ParseError(400)  # RFC 9112 6.1: smuggling vectors; reject (as nginx does)
         if b"" in te or te.count(b"chunked") > 1 or (b"chunked" in te and te[-1] != b"chunked"):
             raise ParseError(400)
         if te != [b"chunked"]:
@@ -298,7 +301,7 @@ class _ChunkState:
 
 class Conn:
     __slots__ = ("sock", "fd", "buf", "out", "out_len", "state", "head", "route", "body", "remaining",
-                 "chunk", "keep_alive", "reading", "writing", "registered", "peer_closed", "counted")
+                 "chunk", "keep_alive", "reading", "writing", "registered", "peer_closed", "counted", "holds")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -317,6 +320,7 @@ class Conn:
         self.writing = False
         self.registered = False
         self.peer_closed = False
+        self.holds = False   # holds a "read buffer" (unfinished input), as pool_max counts them
         self.counted = True  # counts toward max_connections / active
 
 
@@ -356,6 +360,7 @@ class Worker:
         self.c = self.metrics_area.slot(slot)
         self.conns: dict[int, Conn] = {}
         self.active = 0
+        self.pool_in_use = 0  # connections holding unfinished input: the C engine's pool, counted
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -420,12 +425,13 @@ class Worker:
             else:
                 try:
                     status, ctype, extra, body = self._dynamic(conn, route)
+                    rhead = http.build_head(status, ctype, len(body), extra)  # may reject bad headers
                 except Exception:
+                    log.exception("handler for %s %s failed; answering 500", head.method, head.path)
                     self.c[metrics.IDX["handler_errors"]] += 1
                     self._queue_error(conn, 500, head_only)
                     return
-                self._queue(conn, (http.build_head(status, ctype, len(body), extra), self.dates.get(),
-                                   self._conn_line(conn, head.version), b"\r\n",
+                self._queue(conn, (rhead, self.dates.get(), self._conn_line(conn, head.version), b"\r\n",
                                    b"" if head_only else body))
                 self._count_status(status)
         if not conn.keep_alive:
@@ -522,6 +528,7 @@ class Worker:
         c[idx["pid"]] = self.pid
         c[idx["started_ms"]] = time.time_ns() // 1_000_000
         c[idx["engine"]] = metrics.ENGINE_PY
+        c[idx["pool_size"]] = self.cfg.pool_size
         sel = self.sel
         sel.register(self.lsock, selectors.EVENT_READ, None)
         sel.register(self._wake_r, selectors.EVENT_READ, None)
@@ -654,7 +661,24 @@ class Worker:
             self.t_header.set(conn.fd, now)  # a new connection must send its request in time
         return True
 
+    def _hold(self, conn: Conn) -> None:
+        """Account conn's unfinished input against the pool (pool_in_use, pool_peak)."""
+        holds = bool(conn.buf) and conn.fd in self.conns
+        if holds != conn.holds:
+            conn.holds = holds
+            self.pool_in_use += 1 if holds else -1
+            c = self.c
+            c[I_POOL_IN_USE] = self.pool_in_use
+            if self.pool_in_use > c[I_POOL_PEAK]:
+                c[I_POOL_PEAK] = self.pool_in_use
+
     def _on_read(self, conn: Conn, now: float) -> None:
+        if not conn.holds and self.pool_in_use >= self.cfg.pool_max and conn.state < CLOSING:
+            # no read buffer left to give (the C engine's pool at pool_max): shed this one
+            self.c[metrics.IDX["pool_exhausted"]] += 1
+            self._queue_error(conn, 503)
+            self._flush(conn, now)
+            return
         try:
             data = conn.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -681,6 +705,7 @@ class Worker:
         self.t_idle.clear(conn.fd)
         conn.buf += data
         self._process(conn, now)
+        self._hold(conn)
         if conn.out:
             self._flush(conn, now)
         elif conn.state == HEAD and not conn.buf:
@@ -714,6 +739,7 @@ class Worker:
             self.t_send.clear(conn.fd)
             if conn.buf and conn.state < CLOSING:
                 self._process(conn, now)
+                self._hold(conn)
         if conn.state == CLOSING or conn.peer_closed or (self._stop and conn.state == HEAD and not conn.buf):
             self._linger(conn, now)  # done with this connection (or shutting down)
             return
@@ -794,6 +820,7 @@ class Worker:
         if conn.registered:
             self.sel.unregister(conn.sock)
         conn.sock.close()
+        self._hold(conn)
         c, idx = self.c, metrics.IDX
         c[idx["closed"]] += 1
         if conn.counted:
