@@ -1,0 +1,266 @@
+"""The servers under test: how each is started, pinned, quota'd and stopped.
+
+Every server runs as its own process tree on core 0 (`taskset -c 0`), alone in a cpu
+cgroup of its own (measure.Quota; the quota is switched on and off per workload), on a
+free port of 127.0.0.1. A server that cannot run here is skipped with the reason
+(`ServerSpec.unavailable()`), never silently dropped.
+
+- floor    bench/floor/floor.c, compiled at run time: one recv + one send per request,
+           the kernel's floor (not a server for users)
+- nginx    Debian's nginx, worker_processes 1, `return 200` the same JSON body
+- c        fastc1k's C engine (fastc1k._core) via bench/serve_fastc1k.py
+- python   fastc1k's pure-Python engine, same script
+- uvloop   a raw asyncio.Protocol on uvloop (bench/raw_protocol.py)
+- asyncio  the same Protocol on the stdlib loop (not in the default set)
+- uvicorn  uvicorn + uvloop + httptools with a tiny ASGI app (bench/asgi_app.py)
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import measure
+
+__all__ = ["ServerSpec", "RunningServer", "SERVERS", "DEFAULT_SERVERS", "selected", "free_port",
+           "HEALTH", "DATA", "HANDLER"]
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+HEALTH, DATA, HANDLER = "/api/health", "/api/data", "/bench/handler"
+DEFAULT_SERVERS = ("floor", "nginx", "c", "python", "uvloop", "uvicorn")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    """The servers import the same fastc1k as this process (the tree's src/ in development,
+    the installed package in CI), and bench/ from the repository root."""
+    import fastc1k
+    pkg_parent = str(Path(fastc1k.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, str(ROOT), env.get("PYTHONPATH")) if p)
+    env.pop("FASTC1K_ENGINE", None)  # the script is told its engine explicitly
+    return env
+
+
+def _c_engine_missing() -> str | None:
+    # In a subprocess: the tree's C engine may be rebuilt while the bench runs.
+    probe = "import fastc1k._compat as c; print(c.c_available())"
+    r = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, timeout=30)
+    if r.stdout.strip() == "True":
+        return None
+    return "C engine not built (fastc1k._compat.c_available() is False: " \
+           "FASTC1K_ONLY=fastc1k._core python setup.py build_ext --inplace)"
+
+
+def _module_missing(*names: str) -> str | None:
+    for n in names:
+        if importlib.util.find_spec(n) is None:
+            return f"{n} not installed (pip install '.[bench]')"
+    return None
+
+
+def _floor_binary() -> Path:
+    """Compile floor.c once per source version (gcc -O2) into the temp dir."""
+    src = BENCH / "floor" / "floor.c"
+    digest = hashlib.sha1(src.read_bytes()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / f"fastc1k-floor-{digest}"
+    if not out.exists():
+        tmp = out.with_suffix(f".{os.getpid()}")
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(tmp), str(src)], check=True, capture_output=True)
+        tmp.replace(out)
+    return out
+
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    server_tokens off;
+    default_type application/json;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=16384;
+        location = /api/health {{ return 200 '{{"status":"ok"}}'; }}
+        location = /api/data {{ return 200 '{{"id":$connection_requests,"timestamp":$msec,"worker":$pid}}'; }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    label: str
+    paths: frozenset[str]       # the routes it answers
+    closes: bool = True         # honours `Connection: close` (the new-connection workload)
+
+    def unavailable(self) -> str | None:
+        """None when this server can run here, else the reason it is skipped."""
+        n = self.name
+        if n == "floor":
+            return None if shutil.which("gcc") else "gcc not installed (the floor responder is compiled at run time)"
+        if n == "nginx":
+            return None if shutil.which("nginx") else "nginx not installed (apt-get install -y nginx-light)"
+        if n == "c":
+            return _c_engine_missing()
+        if n == "uvloop":
+            return _module_missing("uvloop")
+        if n == "uvicorn":
+            return _module_missing("uvicorn", "uvloop", "httptools")
+        return None
+
+    def command(self, port: int, workdir: Path) -> list[str]:
+        py = sys.executable
+        if self.name == "floor":
+            return [str(_floor_binary()), str(port)]
+        if self.name == "nginx":
+            for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                (workdir / d).mkdir(exist_ok=True)
+            conf = workdir / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
+            return ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
+        if self.name in ("c", "python"):
+            return [py, str(BENCH / "serve_fastc1k.py"), "--engine", self.name, "--port", str(port)]
+        if self.name in ("uvloop", "asyncio"):
+            return [py, str(BENCH / "raw_protocol.py"), "--loop", self.name, "--port", str(port)]
+        if self.name == "uvicorn":
+            return [py, "-m", "uvicorn", "bench.asgi_app:app", "--host", "127.0.0.1", "--port", str(port),
+                    "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+                    "--backlog", "16384", "--timeout-keep-alive", "300"]
+        raise ValueError(self.name)
+
+
+_ALL = frozenset({HEALTH, DATA, HANDLER})
+SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
+    ServerSpec("floor", "floor (C, recv+send)", frozenset({HEALTH}), closes=False),
+    ServerSpec("nginx", "nginx", frozenset({HEALTH, DATA})),
+    ServerSpec("c", "fastc1k C engine", _ALL),
+    ServerSpec("python", "fastc1k pure Python", _ALL),
+    ServerSpec("uvloop", "uvloop Protocol", frozenset({HEALTH})),
+    ServerSpec("asyncio", "asyncio Protocol", frozenset({HEALTH})),
+    ServerSpec("uvicorn", "uvicorn+uvloop+httptools", _ALL),
+)}
+
+
+def selected(default: tuple[str, ...] = DEFAULT_SERVERS) -> list[str]:
+    """FASTC1K_BENCH_SERVERS=floor,nginx,... or the default set."""
+    raw = os.environ.get("FASTC1K_BENCH_SERVERS")
+    names = [n.strip() for n in raw.split(",") if n.strip()] if raw else list(default)
+    unknown = [n for n in names if n not in SERVERS]
+    if unknown:
+        raise ValueError(f"unknown server(s) {unknown}; known: {', '.join(SERVERS)}")
+    return names
+
+
+class RunningServer:
+    """A started server: `.url(path)`, `.pids()`, `.set_quota(on)`, `.stop()`."""
+
+    def __init__(self, spec: ServerSpec, quota: bool = True, cpu: int = 0, start_timeout: float = 15.0) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"fastc1k-bench-{spec.name}-"))
+        self.quota = measure.Quota(f"fastc1k-bench-{spec.name}-{os.getpid()}", enabled=quota)
+        cmd = self.quota.wrap(["taskset", "-c", str(cpu), *spec.command(self.port, self.workdir)])
+        self._log = open(self.workdir / "server.log", "w+b")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def url(self, path: str = HEALTH) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        req = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(req)
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.spec.name} not ready after {timeout:.0f} s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()[-600:].decode(errors="replace")
+
+    def pids(self) -> list[int]:
+        return measure.server_pids(self.proc.pid)
+
+    def set_quota(self, on: bool) -> None:
+        """Switch the CPU quota on (0.5 CPU) or off without restarting the server."""
+        q = self.quota
+        if q.path is None:
+            return
+        quota_us = int(q.cpus * q.period_us) if on else -1
+        if q.kind == "v1":
+            (q.path / "cpu.cfs_quota_us").write_text(str(quota_us))
+        else:
+            (q.path / "cpu.max").write_text(f"{quota_us if on else 'max'} {q.period_us}")
+
+    def stop(self) -> None:
+        pids = self.pids() if self.proc.poll() is None else []
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in pids:  # whatever is left of the tree (e.g. an nginx worker)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.wait(5)
+        self.quota.close()
+        self._log.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "RunningServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,101 @@
+"""Smoke run of the bench suite (bench/), so that it cannot rot: every server the bench
+knows starts, answers one ~1 s workload, and yields sane figures; the ceiling report
+runs end to end on the floor responder. Servers missing here are skipped with the
+reason; the CPU quota is skipped when not root. Whole file: about 15 s.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: bench/
+
+from bench import ceiling, drivers, measure, servers, workloads  # noqa: E402
+
+SMOKE_SERVERS = ["nginx", "c", "python", "uvloop"]  # the floor runs in the ceiling test
+
+
+def _start(name: str) -> servers.RunningServer:
+    why = servers.SERVERS[name].unavailable() or drivers.driver_missing()
+    if why:
+        pytest.skip(why)
+    return servers.RunningServer(servers.SERVERS[name])
+
+
+@pytest.mark.parametrize("name", SMOKE_SERVERS)
+def test_server_under_quota(name):
+    with _start(name) as srv:
+        r = workloads.measure_run(srv, workloads.WORKLOADS["quota-c1000"], duration=1, max_requests=0)
+        pids = srv.pids()
+    assert r["requests"] > 100, r
+    assert r["errors"] == {}, r
+    assert r["cpu_us"] > 0 and abs(r["user_us"] + r["sys_us"] - r["cpu_us"]) < 1e-6
+    if os.geteuid() == 0:
+        assert r["quota"].startswith("0.5 CPU"), r
+    assert not any(os.path.exists(f"/proc/{p}") and _alive(p) for p in pids), "server left running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_wrk_stops_after_a_fixed_number_of_requests():
+    with _start("floor") as srv:
+        r = drivers.wrk(srv.url(), 10, duration=10, max_requests=3000)
+    assert 2900 <= r.requests < 3200 and r.error_count == 0, r
+    assert r.elapsed < 5, r  # stopped by the count, not by -d
+
+
+def test_syscalls_per_request_of_the_floor():
+    why = measure.strace_available()
+    if why:
+        pytest.skip(why)
+    with _start("floor") as srv:
+        out = ceiling.syscalls(srv, workloads.WORKLOADS["keepalive-c100"], duration=1)
+    # one recv + one send per request, epoll_wait and accept amortized
+    assert out["requests"] > 100, out
+    assert 1.8 < out["per_request"] < 3.0, out
+    assert {"recvfrom", "sendto"} <= set(out["calls"]), out
+
+
+def test_ceiling_report_end_to_end(tmp_path):
+    if servers.SERVERS["floor"].unavailable() or drivers.driver_missing():
+        pytest.skip("gcc or wrk missing")
+    report = ceiling.run(["floor"], rounds=1, duration=1,
+                         idle=50, do_strace=False, log=lambda m: None, warmup=0)
+    s = report["workloads"]["quota-c1000"]["summary"]["floor"]
+    assert s["cpu_us"] > 0 and 0 <= s["kernel_share"] <= 1 and s["errors"] == 0
+    piped = report["workloads"]["pipelined16-c100"]["rounds"][0]["floor"]
+    assert piped["requests"] > 1000 and piped["errors"] == {}, piped  # requests counted across reads
+    assert report["memory"]["floor"]["answered"] == 50
+    md = ceiling.markdown(report)
+    assert "| floor (C, recv+send) |" in md and "Memory per idle" in md
+    pytest.importorskip("matplotlib")
+    png = ceiling.chart(report, tmp_path / "c.png")
+    assert png is not None and png.stat().st_size > 1000
+
+
+def test_readme_block_is_replaced_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{ceiling.MARK_START}\nold table\n{ceiling.MARK_END}\nafter\n")
+    assert ceiling.update_readme("| new |\n", readme)
+    assert readme.read_text() == f"intro\n{ceiling.MARK_START}\n| new |\n{ceiling.MARK_END}\nafter\n"
+    readme.write_text("no markers\n")
+    assert not ceiling.update_readme("| new |\n", readme)
+    assert readme.read_text() == "no markers\n"
+
+
+def test_quota_group_is_removed_after_stop():
+    q = measure.Quota(f"fastc1k-bench-smoke-{os.getpid()}")
+    if q.kind == "none":
+        pytest.skip(q.why)
+    path = q.path
+    assert path.exists()
+    q.close()
+    assert not path.exists()
