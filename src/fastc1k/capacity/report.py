@@ -1,0 +1,391 @@
+"""The report: capacity-report.json (everything), a terminal summary, one self-contained
+capacity-report.html with its charts embedded as base64 PNGs, and the same PNGs as
+files for the README.
+
+Charts need matplotlib (the `report` extra); without it the JSON, the summary and an
+HTML report with tables only are still written, and the HTML says why it has no charts.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from typing import Any
+
+__all__ = ["write_json", "summary_text", "render_charts", "write_html", "write_all", "CHARTS"]
+
+CHARTS = ("stages", "timeline", "resources", "recovery")
+_PHASE_COLOURS = {"stages": "#4c72b0", "ramp": "#55a868", "blast": "#c44e52", "recovery": "#8172b2"}
+
+
+def _f(x: Any, fmt: str = "{:.1f}", none: str = "-") -> str:
+    return none if x is None else fmt.format(x)
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+        f.write("\n")
+
+
+# --------------------------------------------------------------------------- terminal
+
+def stage_table(stages: list[dict[str, Any]]) -> list[str]:
+    head = (f"{'clients':>8} {'req/s':>9} {'err%':>6} {'conn fail':>9} {'refused':>7} {'timeout':>7} "
+            f"{'avg':>8} {'p50':>8} {'p95':>8} {'p99':>8} {'p99.9':>8} {'cascade':>7}")
+    lines = [head + "   (latency in ms)"]
+    for s in stages:
+        lat = s.get("latency_ms") or {}
+        lines.append(
+            f"{s['clients']:>8} {s['throughput']:>9.0f} {100 * s['error_rate']:>6.1f} {s['failed_connections']:>9} "
+            f"{100 * s['refusal_rate']:>6.1f}% {100 * s['timeout_rate']:>6.1f}% {_f(lat.get('avg')):>8} "
+            f"{_f(lat.get('p50')):>8} {_f(lat.get('p95')):>8} {_f(lat.get('p99')):>8} {_f(lat.get('p999')):>8} "
+            f"{_f(s.get('cascade_s'), '{}s'):>7}" + ("  BROKEN" if s.get("broken") else ""))
+    return lines
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    """The terminal summary: what broke, where, why, how fast it came back."""
+    r = report
+    srv = r.get("server") or {}
+    out = [f"fastc1k capacity report: {r['target']}"
+           + (f" (fastc1k {srv['engine']} engine, {srv['workers']} worker(s))" if "engine" in srv else
+              f" (server pid {srv['pid']})" if "pid" in srv else " (server not monitored: no --server-pid)")]
+    c = r.get("container") or {}
+    if c.get("applied"):
+        out.append("container: " + ", ".join(f"{k}={v}" for k, v in c["applied"].items())
+                   + (f" (cgroup {c['cgroup']})" if c.get("cgroup") and ("cpus" in c["applied"] or "memory" in c["applied"]) else ""))
+    if c.get("netns"):
+        sc = ", ".join(f"{k}={v}" for k, v in (c.get("sysctls") or {}).items())
+        out.append("network: own namespace" + (f" with {sc}" if sc else "") + " (kernel counters are this run's alone)")
+    for n in r.get("notes", []):
+        out.append(f"note: {n}")
+    st = r["phases"].get("stages")
+    if st:
+        out.append("")
+        out.append("1. Breaking point")
+        out += ["  " + ln for ln in stage_table(st["stages"])]
+        bp = st["breaking_point"]
+        if bp:
+            out.append(f"  breaking point: {bp['clients']} clients ({'; '.join(bp['reasons'])}); "
+                       f"last good stage: {bp['last_good_clients'] or '-'}")
+        else:
+            out.append(f"  no breaking point up to {st['stages'][-1]['clients']} clients ({st['stop_reason']})")
+        ex = st.get("latency_explosion")
+        if ex:
+            out.append(f"  latency explosion at {ex['clients']} clients: p99 {ex['p99_before_ms']:.1f} -> "
+                       f"{ex['p99_ms']:.1f} ms ({ex['p99_growth_over_client_growth']:.1f}x the client growth)")
+        d = st["degradation"]
+        if d["mean_ratio"] is not None:
+            out.append(f"  degradation: p99 growth / client growth = {d['mean_ratio']:.2f} on average "
+                       f"({'non-linear' if d['nonlinear'] else 'linear or better'})")
+        u = st.get("usl")
+        if u:
+            if u.get("saturated_from_first_stage"):
+                peak = f"saturated from the first stage (peak {u['peak_throughput']:.0f} req/s below it)"
+            elif u.get("peak_clients"):
+                peak = f"predicted peak {u['peak_throughput']:.0f} req/s at {u['peak_clients']:.0f} clients"
+            else:
+                peak = "no peak predicted (kappa = 0)"
+            out.append(f"  USL fit: sigma={u['sigma']:.4g} kappa={u['kappa']:.3g} lambda={u['lambda']:.1f}, {peak}"
+                       + (f", R^2={u['r2']:.2f}" if u.get("r2") is not None else ""))
+        else:
+            out.append("  USL fit: needs >= 6 stages with throughput")
+    rp = r["phases"].get("ramp")
+    if rp:
+        out.append("")
+        out.append(f"2. Resource exhaustion (0 -> {rp['clients']} clients in {rp['steps']} steps over "
+                   f"{rp['steps'] * rp['step_s']:.0f} s" + (f", {rp['rate']:g} req/s" if rp.get("rate") else "") + ")")
+        b = rp.get("bottleneck")
+        if b:
+            out.append(f"  first bottleneck: {b['resource'].upper()} at {b['clients']} clients: {b['evidence']}")
+            if b.get("also"):
+                out.append(f"  (in the same sample: {', '.join(b['also'])})")
+        else:
+            out.append("  no resource reached its threshold (CPU 95%, memory 90%, fds 95%, listen overflow)")
+        pk = rp.get("peaks") or {}
+        if pk:
+            out.append("  peaks: " + ", ".join(f"{k} {v}" for k, v in pk.items()))
+    rc = r["phases"].get("recovery")
+    if rc:
+        out.append("")
+        b = rc["blast"]
+        errs = ", ".join(f"{k} {v}" for k, v in sorted((b.get("errors") or {}).items(), key=lambda kv: -kv[1]))
+        out.append(f"3. Recovery: {rc['blast_clients']} clients for {rc['blast_s']} s (error rate "
+                   f"{100 * b['error_rate']:.1f}%{': ' + errs if errs else ''}; {b.get('ok', 0)} answered, "
+                   f"p99 {_f(b['latency_ms'].get('p99'))} ms), then {rc['recovery_clients']} clients")
+        rec = rc["recovery"]
+        out.append(f"  recovery (p99 < {r['thresholds']['recovery_p99_ms']:g} ms and errors < "
+                   f"{100 * r['thresholds']['recovery_error_rate']:g}% for {r['thresholds']['recovery_hold_s']} s): "
+                   + (f"{rec['label']} (goal < 1 s; the plan's bar 30 s)" if rec["recovered"] else rec["label"].upper()))
+        if rc.get("note"):
+            out.append(f"  note: {rc['note']}")
+    out.append("")
+    out.append(f"elapsed {r['elapsed_s']:.0f} s")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- charts
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _shade(ax, windows, phases=("stages", "ramp", "blast", "recovery"), labels=True) -> None:
+    for w in windows:
+        if w["phase"] not in phases:
+            continue
+        ax.axvspan(w["t0"], w["t1"], color=_PHASE_COLOURS[w["phase"]], alpha=0.06)
+        ax.axvline(w["t0"], color=_PHASE_COLOURS[w["phase"]], lw=0.6, alpha=0.5)
+        if labels:
+            ax.text(w["t0"], 1.0, " " + w["label"], transform=ax.get_xaxis_transform(), fontsize=6,
+                    va="top", rotation=90, color=_PHASE_COLOURS[w["phase"]])
+
+
+def _segments(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows split where the phase changes or seconds are missing (no line across a gap)."""
+    out: list[list[dict[str, Any]]] = []
+    for r in rows:
+        if out and out[-1][-1]["phase"] == r["phase"] and r["t"] - out[-1][-1]["t"] < 1.5:
+            out[-1].append(r)
+        else:
+            out.append([r])
+    return out
+
+
+def chart_stages(report: dict[str, Any]) -> bytes | None:
+    st = report["phases"].get("stages")
+    if not st or not st["stages"]:
+        return None
+    plt = _plt()
+    ss = st["stages"]
+    x = [s["clients"] for s in ss]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True)
+    p99 = [(s["latency_ms"] or {}).get("p99") for s in ss]
+    p50 = [(s["latency_ms"] or {}).get("p50") for s in ss]
+    axes[0].plot(x, p99, "o-", label="p99")
+    axes[0].plot(x, p50, "s--", label="p50", alpha=0.7)
+    axes[0].set_ylabel("latency, ms")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(x, [s["throughput"] for s in ss], "o-", label="measured")
+    u = st.get("usl")
+    if u:
+        from .analysis import usl_throughput
+        xs = [x[0] + (x[-1] - x[0]) * i / 100 for i in range(101)]
+        axes[1].plot(xs, [usl_throughput(n, u["lambda"], u["sigma"], u["kappa"]) for n in xs], ":",
+                     label=f"USL fit (sigma={u['sigma']:.3g}, kappa={u['kappa']:.2g})")
+    axes[1].set_ylabel("throughput, req/s")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(x, [100 * s["error_rate"] for s in ss], "o-", color="#c44e52", label="requests failed")
+    axes[2].plot(x, [100 * s["connection_failure_rate"] for s in ss], "x--", color="#dd8452",
+                 label="connection attempts failed")
+    axes[2].set_ylabel("error rate, %")
+    axes[2].set_xlabel("clients")
+    axes[2].legend(fontsize=8)
+    bp = st.get("breaking_point")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if bp:
+            ax.axvline(bp["clients"], color="#c44e52", ls="--", lw=1)
+    axes[0].set_title("Breaking point: clients against p99, throughput and errors"
+                      + (f" (broke at {bp['clients']})" if bp else ""))
+    return _png(fig)
+
+
+def chart_timeline(report: dict[str, Any]) -> bytes | None:
+    rows = report.get("timeline") or []
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    ax2 = axes[0].twinx()
+    for j, seg in enumerate(_segments(rows)):
+        t = [r["t"] + 0.5 for r in seg]
+        lab = (lambda s: s) if j == 0 else (lambda s: None)
+        axes[0].plot(t, [r["ok"] for r in seg], ".-", color="C0", lw=0.8, label=lab("ok req/s"))
+        ax2.plot(t, [r["clients"] for r in seg], color="grey", lw=0.8, alpha=0.7, drawstyle="steps-mid")
+        axes[1].plot(t, [(r["p99_us"] or 0) / 1000 for r in seg], ".-", color="C0", lw=0.8, label=lab("p99"))
+        axes[1].plot(t, [(r["p50_us"] or 0) / 1000 for r in seg], ".-", color="C1", lw=0.8, alpha=0.6,
+                     label=lab("p50"))
+        errs = [sum(r["errors"].values()) for r in seg]
+        axes[2].plot(t, [100 * e / (e + r["ok"]) if e + r["ok"] else 0 for e, r in zip(errs, seg)], ".-",
+                     color="#c44e52", lw=0.8)
+    axes[0].set_ylabel("req/s")
+    ax2.set_ylabel("clients (grey)")
+    axes[1].set_yscale("symlog", linthresh=1)
+    axes[1].set_ylabel("latency, ms")
+    axes[1].legend(fontsize=8)
+    axes[2].set_ylabel("errors, %")
+    axes[2].set_xlabel("seconds since the run started")
+    for i, ax in enumerate(axes):
+        _shade(ax, report.get("windows", []), labels=(i == 0))
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Per-second timeline (shaded: stages, ramp, blast, recovery)")
+    return _png(fig)
+
+
+def chart_resources(report: dict[str, Any]) -> bytes | None:
+    sm = [s for s in report.get("samples") or [] if "cpu_used" in s or "listen_overflows" in s]
+    if not sm:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
+    t = [s["t"] for s in sm]
+    have = [s for s in sm if "cpu_used" in s]
+    th = [s["t"] for s in have]
+    if have:
+        axes[0].plot(th, [s["cpu_used"] for s in have], lw=0.8, label="CPU used")
+        axes[0].plot(th, [s["cpu_used"] + (s.get("cpu_wait") or 0) for s in have], lw=0.6, alpha=0.6,
+                     label="used + queued for a CPU")
+        axes[0].plot(th, [s["cpu_allowed"] for s in have], "k--", lw=1, label="allowed")
+        axes[1].plot(th, [s["rss"] / 2**20 for s in have], lw=0.8, label="RSS")
+        lim = [s.get("mem_limit") for s in have]
+        if report.get("container", {}).get("applied", {}).get("memory"):
+            axes[1].plot(th, [x / 2**20 for x in lim], "k--", lw=1, label="limit")
+        axes[2].plot(th, [s.get("fds") or 0 for s in have], lw=0.8, label="fds (fullest process)")
+        axes[2].plot(th, [s.get("fd_limit") or 0 for s in have], "k--", lw=1, label="fd limit")
+    axes[0].set_ylabel("cores")
+    axes[1].set_ylabel("MiB")
+    axes[2].set_ylabel("fds")
+    axes[3].plot(t, [s.get("listen_overflows", 0) for s in sm], lw=0.8, label="ListenOverflows")
+    axes[3].plot(t, [s.get("listen_drops", 0) for s in sm], lw=0.8, ls="--", label="ListenDrops")
+    axes[3].plot(t, [s.get("tcp_abort_on_timeout", 0) + s.get("tcp_abort_on_memory", 0) for s in sm], lw=0.8,
+                 ls=":", label="TCPAbortOnTimeout+Memory")
+    axes[3].set_ylabel("kernel (cumulative)")
+    axes[3].set_xlabel("seconds since the run started")
+    b = (report["phases"].get("ramp") or {}).get("bottleneck")
+    for i, ax in enumerate(axes):
+        _shade(ax, report.get("windows", []), labels=(i == 0))
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+        if b:
+            ax.axvline(b["t"], color="#c44e52", lw=1.2)
+    axes[0].set_title("Server resources against their limits"
+                      + (f" (first bottleneck: {b['resource']} at {b['clients']} clients)" if b else ""))
+    return _png(fig)
+
+
+def chart_recovery(report: dict[str, Any]) -> bytes | None:
+    rc = report["phases"].get("recovery")
+    if not rc:
+        return None
+    rows = [r for r in report.get("timeline", []) if r["phase"] == "recovery"]
+    if not rows:
+        return None
+    plt = _plt()
+    th = report["thresholds"]
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    x = [r["t"] - rc["drop_t"] + 0.5 for r in rows]
+    axes[0].plot(x, [(r["p99_us"] or 0) / 1000 for r in rows], "o-", label="p99")
+    axes[0].axhline(th["recovery_p99_ms"], color="k", ls="--", lw=1, label=f"{th['recovery_p99_ms']:g} ms")
+    axes[0].set_yscale("symlog", linthresh=1)
+    axes[0].set_ylabel("p99, ms")
+    errs = [sum(r["errors"].values()) for r in rows]
+    axes[1].plot(x, [100 * e / (e + r["ok"]) if e + r["ok"] else 0 for e, r in zip(errs, rows)], "o-",
+                 color="#c44e52", label="errors")
+    axes[1].axhline(100 * th["recovery_error_rate"], color="k", ls="--", lw=1)
+    axes[1].set_ylabel("errors, %")
+    axes[1].set_xlabel("seconds since the drop to %d clients" % rc["recovery_clients"])
+    rec = rc["recovery"]
+    for ax in axes:
+        ax.axvspan(min(x) - 0.5, 0, color=_PHASE_COLOURS["blast"], alpha=0.08)
+        ax.axvline(0, color="k", lw=1)
+        if rec["recovered"]:
+            ax.axvline(rec["seconds"], color="#55a868", lw=1.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title(f"Recovery after {rc['blast_clients']} clients: {rec['label']}")
+    return _png(fig)
+
+
+def render_charts(report: dict[str, Any]) -> tuple[dict[str, bytes], str | None]:
+    """{name: png} and, when charts could not be drawn, why."""
+    try:
+        _plt()
+    except ImportError:
+        return {}, "matplotlib is not installed (pip install 'fastc1k[report]'): no charts"
+    out = {}
+    for name, fn in zip(CHARTS, (chart_stages, chart_timeline, chart_resources, chart_recovery)):
+        png = fn(report)
+        if png:
+            out[name] = png
+    return out, None
+
+
+# --------------------------------------------------------------------------- html
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}tr.broken td{background:#fbe9e9}pre{background:#f7f7f7;padding:1em;font-size:12px;
+overflow-x:auto}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}.note{color:#8a5a00}"""
+
+
+def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_none: str | None) -> None:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>fastc1k capacity report</title>"
+             f"<style>{_CSS}</style></head><body><h1>fastc1k capacity report</h1>",
+             f"<p>{e(report['target'])} &middot; {e(report['started'])} &middot; {e(report['host']['summary'])}</p>"]
+    for n in report.get("notes", []):
+        parts.append(f"<p class='note'>note: {e(n)}</p>")
+    parts.append(f"<h2>Summary</h2><pre>{e(summary_text(report))}</pre>")
+    if why_none:
+        parts.append(f"<p class='note'>{e(why_none)}</p>")
+    titles = {"stages": "1. Breaking point", "timeline": "Timeline", "resources": "2. Resources",
+              "recovery": "3. Recovery"}
+    st = report["phases"].get("stages")
+    for name in CHARTS:
+        if name == "timeline" and st:
+            parts.append("<h2>Stages</h2><table><tr>" + "".join(
+                f"<th>{h}</th>" for h in ("clients", "ok req/s", "error %", "conn. failed", "refused %",
+                                          "503 %", "timeout %", "avg ms", "p50", "p95", "p99", "p99.9",
+                                          "max", "intended/s", "achieved/s", "cascade s")) + "</tr>")
+            for s in st["stages"]:
+                lat = s.get("latency_ms") or {}
+                cells = [s["clients"], f"{s['throughput']:.0f}", f"{100 * s['error_rate']:.2f}",
+                         s["failed_connections"], f"{100 * s['refusal_rate']:.2f}", f"{100 * s['rejected_rate']:.2f}",
+                         f"{100 * s['timeout_rate']:.2f}"] + [_f(lat.get(k), "{:.2f}") for k in
+                                                                ("avg", "p50", "p95", "p99", "p999", "max")] + \
+                        [_f(s.get("intended_rate"), "{:.0f}"), f"{s['achieved_rate']:.0f}", _f(s.get("cascade_s"), "{}")]
+                parts.append(f"<tr class='{'broken' if s.get('broken') else ''}'>" +
+                             "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+            parts.append("</table>")
+        if name in charts:
+            b64 = base64.b64encode(charts[name]).decode()
+            parts.append(f"<h2>{titles[name]}</h2><img alt='{name}' src='data:image/png;base64,{b64}'>")
+    parts.append("<h2>Configuration</h2><pre>" + e(json.dumps(
+        {k: report.get(k) for k in ("server", "container", "config", "thresholds", "host")}, indent=1,
+        default=str)) + "</pre>")
+    parts.append("<p>The full data (per-second timeline, 100 ms samples, merged HdrHistograms per stage) is in "
+                 "the JSON report.</p></body></html>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+def write_all(report: dict[str, Any], out_dir: str, prefix: str = "capacity-report",
+              pngs: bool = True, charts: bool = True) -> dict[str, str]:
+    """JSON, HTML and (optionally) one PNG per chart in out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, prefix + ".json"), "html": os.path.join(out_dir, prefix + ".html")}
+    write_json(report, paths["json"])
+    drawn, why = render_charts(report) if charts else ({}, "charts not drawn (--no-charts)")
+    write_html(report, paths["html"], drawn, why)
+    if pngs:
+        for name, png in drawn.items():
+            p = os.path.join(out_dir, f"{prefix}-{name}.png")
+            with open(p, "wb") as f:
+                f.write(png)
+            paths[name] = p
+    return paths

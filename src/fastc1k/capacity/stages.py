@@ -1,0 +1,485 @@
+"""The three tests of the plan, run against one target: the staged ramp to the breaking
+point, the resource ramp (first bottleneck), and the overload blast with recovery.
+
+Strategy: each phase runs one fastc1k.load farm and steers it with set_connections.
+Stage boundaries sit on the farm's whole seconds (its timeline rows are seconds since
+its start, on CLOCK_MONOTONIC like time.monotonic), so a stage is exactly the rows
+[start, end) and its latency is histogram_between(start, end): no second is shared
+by two stages. Everything is timed against one run clock (`t` = seconds since the run
+started), shared by the timeline, the monitor samples and the phase windows.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from . import analysis as A
+from .monitor import Monitor
+
+__all__ = ["RunConfig", "ServerProcess", "Runner", "host_client_limit", "DEFAULT_STAGES", "load_api"]
+
+DEFAULT_STAGES = (100, 250, 500, 750, 1000)
+AUTO_SOURCES = "127.0.0.1-127.0.0.8"
+PROBE_PATH = "/api/health"
+
+
+def load_api():
+    """(LoadSpec, LoadFarm) of fastc1k.load."""
+    try:
+        from ..load import LoadFarm, LoadSpec
+    except ImportError:
+        from ..load.farm import LoadFarm, LoadSpec
+    return LoadSpec, LoadFarm
+
+
+@dataclass
+class RunConfig:
+    """Durations default to a scaled-down plan so a full report takes < 5 min; `plan()`
+    gives the plan's own (10 s stages, 30 s at 1000, a 2 min ramp, a 30 s blast)."""
+    stages: tuple[int, ...] = DEFAULT_STAGES
+    stage_s: int = 5
+    final_stage_s: int = 10          # the last listed stage (the plan's "last 30 s")
+    growth: float = 1.5              # past the listed stages: x1.5 until broken or max_clients
+    max_clients: int = 20000
+    ramp_clients: int | None = None  # None: the largest stage the staged phase reached
+    ramp_steps: int = 20
+    ramp_s: float = 30.0
+    ramp_rate: float | None = None   # None: closed loop; else requests/s in total (open loop)
+    blast_factor: float = 2.0
+    blast_s: int = 10
+    recovery_clients: int = 100
+    recovery_window_s: int = 15
+    phases: tuple[str, ...] = ("stages", "ramp", "recovery")
+    processes: int | None = None
+    # "auto": against a loopback target, 8 source addresses (8 x the ephemeral ports):
+    # each phase leaves its closed connections' ports in TIME_WAIT for 60 s, and a blast
+    # of 20,000 connects on one source address then crawls through an exhausted range.
+    source_ips: str | None = "auto"
+    connect_timeout: float = 2.0
+    request_timeout: float = 5.0
+    path: str = PROBE_PATH
+    thresholds: A.Thresholds = field(default_factory=A.Thresholds)
+
+    @classmethod
+    def plan(cls, **kw: Any) -> "RunConfig":
+        return cls(**{**dict(stage_s=10, final_stage_s=30, ramp_s=120.0, blast_s=30, recovery_window_s=30), **kw})
+
+    @classmethod
+    def quick(cls, **kw: Any) -> "RunConfig":
+        return cls(**{**dict(stage_s=2, final_stage_s=3, ramp_s=8.0, blast_s=3, recovery_window_s=6), **kw})
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["thresholds"] = asdict(self.thresholds)
+        return d
+
+
+def host_client_limit(source_ips: int = 1) -> tuple[int, str]:
+    """Connections this host can open to one address:port: the ephemeral ports per
+    source address (fds are not the limit: the farm adds a process per 15,000)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = map(int, f.read().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    ports = (hi - lo + 1) * max(1, source_ips)
+    return ports - 1000, f"{hi - lo + 1} ephemeral ports x {max(1, source_ips)} source address(es), 1000 kept spare"
+
+
+# --------------------------------------------------------------------------- the server
+
+class ServerProcess:
+    """`python -m fastc1k.serve` in a child process (inside the container, if any)."""
+
+    def __init__(self, engine: str | None = None, workers: int = 1, extra: list[str] | None = None,
+                 preexec: Callable[[], None] | None = None, startup_timeout: float = 20.0) -> None:
+        self.argv = [sys.executable, "-m", "fastc1k.serve", "--host", "127.0.0.1", "--port", "0",
+                     "--workers", str(workers), "--log-level", "warning"]
+        if engine:
+            self.argv += ["--engine", engine]
+        self.argv += list(extra or [])
+        self.preexec = preexec
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.url: str | None = None
+        self.startup_line = ""
+        self._out = tempfile.TemporaryFile(mode="w+")
+        self._err = tempfile.TemporaryFile(mode="w+")
+
+    def start(self) -> "ServerProcess":
+        env = dict(os.environ)
+        src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
+                                     env=env, preexec_fn=self.preexec, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            self._out.seek(0)
+            text = self._out.read()
+            m = re.search(r"serving (http://\S+)", text)
+            if m:
+                self.startup_line = text.splitlines()[0]
+                self.url = m.group(1)
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        err = self.stderr()
+        self.stop()
+        raise RuntimeError(f"the server did not start ({shlex.join(self.argv)}): {err.strip()[-500:] or 'no output'}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        self._err.seek(0)
+        return self._err.read()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (graceful), then SIGKILL of its process group after `timeout`."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)   # immediate stop: the run is over
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+# --------------------------------------------------------------------------- the runner
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else round(us / 1000.0, 3)
+
+
+def latency_block(h) -> dict[str, Any]:
+    """avg/p50/p95/p99/p99.9/max in ms of an hdrh histogram (None when empty)."""
+    n = h.get_total_count()
+    if not n:
+        return {"count": 0, "avg": None, "p50": None, "p95": None, "p99": None, "p999": None, "max": None}
+    # A percentile is its bucket's highest equivalent value; the farm keeps the exact max.
+    top = h.max_value
+    p = {q: min(v, top) for q, v in h.get_percentile_to_value_dict([50.0, 95.0, 99.0, 99.9]).items()}
+    return {"count": n, "avg": _ms(h.get_mean_value()), "p50": _ms(p[50.0]), "p95": _ms(p[95.0]),
+            "p99": _ms(p[99.0]), "p999": _ms(p[99.9]), "max": _ms(top)}
+
+
+def _encode(h) -> str:
+    return h.encode().decode() if h.get_total_count() else ""
+
+
+class Runner:
+    """Runs the phases against `url` (the server root, e.g. http://127.0.0.1:8080)."""
+
+    def __init__(self, url: str, cfg: RunConfig, server: ServerProcess | None = None, container: Any = None,
+                 progress: Callable[[dict[str, Any]], None] | None = None, server_pid: int | None = None,
+                 metrics: bool = True, own_netns: bool = False) -> None:
+        self.url = url.rstrip("/")
+        self.cfg = cfg
+        self.server = server
+        self.container = container
+        self.progress = progress or (lambda st: None)
+        self.t0 = time.monotonic()
+        self.clients = 0
+        self.phase = ""
+        self.timeline: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.windows: list[dict[str, Any]] = []   # phase and stage boundaries, run clock
+        pid = server.pid if server else server_pid
+        self.monitor = Monitor(pid, (self.url + "/metrics") if metrics else None, container=container,
+                               clients=lambda: self.clients)
+        self.monitor.own_netns = own_netns
+        if cfg.source_ips == "auto":
+            from urllib.parse import urlsplit
+            host = urlsplit(self.url).hostname or ""
+            cfg.source_ips = AUTO_SOURCES if host.startswith("127.") else None
+        n_src = 1
+        if cfg.source_ips:
+            from ..load.farm import parse_source_ips
+            n_src = len(parse_source_ips(cfg.source_ips))
+        self.host_limit, self.host_limit_why = host_client_limit(n_src)
+        self.max_clients = min(cfg.max_clients, self.host_limit)
+        self.planned_s = self._plan_seconds()
+        self.LoadSpec, self.LoadFarm = load_api()
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _plan_seconds(self) -> float:
+        c = self.cfg
+        s = 0.0
+        if "stages" in c.phases:
+            n = len(c.stages)
+            s += (n - 1) * c.stage_s + c.final_stage_s
+            x = c.stages[-1]
+            while x < self.max_clients:
+                x = min(self.max_clients, math.ceil(x * c.growth))
+                s += c.stage_s
+        if "ramp" in c.phases:
+            s += c.ramp_s
+        if "recovery" in c.phases:
+            s += c.blast_s + c.recovery_window_s
+        return s
+
+    def _farm(self, connections: int, most: int, rate: float | None = None):
+        c = self.cfg
+        spec = self.LoadSpec(url=self.url + c.path, connections=connections, rate=rate, processes=c.processes,
+                             source_ips=c.source_ips, connect_timeout=c.connect_timeout,
+                             request_timeout=c.request_timeout, max_connections=most)
+        farm = self.LoadFarm(spec).start()
+        base = farm.started_ns / 1e9 - self.t0   # farm second k starts at run time base + k
+        return farm, base
+
+    def _wait_farm_second(self, base: float, k: int, farm: Any, phase: str, extra: dict[str, Any]) -> None:
+        """Sleep until farm second k begins."""
+        self._sleep_until(base + k, farm, phase, extra)
+
+    def _sleep_until(self, t: float, farm: Any, phase: str, extra: dict[str, Any]) -> None:
+        """Sleep until run time t, watching the farm and the server, reporting progress once a second."""
+        last_report = -1.0
+        while True:
+            left = t - self.now()
+            if left <= 0:
+                return
+            if farm.errors:
+                raise RuntimeError("a load worker failed:\n" + farm.errors[0])
+            if self.server is not None and not self.server.alive():
+                raise RuntimeError(f"the server exited (code {self.server.proc.returncode}): "
+                                   f"{self.server.stderr().strip()[-400:]}")
+            if self.now() - last_report >= 1.0:
+                last_report = self.now()
+                rows = farm.timeline()
+                row = rows[-1] if rows else {}
+                ok = row.get("ok", 0)
+                err = sum((row.get("errors") or {}).values())
+                self.progress({"phase": phase, "clients": self.clients, "rps": ok + err,
+                               "p99_ms": _ms(row.get("p99_us")), "errors": err,
+                               "error_rate": err / (ok + err) if ok + err else 0.0,
+                               "elapsed": self.now(), "remaining": max(0.0, self.planned_s - self.now()),
+                               **extra})
+            time.sleep(min(left, 0.05))
+
+    def _rows(self, farm: Any, base: float, k0: int, k1: int, timeout: float = 3.0) -> list[dict[str, Any]]:
+        """Rows k0 <= t < k1, waiting (briefly) for the last one to be complete."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = [r for r in farm.timeline() if k0 <= r["t"] < k1]
+            if len(rows) >= k1 - k0 or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.02)
+
+    def _keep(self, rows: list[dict[str, Any]], base: float, phase: str, clients_at: Callable[[int], int]) -> None:
+        for r in rows:
+            if r.get("duration", 1.0) < 0.999:
+                continue  # the partial second cut by stop(): its rates would read low
+            self.timeline.append({**r, "t": round(base + r["t"], 3), "farm_t": r["t"], "phase": phase,
+                                  "clients": clients_at(r["t"])})
+
+    # -- run ----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.t0 = time.monotonic()
+        self.monitor.t0 = self.t0
+        self.monitor.start()
+        out: dict[str, Any] = {}
+        try:
+            if "stages" in self.cfg.phases:
+                out["stages"] = self.run_stages()
+            if "ramp" in self.cfg.phases:
+                out["ramp"] = self.run_ramp(out.get("stages"))
+            if "recovery" in self.cfg.phases:
+                out["recovery"] = self.run_recovery(out.get("stages"))
+        except KeyboardInterrupt:
+            self.notes.append("interrupted (^C): the report holds what was measured until then")
+        except RuntimeError as exc:   # the server died or a load worker failed: report what was measured
+            out["aborted"] = str(exc)
+            self.notes.append(f"run aborted: {exc}")
+        finally:
+            self.clients = 0
+            samples = self.monitor.stop()
+            self.notes += self.monitor.notes
+        out["elapsed_s"] = round(self.now(), 2)
+        out["samples"] = samples
+        out["timeline"] = self.timeline
+        out["windows"] = self.windows
+        out["notes"] = self.notes
+        out["host_limit"] = {"clients": self.host_limit, "why": self.host_limit_why, "max_clients": self.max_clients}
+        return out
+
+    def _stage_list(self) -> list[int]:
+        return [c for c in self.cfg.stages if c <= self.max_clients] or [self.max_clients]
+
+    def run_stages(self) -> dict[str, Any]:
+        c, th = self.cfg, self.cfg.thresholds
+        listed = self._stage_list()
+        self.phase = "stages"
+        self.clients = listed[0]
+        farm, base = self._farm(listed[0], max(self.max_clients, listed[-1]))
+        stages: list[dict[str, Any]] = []
+        bounds: list[tuple[int, int, int]] = []  # (clients, k0, k1)
+        stop_reason = None
+        k, i, clients = 0, 0, listed[0]
+        try:
+            while True:
+                dur = c.final_stage_s if i == len(listed) - 1 else c.stage_s
+                k0, k1 = k, k + dur
+                bounds.append((clients, k0, k1))
+                self.windows.append({"phase": "stages", "label": f"{clients}", "t0": base + k0, "t1": base + k1})
+                self._wait_farm_second(base, k1, farm, "stages", {"stage": f"{i + 1}"})
+                # Move on at once (the boundary is exact); whether this stage ends the
+                # phase is known only once its last row is in, a few ms later.
+                nxt = self._next_clients(listed, i, clients)
+                if nxt is not None:
+                    farm.set_connections(nxt)
+                    self.clients = nxt
+                rows = self._rows(farm, base, k0, k1)
+                st = A.summarize_rows(rows, clients)
+                h = farm.histogram_between(k0, k1)
+                st.update(start_s=round(base + k0, 3), duration_s=dur, latency_ms=latency_block(h),
+                          histogram=_encode(h), broken=A.is_broken(st, th))
+                stages.append(st)
+                if st["error_rate"] > th.stop_error_rate:
+                    stop_reason = f"error rate {st['error_rate']:.0%} > {th.stop_error_rate:.0%} at {clients} clients"
+                    break
+                if i + 1 >= len(listed) and A.breaking_point(stages, th):
+                    stop_reason = "broken"
+                    break
+                if nxt is None:
+                    stop_reason = f"reached the client limit {self.max_clients} ({self._limit_why()})"
+                    break
+                k, i, clients = k1, i + 1, nxt
+        finally:
+            self.clients = 0
+            farm.stop()
+        # cascades: errors of a stage that spill into the first seconds of the next
+        all_rows = farm.timeline(partial=True)
+        for j, (cl, k0, k1) in enumerate(bounds):
+            self._keep([r for r in all_rows if k0 <= r["t"] < k1], base, "stages", lambda t, cl=cl: cl)
+            if j + 1 < len(bounds):
+                nxt = [r for r in all_rows if bounds[j + 1][1] <= r["t"] < bounds[j + 1][2]]
+                stages[j]["cascade_s"] = A.cascade_seconds(nxt)
+        clients_l = [s["clients"] for s in stages]
+        tput = [s["throughput"] for s in stages]
+        return {
+            "stages": stages,
+            "stop_reason": stop_reason or "all stages run",
+            "breaking_point": A.breaking_point(stages, th),
+            "latency_explosion": A.latency_explosion(stages, th),
+            "degradation": A.degradation(stages, th),
+            "usl": A.usl_fit(clients_l, tput),
+            "peak_throughput": max(tput) if tput else None,
+            "load_summary": farm.stop().summary,
+        }
+
+    def _next_clients(self, listed: list[int], i: int, clients: int) -> int | None:
+        """The listed stages, then x growth up to max_clients (None: at the limit)."""
+        if i + 1 < len(listed):
+            return listed[i + 1]
+        if clients >= self.max_clients:
+            return None
+        return min(self.max_clients, math.ceil(clients * self.cfg.growth))
+
+    def _limit_why(self) -> str:
+        if self.max_clients == self.host_limit:
+            return self.host_limit_why
+        return "--max-clients"
+
+    def run_ramp(self, staged: dict[str, Any] | None) -> dict[str, Any]:
+        c = self.cfg
+        n = c.ramp_clients
+        if n is None:
+            n = staged["stages"][-1]["clients"] if staged and staged["stages"] else c.stages[-1]
+        n = min(n, self.max_clients)
+        steps = max(1, c.ramp_steps)
+        step_s = c.ramp_s / steps
+        levels = [max(1, round(n * (j + 1) / steps)) for j in range(steps)]
+        self.phase = "ramp"
+        self.clients = levels[0]
+        farm, base = self._farm(levels[0], n, rate=c.ramp_rate)
+        t_start = base
+        t_levels: list[tuple[float, int]] = [(base, levels[0])]
+        try:
+            for j in range(1, steps):
+                self._sleep_until(base + j * step_s, farm, "ramp", {"step": f"{j}/{steps}"})
+                farm.set_connections(levels[j])
+                self.clients = levels[j]
+                t_levels.append((self.now(), levels[j]))
+            self._sleep_until(base + c.ramp_s, farm, "ramp", {"step": f"{steps}/{steps}"})
+        finally:
+            self.clients = 0
+            res = farm.stop()
+        t_end = base + c.ramp_s
+        self.windows.append({"phase": "ramp", "label": f"ramp 0-{n}", "t0": t_start, "t1": t_end})
+
+        def clients_at(k: int) -> int:
+            t = base + k + 1
+            return max((cl for tt, cl in t_levels if tt <= t), default=levels[0])
+        self._keep(res.timeline, base, "ramp", clients_at)
+        samples = self.monitor.between(t_start, t_end + 0.5)
+        return {"clients": n, "steps": steps, "step_s": step_s, "rate": c.ramp_rate,
+                "bottleneck": A.first_bottleneck(samples, c.thresholds), "t0": t_start, "t1": t_end,
+                "load_summary": res.summary}
+
+    def run_recovery(self, staged: dict[str, Any] | None) -> dict[str, Any]:
+        c, th = self.cfg, self.cfg.thresholds
+        bp = staged and staged.get("breaking_point")
+        note = None
+        if bp:
+            ref = bp["clients"]
+        else:
+            ref = staged["stages"][-1]["clients"] if staged and staged["stages"] else c.stages[-1]
+            note = f"no breaking point found: blasting at {c.blast_factor:g}x the largest stage ({ref})"
+        blast = math.ceil(ref * c.blast_factor)
+        if blast > self.max_clients:
+            note = (note + "; " if note else "") + f"blast capped at {self.max_clients} ({self._limit_why()})"
+            blast = self.max_clients
+        self.phase = "blast"
+        self.clients = blast
+        farm, base = self._farm(blast, blast)
+        try:
+            self._wait_farm_second(base, c.blast_s, farm, "blast", {})
+            farm.set_connections(c.recovery_clients)
+            self.clients = c.recovery_clients
+            self.phase = "recovery"
+            self._wait_farm_second(base, c.blast_s + c.recovery_window_s, farm, "recovery", {})
+            rows = self._rows(farm, base, 0, c.blast_s + c.recovery_window_s)
+        finally:
+            self.clients = 0
+            res = farm.stop()
+        drop = c.blast_s
+        self._keep(res.timeline, base, "recovery",
+                   lambda k: blast if k < drop else c.recovery_clients)
+        self.windows.append({"phase": "blast", "label": f"blast {blast}", "t0": base, "t1": base + drop})
+        self.windows.append({"phase": "recovery", "label": f"recovery {c.recovery_clients}", "t0": base + drop,
+                             "t1": base + drop + c.recovery_window_s})
+        after = [r for r in rows if r["t"] >= drop]
+        blast_rows = [r for r in rows if r["t"] < drop]
+        rec = A.recovery_time(after, th)
+        h = farm.histogram_between(0, drop)
+        b = A.summarize_rows(blast_rows, blast)
+        b["latency_ms"] = latency_block(h)
+        return {"reference_clients": ref, "blast_clients": blast, "blast_s": drop,
+                "recovery_clients": c.recovery_clients, "drop_t": base + drop, "blast": b,
+                "after": [{"s": r["t"] - drop, "ok": r["ok"], "errors": sum(r["errors"].values()),
+                           "p99_ms": _ms(r["p99_us"])} for r in after],
+                "recovery": rec, "note": note, "load_summary": res.summary}
