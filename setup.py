@@ -35,6 +35,7 @@ if not os.environ.get("FASTC1K_NO_EXTENSIONS"):
 
     extensions = [
         ext("fastc1k._core", "src/fastc1k/_core.pyx"),
+        ext("fastc1k.load._client", "src/fastc1k/load/_client.pyx"),
     ]
     only = os.environ.get("FASTC1K_ONLY")  # e.g. fastc1k._core: build just that one (development)
     if only:

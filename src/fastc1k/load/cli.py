@@ -1,0 +1,160 @@
+"""``python -m fastc1k.load``: the command line over LoadSpec / LoadFarm."""
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import time
+
+from .farm import LoadFarm, LoadSpec
+
+_DUR = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(us|ms|s|m|h)?\s*$")
+_DUR_UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NUM = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kKmM])?\s*$")
+_NUM_UNIT = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, None: 1}
+
+
+def duration(text: str) -> float:
+    m = _DUR.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 30s, 500ms, 2m)")
+    return float(m.group(1)) * _DUR_UNIT[m.group(2)]
+
+
+def count(text: str) -> int:
+    m = _NUM.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad count {text!r} (e.g. 1000, 10k)")
+    return int(float(m.group(1)) * _NUM_UNIT[m.group(2)])
+
+
+def rate(text: str) -> float:
+    m = _NUM.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad rate {text!r} (e.g. 50000, 50k)")
+    return float(m.group(1)) * _NUM_UNIT[m.group(2)]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):            # one line, exit 2, no usage dump
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m fastc1k.load",
+                description="HTTP/1.1 load generator: closed loop (like wrk) or open loop at "
+                            "a fixed rate with coordinated-omission-corrected latency (like wrk2).")
+    p.add_argument("url", help="http://host:port/path (IPv4)")
+    p.add_argument("-c", "--connections", type=count, default=100, help="concurrent connections (default 100)")
+    p.add_argument("-d", "--duration", type=duration, default=10.0, help="run time, e.g. 30s (default 10s)")
+    p.add_argument("-R", "--rate", type=rate, default=None, help="open loop: total requests/s")
+    p.add_argument("--pipeline", type=count, default=1, help="requests per connection per write (default 1)")
+    p.add_argument("--processes", type=count, default=None, help="load processes (default: 1 per 15,000 connections)")
+    p.add_argument("--source-ips", default=None, help="bind connections round-robin, e.g. 127.0.0.1-127.0.0.8")
+    p.add_argument("--ramp", type=duration, default=0.0, help="open the connections over this time")
+    p.add_argument("--timeout", type=duration, default=5.0, help="request timeout (default 5s)")
+    p.add_argument("--connect-timeout", type=duration, default=2.0, help="connect timeout (default 2s)")
+    p.add_argument("-m", "--method", default="GET")
+    p.add_argument("--body", default=None, help="request body (sets Content-Length)")
+    p.add_argument("-H", "--header", action="append", default=[], help="extra header 'Name: value'")
+    p.add_argument("--json", dest="json_out", default=None, help="write the full result as JSON here")
+    p.add_argument("--hdr-log", default=None, help="write per-second histograms (HdrHistogram log format)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live line each second")
+    return p
+
+
+def _ms(us) -> str:
+    return f"{us / 1000:.2f} ms" if us < 1_000_000 else f"{us / 1e6:.2f} s"
+
+
+def live_line(row: dict) -> str:
+    errs = sum(row["errors"].values())
+    return (f"{row['t'] + 1:>4}s  {row['achieved_rate']:>10,.0f} req/s  p99 {_ms(row['p99_us']):>10}"
+            f"  errors {errs:>6}  open {row['connections_open']:>6}  cpu {row['client_cpu']:.2f}"
+            f"  cpu-wait {row['client_cpu_wait']:.2f}")
+
+
+def summary_text(s: dict) -> str:
+    lat, svc = s["latency"], s["service_time"]
+    out = [f"{s['requests']:,} requests in {s['duration_s']:.2f} s, {s['req_per_s']:,.0f} req/s, "
+           f"{s['connections']} connections x {s['processes']} process(es), pipeline {s['pipeline']}, "
+           f"{s['mode']} loop"]
+    head = "latency (corrected)" if s["mode"] == "open" else "latency"
+    for name, b in ((head, lat), ("service time", svc)) if s["mode"] == "open" else ((head, lat),):
+        out.append(f"  {name}: p50 {_ms(b['p50_us'])}  p90 {_ms(b['p90_us'])}  p99 {_ms(b['p99_us'])}"
+                   f"  p99.9 {_ms(b['p999_us'])}  p99.99 {_ms(b['p9999_us'])}  max {_ms(b['max_us'])}"
+                   f"  mean {_ms(b['mean_us'])}")
+    if s["mode"] == "open":
+        out.append(f"  rate: intended {s['intended_rate']:,.0f}/s, offered {s['offered_rate']:,.0f}/s "
+                   f"(due sends of open connections), achieved {s['achieved_rate']:,.0f}/s, "
+                   f"late sends {s['late_sends']:,}, dropped {s['dropped_sends']:,}")
+    errs = ", ".join(f"{k} {v:,}" for k, v in s["errors"].items()) or "none"
+    out.append(f"  errors: {errs}")
+    cpu = s["client_cpu_us_per_request"]
+    out.append(f"  client CPU: {s['client_cpu_s']:.2f} s"
+               + (f", {cpu:.2f} us/request (user {s['client_cpu_user_us_per_request']:.2f})" if cpu else ""))
+    out.append(("  GENERATOR WAS THE BOTTLENECK: " if s["generator_bottleneck"] else "  generator: ")
+               + s["generator_bottleneck_why"])
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = parser()
+    a = p.parse_args(argv)
+    headers = {}
+    for h in a.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            p.error(f"bad header {h!r} (want 'Name: value')")
+        headers[name.strip()] = value.strip()
+    mix = None
+    if a.method != "GET" or a.body is not None:
+        mix = [(a.method, None, a.body, 1)]        # None: the URL's path
+    try:
+        spec = LoadSpec(url=a.url, connections=a.connections, duration=a.duration, rate=a.rate,
+                        pipeline=a.pipeline, processes=a.processes, source_ips=a.source_ips,
+                        ramp=a.ramp, connect_timeout=a.connect_timeout, request_timeout=a.timeout,
+                        requests=mix, headers=headers)
+    except ValueError as e:
+        p.error(str(e))
+    outs = {}
+    for name in ("json_out", "hdr_log"):   # fail before the run, not after it
+        path = getattr(a, name)
+        if path:
+            try:
+                outs[name] = open(path, "w")
+            except OSError as e:
+                p.error(f"cannot write {path}: {e.strerror}")
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        farm = LoadFarm(spec).start()
+    except (OSError, RuntimeError) as e:
+        sys.stderr.write(f"{p.prog}: error: {e}\n")
+        return 1
+    seen = 0
+    end = time.monotonic() + spec.duration
+    try:
+        while not stop and not farm.errors and time.monotonic() < end:
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+            rows = farm.timeline()
+            if not a.quiet:
+                for row in rows[seen:]:
+                    print(live_line(row), flush=True)
+            seen = len(rows)
+    finally:
+        res = farm.stop()
+    if farm.errors:
+        sys.stderr.write(f"{p.prog}: a load process failed:\n{farm.errors[0]}")
+        return 1
+    print(summary_text(res.summary), flush=True)
+    if "json_out" in outs:
+        with outs["json_out"] as f:
+            f.write(res.to_json(indent=1))
+    if "hdr_log" in outs:
+        outs["hdr_log"].close()
+        res.write_hdr_log(a.hdr_log)
+    return 0

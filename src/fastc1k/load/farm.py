@@ -1,0 +1,697 @@
+"""The load farm: worker processes running the C loop, and the coordinator that merges them.
+
+Each worker process owns one ``_client.Client`` (its share of the connections and of
+the rate) and reports once per second over a pipe: cumulative counters, its CPU time and
+the interval histograms as sparse (index, count) pairs. The coordinator turns those into
+per-second timeline rows and keeps each second's histograms, so any window of seconds
+(a capacity-suite stage) can be merged later. Every worker schedules by CLOCK_MONOTONIC
+from one start instant, so their seconds line up.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import resource
+import signal
+import socket
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
+
+from . import hist
+
+PER_PROCESS = 15_000        # connections one worker takes before another is added
+MAX_SLOTS = 20_000          # connection slots a worker allocates at most (the hard fd limit here)
+FD_RESERVE = 64             # fds a worker keeps for itself (pipes, epoll, Python)
+TICK_NS = 1_000_000_000
+BOTTLENECK_CPU = 0.90       # a worker above this share of a core is the bottleneck
+BOTTLENECK_LATE = 0.01      # open loop: due times noticed late by the loop itself
+BOTTLENECK_WAIT = 0.20      # a worker that waited this share of the time for a CPU was starved
+
+
+def _runqueue_wait_s() -> float:
+    # time this (single-threaded) process spent runnable but waiting for a CPU
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+ERROR_CLASSES = ("refused", "reset", "connect_timeout", "read_timeout", "addrnotavail",
+                 "emfile", "bad_response", "connect_error")
+
+
+def _names():
+    from ._client import COUNTER_NAMES
+    return COUNTER_NAMES
+
+
+# ---------------------------------------------------------------------------- the spec
+
+@dataclass
+class LoadSpec:
+    """What to run. ``rate=None`` is closed loop (like wrk); a rate (requests/s, all
+    processes together) is open loop with coordinated-omission-corrected latency."""
+    url: str
+    connections: int = 1000
+    duration: float | None = None          # seconds; None: until stop()
+    rate: float | None = None
+    pipeline: int = 1
+    processes: int | None = None           # None: one per 15,000 connections
+    source_ips: object = None              # "127.0.0.1-127.0.0.8" or a list of addresses
+    ramp: float = 0.0                      # seconds to open all connections (0: at once)
+    connect_timeout: float = 2.0
+    request_timeout: float = 5.0
+    requests: list | None = None           # [(method, path, body, weight)]
+    max_connections: int | None = None     # sizes the process count for set_connections
+    reconnect_delay: float = 0.1           # after a failed connect
+    headers: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        u = urlsplit(self.url)
+        if u.scheme != "http":
+            raise ValueError(f"only http:// URLs are supported, not {self.url!r}")
+        if not u.hostname:
+            raise ValueError(f"no host in {self.url!r}")
+        try:
+            port = u.port or 80
+        except ValueError:
+            raise ValueError(f"bad port in {self.url!r}") from None
+        if ":" in u.hostname:
+            raise ValueError(f"IPv6 targets are not supported (yet): {self.url!r}")
+        try:
+            infos = socket.getaddrinfo(u.hostname, port, socket.AF_INET, socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise ValueError(f"cannot resolve {u.hostname!r} to an IPv4 address: {e}") from None
+        self._addr = (infos[0][4][0], port)
+        self._hostport = u.netloc.rsplit("@", 1)[-1]
+        self._path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        for name in ("connections", "pipeline"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, not {v!r}")
+        if not 1 <= self.pipeline <= 256:
+            raise ValueError("pipeline must be 1..256")
+        if self.duration is not None and not self.duration > 0:
+            raise ValueError("duration must be > 0 seconds (or None)")
+        if self.rate is not None and not self.rate >= 0:
+            raise ValueError("rate must be >= 0 requests/s (or None for closed loop)")
+        for name in ("ramp", "reconnect_delay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("connect_timeout", "request_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.processes is not None and not (isinstance(self.processes, int) and self.processes >= 1):
+            raise ValueError("processes must be >= 1")
+        self._sources = parse_source_ips(self.source_ips)
+        self._requests, self._mix = build_requests(self)
+
+    def process_count(self) -> int:
+        if self.processes:
+            return self.processes
+        most = max(self.connections, self.max_connections or 0)
+        return max(1, math.ceil(most / PER_PROCESS))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["requests"] = [[m, p, (b.decode("latin-1") if isinstance(b, bytes) else b), w]
+                         for m, p, b, w in (self.requests or [])] or None
+        return d
+
+
+def parse_source_ips(v) -> list[str]:
+    """"A-B" (a range within one /24... or wider), "a,b,c", or a list -> addresses."""
+    if not v:
+        return []
+    if isinstance(v, str):
+        if "-" in v:
+            a, b = v.split("-", 1)
+            try:
+                lo = int.from_bytes(socket.inet_aton(a.strip()), "big")
+                hi = int.from_bytes(socket.inet_aton(b.strip()), "big")
+            except OSError:
+                raise ValueError(f"bad source address range {v!r}") from None
+            if hi < lo or hi - lo > 4096:
+                raise ValueError(f"bad source address range {v!r} (at most 4096 addresses)")
+            return [socket.inet_ntoa(i.to_bytes(4, "big")) for i in range(lo, hi + 1)]
+        v = v.split(",")
+    out = []
+    for a in v:
+        try:
+            socket.inet_aton(a.strip())
+        except OSError:
+            raise ValueError(f"bad source address {a!r}") from None
+        out.append(a.strip())
+    return out
+
+
+def build_requests(spec: LoadSpec):
+    """Prebuilt request bytes and a mix table (request indices, in weight proportion,
+    interleaved so that any window of the table has the right proportions)."""
+    mix = spec.requests or [("GET", spec._path, None, 1)]
+    reqs = []
+    weights = []
+    for item in mix:
+        try:
+            method, path, body, weight = item
+        except (TypeError, ValueError):
+            raise ValueError("requests items are (method, path, body, weight)") from None
+        if path is None:
+            path = spec._path
+        if not isinstance(method, str) or not method.isalpha():
+            raise ValueError(f"bad method {method!r}")
+        if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in " \r\n"):
+            raise ValueError(f"bad path {path!r}")
+        if isinstance(body, str):
+            body = body.encode()
+        if not (isinstance(weight, (int, float)) and weight > 0):
+            raise ValueError(f"bad weight {weight!r}")
+        head = [f"{method} {path} HTTP/1.1", f"Host: {spec._hostport}"]
+        for k, v in spec.headers.items():
+            k, v = str(k), str(v)
+            if not k or any(c in k for c in " \t\r\n:") or any(c in v for c in "\r\n\0"):
+                raise ValueError(f"bad header {k!r}: {v!r}")
+            head.append(f"{k}: {v}")
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            head.append(f"Content-Length: {len(body or b'')}")
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        reqs.append((raw, method == "HEAD"))
+        weights.append(float(weight))
+    # smooth weighted round robin over 1000 slots
+    table, credit, total = [], [0.0] * len(weights), sum(weights)
+    for _ in range(1000 if len(weights) > 1 else 1):
+        for i, w in enumerate(weights):
+            credit[i] += w
+        i = max(range(len(weights)), key=credit.__getitem__)
+        credit[i] -= total
+        table.append(i)
+    return reqs, table
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _rates(rate, conns: list[int], nproc: int) -> list:
+    if rate is None:
+        return [None] * nproc
+    total = sum(conns)
+    if total == 0:
+        return [0.0] * nproc
+    return [rate * c / total for c in conns]
+
+
+# ---------------------------------------------------------------------------- the worker
+
+def _worker_main(pipe, cfg: dict) -> None:
+    """Child process: one Client, a report per tick, commands from the pipe."""
+    try:
+        # the coordinator decides when to stop (it catches Ctrl-C for the whole group)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass
+        from ._client import Client, monotonic_ns
+        # slots: as many as the fd limit allows (EMFILE beyond is counted, not fatal)
+        capacity = max(cfg["connections"], min(MAX_SLOTS, max(soft - FD_RESERVE, 1)))
+        c = Client(cfg["host"], cfg["port"], cfg["requests"], cfg["mix"], capacity,
+                   cfg["pipeline"], cfg["connections"], open_loop=cfg["rate"] is not None,
+                   rate=cfg["rate"] or 0.0, ramp_rate=cfg["ramp_rate"],
+                   connect_timeout=cfg["connect_timeout"], request_timeout=cfg["request_timeout"],
+                   retry_delay=cfg["reconnect_delay"], source_ips=cfg["sources"],
+                   src_offset=cfg["src_offset"], counts_len=hist.COUNTS_LEN, ctl_fd=pipe.fileno())
+        pipe.send(("ready", os.getpid(), capacity))
+        msg = pipe.recv()
+        if msg[0] != "start":
+            return
+        start_ns = msg[1]
+        c.start(start_ns)
+        k = 0
+        r0 = resource.getrusage(resource.RUSAGE_SELF)   # CPU is counted from the start
+        w0 = _runqueue_wait_s()
+
+        def report(kind, k):
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            cnt, st = c.counters()
+            pipe.send((kind, k, cnt, st, c.take_interval(), r.ru_utime - r0.ru_utime,
+                       r.ru_stime - r0.ru_stime, _runqueue_wait_s() - w0, monotonic_ns()))
+
+        while True:
+            tick_end = start_ns + (k + 1) * TICK_NS
+            ctl = c.run(tick_end)
+            if monotonic_ns() >= tick_end:
+                report("tick", k)
+                k += 1
+            if ctl:
+                while pipe.poll():
+                    msg = pipe.recv()
+                    if msg[0] == "conns":
+                        c.set_connections(msg[1])
+                        if msg[2] is not None:
+                            c.set_rate(msg[2])
+                    elif msg[0] == "rate":
+                        c.set_rate(msg[1])
+                    elif msg[0] == "stop":
+                        report("final", k)
+                        c.close_all()
+                        return
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return
+    except BaseException:
+        try:
+            pipe.send(("error", traceback.format_exc()))
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------- results
+
+class Result:
+    """A finished run: ``summary`` (dict), ``histogram`` (corrected latency, us, an
+    hdrh.HdrHistogram), ``service_histogram`` (uncorrected), ``timeline`` (rows)."""
+
+    def __init__(self, spec, summary, histogram, service_histogram, timeline, farm=None):
+        self._farm = farm
+        self.spec = spec
+        self.summary = summary
+        self.histogram = histogram
+        self.service_histogram = service_histogram
+        self.timeline = timeline
+
+    def to_json(self, **kw) -> str:
+        return json.dumps({
+            "spec": self.spec.to_dict(),
+            "summary": self.summary,
+            "timeline": self.timeline,
+            "histogram": self.histogram.encode().decode(),
+            "service_histogram": self.service_histogram.encode().decode(),
+        }, **kw)
+
+    def write_hdr_log(self, path: str) -> None:
+        """The per-second corrected histograms in the standard HdrHistogram log format
+        (values in microseconds; the Interval_Max column in milliseconds)."""
+        from hdrh.log import HistogramLogWriter
+        farm = self._farm
+        with open(path, "w") as f:
+            w = HistogramLogWriter(f)
+            w.output_comment("fastc1k.load corrected latency, microseconds")
+            w.output_base_time(int(farm.started_wall * 1000))
+            w.output_legend()
+            for row in self.timeline:
+                h = farm.histogram_between(row["t"], row["t"] + 1)
+                w.output_interval_histogram(h, row["t"], row["t"] + row["duration"],
+                                            max_value_unit_ratio=1000.0)
+
+
+def _latency_block(counts: dict, max_us: int) -> dict:
+    st = hist.stats(counts, max_us)
+    p = st["p"]
+    return {
+        "p50_us": p[50.0], "p90_us": p[90.0], "p99_us": p[99.0], "p999_us": p[99.9],
+        "p9999_us": p[99.99], "max_us": st["max"], "mean_us": round(st["mean"], 1),
+        "stdev_us": round(st["stdev"], 1), "count": st["count"],
+    }
+
+
+# ---------------------------------------------------------------------------- the farm
+
+class _Row:
+    __slots__ = ("t", "reports", "cnt", "status", "hc", "hs", "maxc", "maxs", "cpu_u", "cpu_s",
+                 "wait", "open", "duration", "cache")
+
+    def __init__(self, t):
+        self.t = t
+        self.reports = 0
+        self.cnt = {}
+        self.status = {}
+        self.hc = {}
+        self.hs = {}
+        self.maxc = self.maxs = 0
+        self.cpu_u = self.cpu_s = self.wait = 0.0
+        self.open = 0
+        self.duration = 1.0
+        self.cache = None
+
+
+class LoadFarm:
+    """Start, steer and stop a load run. See ``fastc1k.load`` for the API summary."""
+
+    def __init__(self, spec: LoadSpec, mp_context: str = "fork"):
+        self.spec = spec
+        self.nproc = spec.process_count()
+        self._ctx = multiprocessing.get_context(mp_context)
+        self._procs = []
+        self._pipes = []
+        self._caps = []
+        self._lock = threading.Lock()
+        self._rows: dict[int, _Row] = {}
+        self._last = {}            # worker -> last cumulative counters
+        self._last_cpu = {}
+        self._cpu_total = {}       # worker -> (utime, stime) since start
+        self._finals = set()
+        self._errors = []
+        self._reader = None
+        self._stopped = None
+        self._conns = _split(spec.connections, self.nproc)
+        self._rate = spec.rate
+        self.started_ns = None
+        self.started_wall = None
+        self._names = _names()
+
+    # -- lifecycle
+
+    def start(self) -> "LoadFarm":
+        if self._procs:
+            raise RuntimeError("already started")
+        spec = self.spec
+        rates = _rates(spec.rate, self._conns, self.nproc)
+        ramp_total = spec.connections / spec.ramp if spec.ramp > 0 else 0.0
+        offset = 0
+        try:
+            for i in range(self.nproc):
+                ours, theirs = self._ctx.Pipe(duplex=True)
+                cfg = dict(host=spec._addr[0], port=spec._addr[1], requests=spec._requests,
+                           mix=spec._mix, pipeline=spec.pipeline, connections=self._conns[i],
+                           rate=rates[i], ramp_rate=ramp_total / self.nproc,
+                           connect_timeout=spec.connect_timeout,
+                           request_timeout=spec.request_timeout,
+                           reconnect_delay=spec.reconnect_delay, sources=spec._sources,
+                           src_offset=offset)
+                offset += self._conns[i]
+                p = self._ctx.Process(target=_worker_main, args=(theirs, cfg), daemon=True,
+                                      name=f"fastc1k-load-{i}")
+                p.start()
+                theirs.close()
+                self._procs.append(p)
+                self._pipes.append(ours)
+            for i, pipe in enumerate(self._pipes):
+                if not pipe.poll(15):
+                    raise RuntimeError(f"load worker {i} did not start")
+                msg = pipe.recv()
+                if msg[0] == "error":
+                    raise RuntimeError(f"load worker {i} failed: {msg[1]}")
+                self._caps.append(msg[2])
+            from ._client import monotonic_ns
+            self.started_ns = monotonic_ns() + 20_000_000
+            self.started_wall = time.time() + 0.02
+            for pipe in self._pipes:
+                pipe.send(("start", self.started_ns))
+        except BaseException:
+            self._kill()
+            raise
+        self._reader = threading.Thread(target=self._read_loop, name="fastc1k-load-reader",
+                                        daemon=True)
+        self._reader.start()
+        return self
+
+    def set_connections(self, n: int) -> None:
+        """Change the client count while running (with the spec's ramp rate, if any)."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError("connections must be a non-negative integer")
+        if n > sum(self._caps):
+            raise ValueError(f"{n} connections exceed this farm's {sum(self._caps)} slots "
+                             f"({self.nproc} processes); set max_connections or processes")
+        split = _split(n, self.nproc)
+        if any(s > c for s, c in zip(split, self._caps)):
+            raise ValueError(f"{n} connections do not fit the per-process slots {self._caps}")
+        rates = _rates(self._rate, split, self.nproc)
+        self._conns = split
+        for pipe, c, r in zip(self._pipes, split, rates):
+            pipe.send(("conns", c, r))
+
+    def set_rate(self, rate: float) -> None:
+        """Change the total rate (open loop only)."""
+        if self._rate is None:
+            raise ValueError("set_rate: this farm runs closed loop (no rate in its spec)")
+        if not rate >= 0:
+            raise ValueError("rate must be >= 0")
+        self._rate = float(rate)
+        for pipe, r in zip(self._pipes, _rates(self._rate, self._conns, self.nproc)):
+            pipe.send(("rate", r))
+
+    def stop(self) -> Result:
+        """Stop the workers, collect their last partial second, and return the Result."""
+        if self._stopped is not None:
+            return self._stopped
+        if not self._procs:
+            raise RuntimeError("not started")
+        for pipe in self._pipes:
+            try:
+                pipe.send(("stop",))
+            except OSError:
+                pass
+        self._reader.join(timeout=10)
+        self._kill()
+        self._stopped = self._result()
+        return self._stopped
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        if self._procs and self._stopped is None:
+            self.stop()
+
+    def _kill(self):
+        for p in self._procs:
+            p.join(timeout=2)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=2)
+        for pipe in self._pipes:
+            pipe.close()
+
+    # -- collecting
+
+    def _read_loop(self):
+        from multiprocessing.connection import wait
+        live = dict(enumerate(self._pipes))
+        index = {id(p): i for i, p in live.items()}
+        while live:
+            for pipe in wait(list(live.values()), timeout=1.0):
+                w = index[id(pipe)]
+                try:
+                    msg = pipe.recv()
+                except (EOFError, OSError):
+                    live.pop(w, None)
+                    if w not in self._finals:
+                        self._procs[w].join(1.0)
+                        self._errors.append(f"load worker {w} (pid {self._procs[w].pid}) died, "
+                                            f"exit code {self._procs[w].exitcode}")
+                    continue
+                if msg[0] == "error":
+                    self._errors.append(msg[1])
+                    live.pop(w, None)
+                elif msg[0] in ("tick", "final"):
+                    self._take(w, msg)
+                    if msg[0] == "final":
+                        live.pop(w, None)
+
+    def _take(self, w, msg):
+        kind, k, cnt, status, (hc, maxc, hs, maxs), utime, stime, wait, now_ns = msg
+        cnt = dict(zip(self._names, cnt))
+        with self._lock:
+            last = self._last.get(w, {})
+            last_st = self._last.get(("st", w), {})
+            lu, ls, lw = self._last_cpu.get(w, (0.0, 0.0, 0.0))
+            row = self._rows.get(k)
+            if row is None:
+                row = self._rows[k] = _Row(k)
+            for name, v in cnt.items():
+                if name == "connections_open":
+                    row.open += v
+                else:
+                    row.cnt[name] = row.cnt.get(name, 0) + v - last.get(name, 0)
+            for code, v in status.items():
+                d = v - last_st.get(code, 0)
+                if d:
+                    row.status[code] = row.status.get(code, 0) + d
+            hist.merge_sparse(row.hc, hc)
+            hist.merge_sparse(row.hs, hs)
+            row.maxc = max(row.maxc, maxc)
+            row.maxs = max(row.maxs, maxs)
+            row.cpu_u += utime - lu
+            row.cpu_s += stime - ls
+            row.wait = max(row.wait, wait - lw)
+            row.reports += 1
+            if kind == "final":
+                row.duration = max(0.0, min(1.0, (now_ns - self.started_ns - k * TICK_NS) / 1e9))
+                self._finals.add(w)
+            row.cache = None
+            self._last[w] = cnt
+            self._last[("st", w)] = dict(status)
+            self._last_cpu[w] = (utime, stime, wait)
+            self._cpu_total[w] = (utime, stime, wait)
+
+    # -- reading
+
+    def _row_dict(self, row: _Row) -> dict:
+        if row.cache is not None:
+            return row.cache
+        p = hist.stats(row.hc, row.maxc, (50.0, 99.0, 99.9))["p"]
+        ps = hist.stats(row.hs, row.maxs, (50.0, 99.0))["p"]
+        dur = row.duration or 1e-9
+        errors = {n: row.cnt.get(n, 0) for n in ERROR_CLASSES if row.cnt.get(n, 0)}
+        for code, v in sorted(row.status.items()):
+            errors[f"status_{code}"] = v
+        d = {
+            "t": row.t, "duration": round(row.duration, 3),
+            "requests": row.cnt.get("done", 0), "ok": row.cnt.get("ok", 0),
+            "errors": errors, "sent": row.cnt.get("sent", 0),
+            "p50_us": p[50.0], "p99_us": p[99.0], "p999_us": p[99.9], "max_us": row.maxc,
+            "service_p50_us": ps[50.0], "service_p99_us": ps[99.0],
+            "connections_open": row.open,
+            "connects_ok": row.cnt.get("connects_ok", 0),
+            "connects_failed": row.cnt.get("connects_failed", 0),
+            "intended": row.cnt.get("scheduled", 0),
+            "achieved_rate": round(row.cnt.get("done", 0) / dur, 1),
+            "late_sends": row.cnt.get("late_sends", 0),
+            "generator_late": row.cnt.get("generator_late", 0),
+            "client_cpu": round((row.cpu_u + row.cpu_s) / dur, 3),
+            "client_cpu_wait": round(row.wait / dur, 3),
+            "complete": row.reports >= self.nproc,
+        }
+        if row.reports >= self.nproc:
+            row.cache = d
+        return d
+
+    def timeline(self, partial: bool = False) -> list[dict]:
+        """Per-second rows so far (t = seconds since start). Rows still waiting for a
+        worker's report are left out unless partial=True."""
+        with self._lock:
+            rows = [self._rows[k] for k in sorted(self._rows)]
+            return [self._row_dict(r) for r in rows if partial or r.reports >= self.nproc]
+
+    def histogram_between(self, t0: float, t1: float, service: bool = False):
+        """Merged corrected (or service) latency histogram of the seconds t0 <= t < t1."""
+        counts, vmax = self._merged(t0, t1, service)
+        return hist.from_sparse(counts.items(), vmax)
+
+    def _merged(self, t0, t1, service=False):
+        counts, vmax = {}, 0
+        with self._lock:
+            for k, row in self._rows.items():
+                if t0 <= k < t1:
+                    hist.merge_sparse(counts, (row.hs if service else row.hc).items())
+                    vmax = max(vmax, row.maxs if service else row.maxc)
+        return counts, vmax
+
+    @property
+    def errors(self) -> list[str]:
+        """Tracebacks of workers that failed."""
+        return list(self._errors)
+
+    def _result(self) -> Result:
+        rows = self.timeline(partial=True)
+        total = {}
+        status = {}
+        with self._lock:
+            for row in self._rows.values():
+                for n, v in row.cnt.items():
+                    total[n] = total.get(n, 0) + v
+                for c, v in row.status.items():
+                    status[c] = status.get(c, 0) + v
+            cpu = dict(self._cpu_total)
+        cc, cmax = self._merged(-1, float("inf"))
+        sc, smax = self._merged(-1, float("inf"), service=True)
+        h = hist.from_sparse(cc.items(), cmax)
+        hs = hist.from_sparse(sc.items(), smax)
+        duration = sum(r["duration"] for r in rows) or 1e-9
+        done = total.get("done", 0)
+        errors = {n: total.get(n, 0) for n in ERROR_CLASSES if total.get(n, 0)}
+        for code, v in sorted(status.items()):
+            errors[f"status_{code}"] = v
+        cpu_u = sum(u for u, s, _ in cpu.values())
+        cpu_s = sum(s for u, s, _ in cpu.values())
+        per_worker = [round((u + s) / duration, 3) for u, s, _ in cpu.values()]
+        waits = [round(w / duration, 3) for _, _, w in cpu.values()]
+        summary = {
+            "url": self.spec.url, "connections": self.spec.connections,
+            "processes": self.nproc, "pipeline": self.spec.pipeline,
+            "mode": "closed" if self.spec.rate is None else "open",
+            "duration_s": round(duration, 3),
+            "requests": done, "ok": total.get("ok", 0), "sent": total.get("sent", 0),
+            "errors": errors, "error_count": sum(errors.values()),
+            "req_per_s": round(done / duration, 1),
+            "bytes_in": total.get("bytes_in", 0), "bytes_out": total.get("bytes_out", 0),
+            "latency": _latency_block(cc, cmax), "service_time": _latency_block(sc, smax),
+            "connects_ok": total.get("connects_ok", 0),
+            "connects_failed": total.get("connects_failed", 0),
+            "unanswered": total.get("unanswered", 0),
+            "client_cpu_s": round(cpu_u + cpu_s, 4), "client_cpu_user_s": round(cpu_u, 4),
+            "client_cpu_us_per_request": round((cpu_u + cpu_s) / done * 1e6, 3) if done else None,
+            "client_cpu_user_us_per_request": round(cpu_u / done * 1e6, 3) if done else None,
+            "client_cpu_per_process": per_worker,
+            "client_cpu_wait_per_process": waits,
+            "worker_errors": list(self._errors),
+        }
+        if self.spec.rate is not None:
+            sched = total.get("scheduled", 0)
+            summary.update({
+                "intended_rate": self._rate, "scheduled": sched,
+                # what the schedule asked of the open connections (a ramp asks less)
+                "offered_rate": round(sched / duration, 1),
+                "achieved_rate": round(done / duration, 1),
+                "late_sends": total.get("late_sends", 0),
+                "generator_late": total.get("generator_late", 0),
+                "dropped_sends": total.get("dropped", 0),
+            })
+        why, note = [], ""
+        busiest = max(per_worker, default=0.0)
+        if busiest >= BOTTLENECK_CPU:
+            why.append(f"a load process used {busiest:.0%} of a core")
+        starved = max(waits, default=0.0)
+        if starved >= BOTTLENECK_WAIT:
+            why.append(f"a load process spent {starved:.0%} of the run waiting for a CPU "
+                       f"(the host is oversubscribed)")
+        if self.spec.rate is not None:
+            late = total.get("generator_late", 0)
+            share = late / (total.get("scheduled", 0) or 1)
+            if share > BOTTLENECK_LATE:
+                if busiest >= BOTTLENECK_CPU / 2:
+                    why.append(f"the load loop itself noticed {share:.1%} of due sends late")
+                else:
+                    # little CPU used: the loop woke late because the machine is busy
+                    note = (f"; {share:.1%} of due sends were noticed > 1 ms late with the "
+                            f"load processes mostly idle: the host's scheduler, not their work")
+        summary["generator_bottleneck"] = bool(why)
+        summary["generator_bottleneck_why"] = "; ".join(why) if why else (
+            f"kept up: busiest load process at {busiest:.0%} of a core{note}")
+        return Result(self.spec, summary, h, hs, rows, farm=self)
+
+
+def run(spec: LoadSpec, on_second=None) -> Result:
+    """Run for spec.duration seconds and return the Result; on_second(row) is called
+    with each completed timeline row."""
+    if spec.duration is None:
+        raise ValueError("run() needs a duration")
+    farm = LoadFarm(spec).start()
+    try:
+        seen = 0
+        end = time.monotonic() + spec.duration
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.1))
+            if on_second is not None:
+                rows = farm.timeline()
+                for row in rows[seen:]:
+                    on_second(row)
+                seen = len(rows)
+            if farm.errors:
+                break
+    finally:
+        res = farm.stop()
+    if farm.errors:
+        raise RuntimeError("a load worker failed:\n" + farm.errors[0])
+    return res
