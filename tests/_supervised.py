@@ -31,7 +31,7 @@ import time
 
 import psutil
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from _env import SRC  # noqa: E402  (the package this process imported)
 TESTS = os.path.dirname(os.path.abspath(__file__))
 _PORT_RE = re.compile(r"serving http://127\.0\.0\.1:(\d+) ")
 

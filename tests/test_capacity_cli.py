@@ -14,7 +14,7 @@ from fastc1k.capacity import monitor, report
 from fastc1k.capacity.__main__ import main
 from fastc1k.capacity.container import ContainerError, ContainerSpec
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from _env import SRC  # noqa: E402  (the package this process imported)
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -19,7 +19,7 @@ import pytest
 
 from fastc1k import c_available
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from _env import SRC  # noqa: E402  (the package this process imported)
 # The engine fastc1k ships (C when built); one engine keeps the file well under 2 minutes.
 ENGINE = "c" if c_available() else "python"
 
