@@ -3,6 +3,7 @@
     python -m fastc1k.capacity --serve                      # starts fastc1k itself, full report in < 5 min
     python -m fastc1k.capacity --serve --container cpus=0.5,memory=256M,nofile=4096,somaxconn=128
     python -m fastc1k.capacity --target http://127.0.0.1:8080 --server-pid 1234
+    python -m fastc1k.capacity --replicas 1,2,4 --container cpus=0.25,memory=256M   # scale-out (scaleout.py)
 
 Exit codes: 0 report written; 1 the run failed (server did not start, load worker
 failed); 2 bad input (one line on stderr).
@@ -223,6 +224,11 @@ def _peaks(samples: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--replicas" or a.startswith("--replicas=") for a in argv):
+        # N replicas behind a balancer: the scale-out run (it starts the servers itself)
+        from .scaleout import main as scaleout_main
+        return scaleout_main([a for a in argv if a != "--serve"])
     try:
         args = build_parser().parse_args(argv)
         cfg = run_config(args)
