@@ -49,7 +49,7 @@ soak:               ## the documented 10-minute soak at 70% of capacity, with ch
 
 c1m:                ## hold 1,000,000 connections (heavy: ~12 GB RAM, a few minutes; see README "Hardening")
 	PYTHONPATH=src $(PY) -m fastc1k.capacity.probe --connections 1000000 --workers 56 --clients 56 \
-		--source-ips 127.0.0.10-127.0.0.59 --hold 30 --engine c
+		--source-ips 127.0.0.10-127.0.0.109 --hold 30 --engine c
 
 testinstalled:      ## sdist -> wheel from the sdist -> fresh venv in /tmp -> the suite from outside the tree
 	PY=$(PY) bash scripts/testinstalled.sh

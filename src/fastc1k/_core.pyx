@@ -1,4 +1,1146 @@
 # cython: language_level=3
-"""Placeholder for the C engine (filled by the C-engine work). Not selectable yet."""
-ENGINE_READY = False
+"""The C engine: one worker's epoll loop, in C through Cython, the GIL released.
+
+Same names and behaviour as fastc1k._core_py (the reference); see DESIGN.md "The worker
+loop". The hot path (epoll_wait -> read -> parse -> writev of prebuilt memory) touches no
+Python object; the GIL is taken only for Python handlers, /metrics, and to let signals
+run (every MAX_WAIT_MS). Parts: core/parser.pxi (request heads, chunked bodies),
+core/pool.pxi (read buffers), core/timers.pxi (O(1) timeout lists), core/consts.pxi
+(tunables, flags, the metrics layout), includes/system.pxd (the syscalls).
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
+
+from .includes.system cimport *
+from .core.debug cimport FC_DBG, FC_ASSERT
+
+import os
+import time
+
+from . import http, metrics
+from .routes import STATIC, HANDLER, DATA, METRICS, JSON, PROMETHEUS, Request, render_result
+
+__all__ = ["Worker", "parse_request", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE"]
+
 ENGINE_NAME = "c"
+ENGINE_READY = True
+CONN_STRUCT_SIZE = sizeof(Conn)
+
+include "core/parser.pxi"
+include "core/pool.pxi"
+include "core/timers.pxi"
+
+cdef enum:  # routes.STATIC, HANDLER, DATA, METRICS (checked below)
+    _STATIC = 0
+    _HANDLER = 1
+    _DATA = 2
+    _METRICS = 3
+
+cdef const char *CRLF = b"\r\n"
+cdef const char *CONN_CLOSE = b"Connection: close\r\n"
+cdef const char *CONN_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+cdef const char *CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef const char *DAYS = b"SunMonTueWedThuFriSat"
+cdef const char *MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
+
+
+def _check_layout():
+    """The compile-time constants must match the Python modules they mirror."""
+    idx = metrics.IDX
+    want = {
+        "pid": I_PID, "started_ms": I_STARTED_MS, "engine": I_ENGINE, "accepted": I_ACCEPTED,
+        "closed": I_CLOSED, "active": I_ACTIVE, "requests": I_REQUESTS, "bytes_in": I_BYTES_IN,
+        "bytes_out": I_BYTES_OUT, 'responses{status="200"}': I_RESP_200,
+        'responses{status="other"}': I_RESP_OTHER,
+        'parse_errors{kind="bad_request"}': I_PE_BAD_REQUEST,
+        'parse_errors{kind="uri_too_long"}': I_PE_URI_TOO_LONG,
+        'parse_errors{kind="headers_too_large"}': I_PE_HEADERS_TOO_LARGE,
+        'parse_errors{kind="body_too_large"}': I_PE_BODY_TOO_LARGE,
+        'parse_errors{kind="unsupported_coding"}': I_PE_UNSUPPORTED_CODING,
+        'parse_errors{kind="bad_version"}': I_PE_BAD_VERSION,
+        'timeouts{kind="header"}': I_TO_HEADER, 'timeouts{kind="idle"}': I_TO_IDLE,
+        'timeouts{kind="send"}': I_TO_SEND, "rejected_max_connections": I_REJECTED,
+        "accept_paused": I_ACCEPT_PAUSED, "handler_errors": I_HANDLER_ERRORS, "pool_size": I_POOL_SIZE,
+        "pool_in_use": I_POOL_IN_USE, "pool_peak": I_POOL_PEAK, "pool_exhausted": I_POOL_EXHAUSTED,
+        "loop_waits": I_LOOP_WAITS, "loop_events": I_LOOP_EVENTS, "loop_lag_max_us": I_LAG_MAX,
+        'loop_lag_bucket{le_us="1"}': I_LAG_BUCKET0,
+    }
+    bad = {k: (v, idx.get(k)) for k, v in want.items() if idx.get(k) != v}
+    if bad or metrics.LAG_BUCKETS != LAG_BUCKETS or metrics.N_WORDS < I_LAG_BUCKET0 + LAG_BUCKETS:
+        raise ImportError(f"fastc1k._core was built for another metrics layout: {bad}")
+    for i, s in enumerate(metrics.STATUS_CODES):
+        if metrics.status_index(s) != I_RESP_200 + i:
+            raise ImportError("fastc1k._core: responses{status} layout changed")
+    if http.DATE_LEN != DATE_LEN or http.CONN_CLOSE != CONN_CLOSE or http.CONN_KEEP_ALIVE != CONN_KEEP_ALIVE:
+        raise ImportError("fastc1k._core: http constants changed")
+    if (STATIC, HANDLER, DATA, METRICS) != (_STATIC, _HANDLER, _DATA, _METRICS):
+        raise ImportError("fastc1k._core: route kinds changed")
+
+_check_layout()
+
+
+@cython.cdivision(True)  # constant divisors
+cdef inline uint64_t _clock_ns(int clk) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(clk, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
+cdef void _format_date(char *out, time_t sec) noexcept nogil:
+    """IMF-fixdate (RFC 9110 5.6.7) without locale: 'Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n'."""
+    cdef tm t
+    gmtime_r(&sec, &t)
+    snprintf(out, DATE_LEN + 1, b"Date: %.3s, %02d %.3s %04d %02d:%02d:%02d GMT\r\n",
+             DAYS + 3 * t.tm_wday, t.tm_mday, MONTHS + 3 * t.tm_mon, t.tm_year + 1900,
+             t.tm_hour, t.tm_min, t.tm_sec)
+
+
+@cython.cdivision(True)  # constant divisors
+cdef inline size_t _utoa(char *out, uint64_t v) noexcept nogil:
+    cdef char tmp[24]
+    cdef size_t n = 0, i
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
+
+
+cdef inline uint8_t _bit_length(uint64_t v) noexcept nogil:
+    cdef uint8_t n = 0
+    while v:
+        n += 1
+        v >>= 1
+    return n
+
+
+cdef class Worker:
+    """One worker loop over a listening socket. See fastc1k.server.Server for the API."""
+
+    def __cinit__(self):
+        self.conns = NULL
+        self.rt = NULL
+        self.scratch = NULL
+        self.lfd = self.epfd = self.efd = -1
+        memset(&self.pool, 0, sizeof(Pool))
+
+    def __init__(self, sock, config, routes, metrics_area=None, int slot=0):
+        cdef rlimit rl
+        cdef unsigned long long[::1] mv
+        cdef int i
+        cdef bytes b
+        if metrics_area is None:
+            metrics_area = metrics.MetricsArea(1)
+        self.sock = sock
+        self.config = config
+        self.routes = routes
+        self.metrics_area = metrics_area
+        self.lfd = sock.fileno()
+        view = metrics_area.slot(slot)
+        mv = view
+        self._slot = view
+        self.m = <uint64_t *>&mv[0]
+        self._keep = []
+        self._pending = {}
+        self._refs = []
+        self._exc = None
+        self.lim.max_line = config.max_request_line
+        self.lim.max_hdr = config.max_header_bytes
+        self.lim.max_headers = config.max_headers
+        self.lim.max_body = config.max_body
+        self.max_connections = config.max_connections
+        self.graceful_ms = <uint32_t>(config.graceful_timeout * 1000)
+        for i, t in ((T_HEADER, config.header_timeout), (T_IDLE, config.idle_timeout),
+                     (T_SEND, config.send_timeout), (T_LINGER, LINGER_MS / 1000.0)):
+            self.tl[i].length_ms = max(1, <uint32_t>(t * 1000 + 0.5))
+        for i in range(T_KINDS):
+            self.tl[i].head = self.tl[i].tail = -1
+        if getrlimit(RLIMIT_NOFILE, &rl) != 0:
+            raise OSError("getrlimit failed")
+        self.nconns = <int>min(<unsigned long>rl.rlim_cur, 1 << 24)
+        self.conns = <Conn *>calloc(self.nconns, sizeof(Conn))  # pages are touched only as fds are used
+        self.scratch = <char *>malloc(SCRATCH_SIZE)
+        if self.conns == NULL or self.scratch == NULL:
+            raise MemoryError()
+        if pool_init(&self.pool, config.buffer_size, config.pool_size, config.pool_max) != 0:
+            raise MemoryError("read buffer pool")
+        self.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.efd < 0:
+            raise OSError("eventfd failed")
+        self.pid = os.getpid()
+        self._build_routes(routes)
+        self._build_errors()
+        self.date_sec = -1
+
+    def _hold(self, b):
+        b = bytes(b)
+        self._keep.append(b)
+        return b
+
+    def _build_routes(self, routes):
+        cdef RouteC *r
+        cdef bytes b
+        self._routes_py = list(routes)
+        self.nrt = len(self._routes_py)
+        self.rt = <RouteC *>calloc(max(1, self.nrt), sizeof(RouteC))
+        if self.rt == NULL:
+            raise MemoryError()
+        for i, route in enumerate(self._routes_py):
+            r = &self.rt[i]
+            try:
+                b = self._hold(route.path.encode("latin-1"))  # request paths are latin-1 decoded
+                r.path = PyBytes_AS_STRING(b)
+                r.path_len = PyBytes_GET_SIZE(b)
+            except UnicodeEncodeError:
+                r.path = NULL  # no request path can name it (as in the pure engine)
+            r.kind = route.kind
+            r.status = route.status
+            r.wants_body = route.wants_body
+            r.get_ok = "GET" in route.methods
+            r.head_ok = "HEAD" in route.methods
+            b = self._hold(b" " + " ".join(route.methods).encode("ascii") + b" ")
+            r.methods, r.methods_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+            b = self._hold(route.head)
+            r.head, r.head_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+            b = self._hold(b"\r\n" + route.body)
+            r.tail, r.tail_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+            b = self._hold(http.error_head(405, route.allow))
+            r.h405, r.h405_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+        b = self._hold(http.build_head(200, JSON, 0))
+        assert b.endswith(b"Content-Length: 0\r\n")
+        self.data_head, self.data_head_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b) - 3
+
+    def _build_errors(self):
+        cdef bytes b
+        cdef int i
+        for i in range(600):
+            self.err_slot[i] = -1
+            self.status_ctr[i] = I_RESP_OTHER
+        for i, s in enumerate(metrics.STATUS_CODES):
+            self.status_ctr[s] = I_RESP_200 + i
+        for i, s in enumerate(sorted(http.ERROR_BODIES)):
+            self.err_slot[s] = i
+            b = self._hold(http.error_head(s))
+            self.err_head[i], self.err_head_len[i] = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+            b = self._hold(http.error_tail(s))
+            self.err_tail[i], self.err_tail_len[i] = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+
+    def __dealloc__(self):
+        if self.efd >= 0:
+            close(self.efd)
+        if self.epfd >= 0:
+            close(self.epfd)
+        pool_free(&self.pool)
+        free(self.conns)
+        free(self.rt)
+        free(self.scratch)
+
+    # --- Python API -----------------------------------------------------------------
+    def run(self):
+        """Serve until stop(); returns after the loop ended and every connection closed."""
+        cdef epoll_event ev
+        cdef int i
+        cdef uint64_t *m = self.m
+        if self.running:
+            raise RuntimeError("Worker.run() is already running")
+        if self.conns == NULL:
+            raise RuntimeError("Worker.run() after close()")
+        for i in range(metrics.N_WORDS):
+            m[i] = 0
+        m[I_PID] = self.pid
+        m[I_STARTED_MS] = time.time_ns() // 1_000_000
+        m[I_ENGINE] = metrics.ENGINE_C
+        m[I_POOL_SIZE] = self.pool.total
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError("epoll_create1 failed")
+        ev.events = EPOLLIN
+        ev.data.fd = self.lfd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.lfd, &ev) != 0:
+            raise OSError("epoll_ctl(listener) failed")
+        ev.data.fd = self.efd
+        epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.efd, &ev)
+        self.accepting = True
+        self.draining = self.quit = False
+        self.max_fd = -1
+        self.t_base_ns = _clock_ns(CLOCK_MONOTONIC)
+        self.now = 0
+        self.last_signal_check = 0
+        self.running = True
+        try:
+            with nogil:
+                self._loop()
+        finally:
+            with nogil:
+                for i in range(self.max_fd + 1):
+                    if self.conns[i].state != S_FREE:
+                        self._close(i, &self.conns[i])
+            close(self.epfd)
+            self.epfd = -1
+            m[I_ACTIVE] = 0
+            self.running = False
+            self._refs.clear()
+            self._pending.clear()
+        if self._exc is not None:
+            exc, self._exc = self._exc, None
+            raise exc
+
+    def stop(self, graceful=True):
+        """Ask the loop to return (thread- and signal-safe: one eventfd write)."""
+        cdef uint64_t one = 1
+        cdef int mode = 1 if graceful else 2
+        if mode > self.stop_mode:
+            self.stop_mode = mode
+        if self.efd >= 0:
+            write(self.efd, &one, 8)
+
+    def close(self):
+        """Release the eventfd, the buffer pool and the connection table (after run())."""
+        if self.running:
+            raise RuntimeError("Worker.close() while run() is running; stop() it first")
+        if self.efd >= 0:
+            close(self.efd)
+            self.efd = -1
+        pool_free(&self.pool)
+        free(self.conns)
+        self.conns = NULL
+
+    def counters(self):
+        cdef uint64_t *m = self.m
+        return {name: m[i] for name, i in metrics.IDX.items()}
+
+    @property
+    def pool_stats(self):
+        """(buffers allocated, free, peak in use, slabs): for tests."""
+        return self.pool.total, self.pool.nfree, self.pool.peak, self.pool.nslabs
+
+    # --- the loop -----------------------------------------------------------------------
+    @cython.cdivision(True)  # constant divisors
+    cdef void _loop(self) noexcept nogil:
+        cdef int n, i, fd
+        cdef uint32_t evs
+        cdef uint64_t t0, lag
+        cdef uint64_t *m = self.m
+        cdef Conn *c
+        while not self.quit:
+            n = epoll_wait(self.epfd, self.events, MAX_EVENTS, self._wait_ms())
+            t0 = _clock_ns(CLOCK_MONOTONIC)
+            self._tick()
+            if n < 0:
+                n = 0  # EINTR: a signal; checked below
+                self.last_signal_check = self.now - MAX_WAIT_MS
+            m[I_LOOP_WAITS] += 1
+            m[I_LOOP_EVENTS] += n
+            for i in range(n):
+                fd = self.events[i].data.fd
+                evs = self.events[i].events
+                if fd == self.lfd:
+                    if self.accepting:
+                        self._accept()
+                elif fd == self.efd:
+                    self._on_wake()
+                else:
+                    c = &self.conns[fd]
+                    if c.state == S_FREE:
+                        continue
+                    if c.out_len and evs & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                        self._on_write(fd, c)
+                        if c.state == S_FREE or c.out_len:
+                            continue
+                    if evs & (EPOLLIN | EPOLLHUP | EPOLLERR) and not (c.flags & F_PAUSED):
+                        self._on_read(fd, c)
+            self._sweep()
+            if not self.accepting and not self.draining and self.stop_mode == 0 \
+                    and t_due(self.accept_resume, self.now):
+                self._interest(self.lfd, NULL, False)
+                self.accepting = True
+            if self.draining:
+                if t_due(self.idle_close_at, self.now):
+                    self._close_idle()
+                if self.nopen == 0 or t_due(self.graceful_deadline, self.now):
+                    break
+            if <int32_t>(self.now - self.last_signal_check) >= MAX_WAIT_MS:
+                self.last_signal_check = self.now
+                self._check_signals()
+            lag = (_clock_ns(CLOCK_MONOTONIC) - t0) // 1000
+            i = _bit_length(lag)
+            m[I_LAG_BUCKET0 + (i if i < LAG_BUCKETS else LAG_BUCKETS - 1)] += 1
+            if lag > m[I_LAG_MAX]:
+                m[I_LAG_MAX] = lag
+
+    cdef int _wait_ms(self) noexcept nogil:
+        """Until the nearest timer, at most MAX_WAIT_MS."""
+        cdef int w = MAX_WAIT_MS, d, k
+        for k in range(1, T_KINDS):
+            if self.tl[k].head >= 0:
+                d = <int32_t>(self.conns[self.tl[k].head].deadline - self.now)
+                if d < w:
+                    w = d
+        return w if w > 0 else 0
+
+    @cython.cdivision(True)  # constant divisors
+    cdef void _tick(self) noexcept nogil:
+        cdef timespec ts
+        self.now = <uint32_t>((_clock_ns(CLOCK_MONOTONIC) - self.t_base_ns) // 1000000)
+        clock_gettime(CLOCK_REALTIME_COARSE, &ts)
+        if ts.tv_sec != self.date_sec:
+            self.date_sec = ts.tv_sec
+            _format_date(self.date, ts.tv_sec)
+
+    cdef void _check_signals(self) noexcept with gil:
+        try:
+            PyErr_CheckSignals()
+        except BaseException as exc:  # KeyboardInterrupt and friends: re-raised by run()
+            self._exc = exc
+            self.quit = True
+
+    cdef void _on_wake(self) noexcept nogil:
+        cdef uint64_t v
+        read(self.efd, &v, 8)
+        if self.stop_mode == 2:
+            self.quit = True
+        elif self.stop_mode == 1 and not self.draining:
+            self._start_drain()
+
+    cdef void _start_drain(self) noexcept nogil:
+        """Graceful stop: no new connections; every answer from now on says close. Idle
+        connections get a short grace, so that a request already on its way (or unread in
+        the kernel) is answered with Connection: close instead of meeting a reset."""
+        cdef uint32_t grace = self.graceful_ms // 2
+        self.draining = True
+        self.graceful_deadline = self.now + self.graceful_ms
+        self.idle_close_at = self.now + (grace if grace < 500 else 500)
+        if self.accepting:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, NULL)
+            self.accepting = False
+
+    cdef void _close_idle(self) noexcept nogil:
+        """Draining, past the grace: close the idle connections with nothing waiting."""
+        cdef int fd, nxt, k
+        cdef char byte
+        for k in range(T_HEADER, T_IDLE + 1):
+            fd = self.tl[k].head
+            while fd >= 0:
+                nxt = self.conns[fd].tnext
+                if self.conns[fd].state == S_HEAD and self.conns[fd].buf_len == 0 \
+                        and recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) <= 0:
+                    self._close(fd, &self.conns[fd])
+                fd = nxt
+
+    cdef void _accept(self) noexcept nogil:
+        cdef int k, fd, e, one = 1
+        cdef Conn *c
+        cdef epoll_event ev
+        for k in range(ACCEPT_BATCH):
+            fd = accept4(self.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                e = errno
+                if e == EINTR or e == ECONNABORTED or e == EPROTO:
+                    continue
+                if e == EMFILE or e == ENFILE or e == ENOBUFS or e == ENOMEM:
+                    # out of fds: pause accepting (the backlog waits) instead of spinning
+                    self.m[I_ACCEPT_PAUSED] += 1
+                    FC_DBG(b"accept paused: errno %d\n", e)
+                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, NULL)
+                    self.accepting = False
+                    self.accept_resume = self.now + EMFILE_PAUSE_MS
+                return  # EAGAIN: the backlog is empty
+            if fd >= self.nconns:  # cannot happen: the table covers RLIMIT_NOFILE
+                close(fd)
+                continue
+            self.m[I_ACCEPTED] += 1
+            self.nopen += 1
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
+            c = &self.conns[fd]
+            c.state = S_HEAD
+            c.tprev = c.tnext = -1
+            if fd > self.max_fd:
+                self.max_fd = fd
+            ev.events = EPOLLIN
+            ev.data.fd = fd
+            epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+            if self.served >= self.max_connections:
+                c.flags = F_REJECTED
+                self.m[I_REJECTED] += 1
+                self._error(fd, c, 503, False, -1)
+                if self._flush(fd, c) == 0:
+                    self._linger(fd, c)
+                continue
+            self.served += 1
+            self.m[I_ACTIVE] = self.served
+            c.flags = F_FRESH
+            t_set(self.conns, self.tl, fd, T_HEADER, self.now)  # a new connection must speak in time
+
+    cdef char *_buf_get(self) noexcept nogil:
+        cdef char *b = pool_get(&self.pool)
+        cdef uint64_t *m = self.m
+        m[I_POOL_SIZE] = self.pool.total
+        m[I_POOL_IN_USE] = self.pool.total - self.pool.nfree
+        m[I_POOL_PEAK] = self.pool.peak
+        return b
+
+    cdef void _buf_put(self, Conn *c) noexcept nogil:
+        if c.buf != NULL:
+            pool_put(&self.pool, c.buf)
+            c.buf = NULL
+            c.buf_len = 0
+            self.m[I_POOL_IN_USE] = self.pool.total - self.pool.nfree
+
+    cdef void _on_read(self, int fd, Conn *c) noexcept nogil:
+        cdef ssize_t n
+        if c.state == S_LINGER:
+            n = read(fd, self.scratch, SCRATCH_SIZE)
+            if n == 0 or (n < 0 and errno != EAGAIN and errno != EINTR):
+                self._close(fd, c)
+            return
+        if c.buf == NULL:
+            c.buf = self._buf_get()
+            if c.buf == NULL:
+                # pool at pool_max: shed this connection (503, close), count it
+                self.m[I_POOL_EXHAUSTED] += 1
+                FC_DBG(b"pool exhausted (%u buffers): 503 on fd %d\n", self.pool.total, fd)
+                c.flags &= ~F_KEEP
+                self._error(fd, c, 503, False, -1)
+                if self._flush(fd, c) == 0:
+                    self._linger(fd, c)
+                return
+        FC_ASSERT(c.buf_len < self.pool.bufsize)
+        # one read per readiness event: epoll is level-triggered, so a short read is never
+        # followed by a read that would only say EAGAIN
+        n = read(fd, c.buf + c.buf_len, self.pool.bufsize - c.buf_len)
+        if n <= 0:
+            if n < 0 and (errno == EAGAIN or errno == EINTR):
+                if c.buf_len == 0:
+                    self._buf_put(c)
+                return
+            self._close(fd, c)  # EOF or reset
+            return
+        self.m[I_BYTES_IN] += n
+        c.buf_len += n
+        c.flags &= ~F_FRESH
+        if c.tkind == T_IDLE:
+            t_clear(self.conns, self.tl, fd)
+        self._process(fd, c)
+
+    cdef void _process(self, int fd, Conn *c) noexcept nogil:
+        """Answer every complete request in c.buf (one writev), keep a partial one."""
+        cdef size_t pos = 0
+        cdef ssize_t r
+        cdef Req q
+        cdef int rc = 0
+        cdef bint restart = False
+        self.niov = 0
+        self.out_total = 0
+        self.arena_used = 0
+        while rc == 0 and not (c.flags & F_CLOSING):
+            if c.state == S_BODY:
+                r = self._body(fd, c, c.buf + pos, c.buf_len - pos)
+                if r < 0:
+                    self._count_parse_error(<int>-r)
+                    rc = self._error(fd, c, <int>-r, (c.flags & F_HEAD) != 0, -1)
+                    pos = c.buf_len
+                    break
+                pos += r
+                if c.state == S_BODY:
+                    break
+                rc = self._respond(fd, c)
+                restart = True
+                if c.out_len:
+                    break
+                continue
+            if pos == c.buf_len:
+                break
+            memset(&q, 0, sizeof(Req))
+            r = parse_head(c.buf + pos, c.buf_len - pos, &q, &self.lim)
+            if r == 0:
+                pos += q.skip  # leading empty lines go; the partial request stays
+                break
+            self.m[I_REQUESTS] += 1
+            if r < 0:
+                self._count_parse_error(<int>-r)
+                c.flags &= ~(F_KEEP | F_HEAD)
+                rc = self._error(fd, c, <int>-r, False, -1)
+                pos = c.buf_len
+                break
+            restart = True
+            rc = self._dispatch(fd, c, &q, pos, <size_t>r)
+            pos += r
+            if c.out_len:
+                break  # backpressure: the rest waits in the buffer until the client reads
+        if rc < 0:
+            return  # closed
+        if c.flags & F_CLOSING:
+            pos = c.buf_len  # input after a closing response is discarded
+        if pos:
+            c.buf_len -= pos
+            if c.buf_len:
+                memmove(c.buf, c.buf + pos, c.buf_len)
+        if rc == 0:
+            rc = self._flush(fd, c)
+        if self.has_refs:
+            self._drop_refs()
+        if rc < 0:
+            return
+        if c.buf_len == 0:
+            self._buf_put(c)
+        if rc == 0:
+            self._after(fd, c, restart)
+
+    cdef void _after(self, int fd, Conn *c, bint restart) noexcept nogil:
+        """All output sent: close, or arm the right timer."""
+        if c.flags & F_CLOSING:
+            self._linger(fd, c)
+        elif c.state == S_BODY or c.buf_len:
+            # a request's deadline runs from its first byte (its body's from its head):
+            # trickled bytes do not move it
+            if restart or c.tkind != T_HEADER:
+                t_set(self.conns, self.tl, fd, T_HEADER, self.now)
+        elif self.draining:
+            self._linger(fd, c)
+        else:
+            t_set(self.conns, self.tl, fd, T_IDLE, self.now)
+
+    cdef ssize_t _body(self, int fd, Conn *c, const char *b, size_t n) noexcept nogil:
+        cdef size_t used = 0, doff, dlen
+        cdef ssize_t r
+        if c.flags & F_CHUNKED:
+            while used < n and c.cstate != CS_DONE:
+                r = chunk_feed(c, b + used, n - used, &self.lim, &doff, &dlen)
+                if r < 0:
+                    return r
+                if dlen and c.flags & F_WANT_BODY:
+                    self._sink(fd, b + used + doff, dlen)
+                if r == 0:
+                    break  # a CR that may start the line's CRLF waits for the next read
+                used += r
+            if c.cstate == CS_DONE:
+                c.state = S_HEAD
+            return <ssize_t>used
+        used = n if n < c.body_left else <size_t>c.body_left
+        if used and c.flags & F_WANT_BODY:
+            self._sink(fd, b, used)
+        c.body_left -= used
+        if c.body_left == 0:
+            c.state = S_HEAD
+        return <ssize_t>used
+
+    cdef int _dispatch(self, int fd, Conn *c, Req *q, size_t off, size_t hlen) noexcept nogil:
+        """A head is complete: choose the answer; send it now or after the body."""
+        cdef int ri
+        c.flags &= ~(F_KEEP | F_V10 | F_HEAD | F_WANT_BODY | F_CHUNKED)
+        if q.keep_alive:
+            c.flags |= F_KEEP
+        if not q.v11:
+            c.flags |= F_V10
+        if q.method_len == 4 and memcmp(q.method, b"HEAD", 4) == 0:
+            c.flags |= F_HEAD
+        ri = self._lookup(q.path, q.path_len)
+        if ri < 0:
+            c.resp = R_404
+        elif not self._allowed(ri, q.method, q.method_len):
+            c.resp = R_405 | ri
+        else:
+            c.resp = ri
+            if self.rt[ri].kind == _HANDLER:
+                if self.rt[ri].wants_body and (q.chunked or q.content_length):
+                    c.flags |= F_WANT_BODY
+                self._begin_py(fd, c, q, off, hlen, ri)
+        if q.chunked or q.content_length:
+            c.state = S_BODY
+            if q.chunked:
+                c.flags |= F_CHUNKED
+                c.cstate = CS_SIZE0
+                c.allowance = <int64_t>self.lim.max_body
+                c.line_len = 0
+            else:
+                c.body_left = <uint64_t>q.content_length
+            if q.expect_continue and q.v11 and off + hlen == c.buf_len:
+                self._add(CONTINUE_100, 25, True)
+            return 0
+        return self._respond(fd, c)
+
+    cdef int _lookup(self, const char *path, size_t n) noexcept nogil:
+        cdef int i
+        for i in range(self.nrt):
+            if self.rt[i].path_len == n and self.rt[i].path != NULL and memcmp(self.rt[i].path, path, n) == 0:
+                return i
+        return -1
+
+    cdef bint _allowed(self, int ri, const char *m, size_t n) noexcept nogil:
+        cdef RouteC *r = &self.rt[ri]
+        cdef size_t i
+        if n == 3 and m[0] == 71 and m[1] == 69 and m[2] == 84:
+            return r.get_ok
+        if n == 4 and memcmp(m, b"HEAD", 4) == 0:
+            return r.head_ok
+        if n + 2 > r.methods_len:
+            return False
+        for i in range(r.methods_len - n - 1):
+            if r.methods[i] == 32 and r.methods[i + n + 1] == 32 and memcmp(r.methods + i + 1, m, n) == 0:
+                return True
+        return False
+
+    # --- responses ------------------------------------------------------------------
+    cdef int _room(self, int fd, Conn *c) noexcept nogil:
+        """Make room for one more response in the iovec/arena (flushing if full).
+        -1: the connection was closed; else the response can be queued."""
+        if self.niov + 8 > IOV_CAP or self.arena_used + 128 > ARENA_CAP:
+            return -1 if self._flush(fd, c) < 0 else 0
+        return 0
+
+    cdef inline void _add(self, const char *p, size_t n, bint static) noexcept nogil:
+        if n == 0:
+            return
+        self.iov[self.niov].iov_base = <void *>p
+        self.iov[self.niov].iov_len = n
+        self.iov_static[self.niov] = static
+        self.niov += 1
+        self.out_total += n
+
+    cdef inline void _add_conn(self, Conn *c) noexcept nogil:
+        if not (c.flags & F_KEEP):
+            self._add(CONN_CLOSE, 19, True)
+        elif c.flags & F_V10:
+            self._add(CONN_KEEP_ALIVE, 24, True)
+
+    cdef int _respond(self, int fd, Conn *c) noexcept nogil:
+        """Queue the answer to the request just completed (head in flags/resp, body read)."""
+        cdef RouteC *r
+        cdef int rc
+        cdef bint head_only = (c.flags & F_HEAD) != 0
+        if self.draining:
+            c.flags &= ~F_KEEP
+        if c.resp == R_404:
+            return self._error(fd, c, 404, head_only, -1)
+        if c.resp & R_405:
+            return self._error(fd, c, 405, head_only, c.resp & ~R_405)
+        r = &self.rt[c.resp]
+        if r.kind == _STATIC:
+            rc = self._room(fd, c)
+            if rc != 0:
+                return rc
+            self._add(r.head, r.head_len, True)
+            self._add(self.date, DATE_LEN, False)
+            self._add_conn(c)
+            if head_only:
+                self._add(CRLF, 2, True)
+            else:
+                self._add(r.tail, r.tail_len, True)
+            self.m[self.status_ctr[r.status]] += 1
+        elif r.kind == _DATA:
+            rc = self._respond_data(fd, c)
+            if rc != 0:
+                return rc
+        else:
+            rc = self._respond_py(fd, c, c.resp)
+            if rc != 0:
+                return rc
+        if not (c.flags & F_KEEP):
+            c.flags |= F_CLOSING
+        return 0
+
+    cdef int _respond_data(self, int fd, Conn *c) noexcept nogil:
+        """/api/data: {"id":<n>,"timestamp":<unix ms>,"worker":<pid>} built in the arena."""
+        cdef int rc = self._room(fd, c)
+        cdef char *body
+        cdef char *cl
+        cdef size_t bn, cn
+        if rc != 0:
+            return rc
+        self.data_id += 1
+        body = self.arena + self.arena_used
+        memcpy(body, b'{"id":', 6)
+        bn = 6 + _utoa(body + 6, self.data_id)
+        memcpy(body + bn, b',"timestamp":', 13)
+        bn += 13
+        bn += _utoa(body + bn, _clock_ns(CLOCK_REALTIME) // 1000000)
+        memcpy(body + bn, b',"worker":', 10)
+        bn += 10
+        bn += _utoa(body + bn, <uint64_t>self.pid)
+        body[bn] = 125  # '}'
+        bn += 1
+        cl = body + bn
+        cn = _utoa(cl, bn)
+        cl[cn] = 13
+        cl[cn + 1] = 10
+        cn += 2
+        self.arena_used += bn + cn
+        self._add(self.data_head, self.data_head_len, True)
+        self._add(cl, cn, False)
+        self._add(self.date, DATE_LEN, False)
+        self._add_conn(c)
+        self._add(CRLF, 2, True)
+        if not (c.flags & F_HEAD):
+            self._add(body, bn, False)
+        self.m[I_RESP_200] += 1
+        return 0
+
+    cdef int _respond_py(self, int fd, Conn *c, int ri) noexcept with gil:
+        """Handler and /metrics answers: Python builds them, under the GIL."""
+        cdef bint head_only = (c.flags & F_HEAD) != 0
+        cdef int rc
+        cdef bytes head, body
+        route = self._routes_py[ri]
+        pend = None
+        try:
+            if route.kind == METRICS:
+                body = metrics.render_prometheus(self.metrics_area.slots(), metrics.process_series())
+                head = http.build_head(200, PROMETHEUS, len(body))
+                status = 200
+            else:
+                pend = self._pending.pop(fd, None)
+                c.flags &= ~F_PENDING_PY
+                if pend is None:
+                    raise RuntimeError("handler request lost")
+                req = pend[0]
+                if pend[1] is not None:
+                    req.body = bytes(pend[1])
+                status, ctype, extra, body = render_result(route, route.handler(req))
+                head = http.build_head(status, ctype, len(body), extra)
+        except Exception:
+            self.m[I_HANDLER_ERRORS] += 1
+            return self._error(fd, c, 500, head_only, -1)
+        rc = self._room(fd, c)
+        if rc != 0:
+            return rc
+        self._refs.append(head)
+        self._refs.append(body)
+        self.has_refs = True
+        self._add(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head), False)
+        self._add(self.date, DATE_LEN, False)
+        self._add_conn(c)
+        self._add(CRLF, 2, True)
+        if not head_only:
+            self._add(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), False)
+        self.m[self.status_ctr[status] if 0 <= status < 600 else I_RESP_OTHER] += 1
+        if self.niov + 8 > IOV_CAP // 2 or PyBytes_GET_SIZE(body) > 65536:
+            return -1 if self._flush(fd, c) < 0 else 0  # do not pile up Python objects
+        return 0
+
+    cdef int _begin_py(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, int ri) noexcept with gil:
+        """A handler route's head: build its Request now (the buffer moves on)."""
+        cdef const char *t = q.target
+        try:
+            target = PyBytes_FromStringAndSize(q.path, q.target_len - <size_t>(q.path - q.target)) \
+                if q.path >= t and q.path < t + q.target_len else b"/"
+            path, _, query = target.partition(b"?")
+            section = PyBytes_FromStringAndSize(c.buf + off + q.hdr_start, hlen - 4 - q.hdr_start) \
+                if hlen - 4 > q.hdr_start else b""
+            headers = []
+            if section:
+                for line in section.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    headers.append((name.lower(), value.strip(b" \t")))
+            req = Request(PyBytes_FromStringAndSize(q.method, q.method_len).decode("ascii"),
+                          path.decode("latin-1"), query.decode("latin-1"), headers, b"",
+                          "HTTP/1.1" if q.v11 else "HTTP/1.0")
+            self._pending[fd] = [req, bytearray() if c.flags & F_WANT_BODY else None]
+            c.flags |= F_PENDING_PY
+        except Exception:
+            pass  # _respond_py answers 500 when the request is missing
+        return 0
+
+    cdef void _sink(self, int fd, const char *p, size_t n) noexcept with gil:
+        pend = self._pending.get(fd)
+        if pend is not None and pend[1] is not None:
+            pend[1] += PyBytes_FromStringAndSize(p, n)
+
+    cdef void _drop_refs(self) noexcept with gil:
+        self._refs.clear()
+        self.has_refs = False
+
+    cdef void _drop_pending(self, int fd) noexcept with gil:
+        self._pending.pop(fd, None)
+
+    cdef void _count_parse_error(self, int status) noexcept nogil:
+        cdef int i = I_PE_BAD_REQUEST
+        if status == 414:
+            i = I_PE_URI_TOO_LONG
+        elif status == 431:
+            i = I_PE_HEADERS_TOO_LARGE
+        elif status == 413:
+            i = I_PE_BODY_TOO_LARGE
+        elif status == 501:
+            i = I_PE_UNSUPPORTED_CODING
+        elif status == 505:
+            i = I_PE_BAD_VERSION
+        self.m[i] += 1
+
+    cdef int _error(self, int fd, Conn *c, int status, bint head_only, int ri) noexcept nogil:
+        """Queue an engine error response. 404/405 keep the connection; others close it."""
+        cdef int s = self.err_slot[status]
+        cdef int rc
+        FC_ASSERT(s >= 0)
+        if status != 404 and status != 405:
+            c.flags &= ~F_KEEP
+        rc = self._room(fd, c)
+        if rc != 0:
+            return rc
+        if ri >= 0:
+            self._add(self.rt[ri].h405, self.rt[ri].h405_len, True)
+        else:
+            self._add(self.err_head[s], self.err_head_len[s], True)
+        self._add(self.date, DATE_LEN, False)
+        self._add_conn(c)
+        if head_only:
+            self._add(CRLF, 2, True)
+        else:
+            self._add(self.err_tail[s], self.err_tail_len[s], True)
+        self.m[self.status_ctr[status]] += 1
+        if not (c.flags & F_KEEP):
+            c.flags |= F_CLOSING
+        return 0
+
+    cdef int _flush(self, int fd, Conn *c) noexcept nogil:
+        """One writev of what was queued. 0: all sent; 1: the unsent tail is kept and
+        EPOLLOUT armed (reading stops: backpressure); -1: the connection was closed."""
+        cdef ssize_t w
+        cdef size_t left, k, off, old
+        cdef int i
+        cdef char *p
+        if self.niov == 0:
+            return 1 if c.out_len else 0
+        if c.out_len:
+            # output is already waiting for EPOLLOUT: append behind it, in order
+            old = c.out_len
+            left = old + self.out_total
+            p = <char *>malloc(left + sizeof(size_t))
+            if p == NULL:
+                self.niov = 0
+                self._close(fd, c)
+                return -1
+            memcpy(p, c.out, old)
+            if c.flags & F_OUT_OWNED:
+                memcpy(&k, c.out + old, sizeof(size_t))
+                free(c.out + old - k)
+            k = old
+            for i in range(self.niov):
+                memcpy(p + k, self.iov[i].iov_base, self.iov[i].iov_len)
+                k += self.iov[i].iov_len
+            memcpy(p + left, &left, sizeof(size_t))
+            c.out = p
+            c.out_len = left
+            c.flags |= F_OUT_OWNED
+            self.niov = 0
+            self.out_total = 0
+            self.arena_used = 0
+            return 1
+        w = writev(fd, self.iov, self.niov)
+        if w < 0:
+            if errno != EAGAIN and errno != EINTR:
+                self.niov = 0
+                self.out_total = 0
+                self._close(fd, c)
+                return -1
+            w = 0
+        self.m[I_BYTES_OUT] += w
+        left = self.out_total - <size_t>w
+        if left == 0:
+            self.niov = 0
+            self.out_total = 0
+            self.arena_used = 0
+            return 0
+        # partial write: remember only the unsent tail
+        i = 0
+        off = <size_t>w
+        while off >= self.iov[i].iov_len:
+            off -= self.iov[i].iov_len
+            i += 1
+        if i == self.niov - 1 and self.iov_static[i]:
+            c.out = <char *>self.iov[i].iov_base + off  # prebuilt memory: no copy
+        else:
+            # dynamic pieces: copy; the block ends with its size (to find its start later)
+            p = <char *>malloc(left + sizeof(size_t))
+            if p == NULL:
+                self.niov = 0
+                self._close(fd, c)
+                return -1
+            k = 0
+            memcpy(p, <char *>self.iov[i].iov_base + off, self.iov[i].iov_len - off)
+            k = self.iov[i].iov_len - off
+            for i in range(i + 1, self.niov):
+                memcpy(p + k, self.iov[i].iov_base, self.iov[i].iov_len)
+                k += self.iov[i].iov_len
+            memcpy(p + left, &left, sizeof(size_t))
+            c.out = p
+            c.flags |= F_OUT_OWNED
+        c.out_len = left
+        self.niov = 0
+        self.out_total = 0
+        self.arena_used = 0
+        self._interest(fd, c, True)
+        t_set(self.conns, self.tl, fd, T_SEND, self.now)
+        return 1
+
+    cdef void _on_write(self, int fd, Conn *c) noexcept nogil:
+        cdef ssize_t w = write(fd, c.out, c.out_len)
+        cdef size_t total
+        if w < 0:
+            if errno != EAGAIN and errno != EINTR:
+                self._close(fd, c)
+            return
+        self.m[I_BYTES_OUT] += w
+        c.out += w
+        c.out_len -= w
+        if c.out_len:
+            if w:
+                t_set(self.conns, self.tl, fd, T_SEND, self.now)  # progress restarts the send timer
+            return
+        if c.flags & F_OUT_OWNED:
+            memcpy(&total, c.out, sizeof(size_t))
+            free(c.out - total)
+            c.flags &= ~F_OUT_OWNED
+        c.out = NULL
+        t_clear(self.conns, self.tl, fd)
+        if c.flags & F_CLOSING:
+            self._linger(fd, c)
+            return
+        self._interest(fd, c, False)
+        if c.buf_len:
+            self._process(fd, c)  # requests left behind by the backpressure
+        else:
+            self._after(fd, c, False)
+
+    cdef void _interest(self, int fd, Conn *c, bint out) noexcept nogil:
+        """Read (EPOLLIN) or wait for the client to drain our output (EPOLLOUT only)."""
+        cdef epoll_event ev
+        ev.events = EPOLLOUT if out else EPOLLIN
+        ev.data.fd = fd
+        if c == NULL:
+            epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)  # the listener, after a pause
+            return
+        if out == ((c.flags & F_PAUSED) != 0):
+            return
+        epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &ev)
+        if out:
+            c.flags |= F_PAUSED
+        else:
+            c.flags &= ~F_PAUSED
+
+    cdef void _linger(self, int fd, Conn *c) noexcept nogil:
+        """Lingering close: shut our side, read and discard until EOF or LINGER_MS, so
+        the client reads our last response instead of a reset."""
+        if shutdown(fd, SHUT_WR) != 0:
+            self._close(fd, c)
+            return
+        self._buf_put(c)
+        if c.flags & F_PENDING_PY:
+            c.flags &= ~F_PENDING_PY
+            self._drop_pending(fd)
+        c.state = S_LINGER
+        c.flags &= ~F_CLOSING
+        self._interest(fd, c, False)
+        t_set(self.conns, self.tl, fd, T_LINGER, self.now)
+
+    cdef void _close(self, int fd, Conn *c) noexcept nogil:
+        cdef size_t total
+        t_clear(self.conns, self.tl, fd)
+        self._buf_put(c)
+        if c.flags & F_OUT_OWNED:
+            memcpy(&total, c.out + c.out_len, sizeof(size_t))
+            free(c.out + c.out_len - total)
+        if c.flags & F_PENDING_PY:
+            self._drop_pending(fd)
+        close(fd)  # also leaves the epoll set
+        self.m[I_CLOSED] += 1
+        self.nopen -= 1
+        if not (c.flags & F_REJECTED):
+            self.served -= 1
+            self.m[I_ACTIVE] = self.served
+        memset(c, 0, sizeof(Conn))
+        c.tprev = c.tnext = -1
+
+    cdef void _sweep(self) noexcept nogil:
+        cdef int fd, k
+        cdef Conn *c
+        cdef TList *L = &self.tl[T_HEADER]
+        while L.head >= 0 and t_due(self.conns[L.head].deadline, self.now):
+            fd = L.head
+            c = &self.conns[fd]
+            t_clear(self.conns, self.tl, fd)
+            self.m[I_TO_HEADER] += 1
+            if c.state == S_HEAD and c.buf_len == 0:
+                self._close(fd, c)  # a new connection that never sent a byte: close quietly
+                continue
+            self.niov = 0
+            self.out_total = 0
+            self.arena_used = 0
+            c.flags &= ~F_HEAD
+            if self._error(fd, c, 408, False, -1) == 0 and self._flush(fd, c) == 0:
+                self._linger(fd, c)
+        for k in range(T_IDLE, T_KINDS):
+            L = &self.tl[k]
+            while L.head >= 0 and t_due(self.conns[L.head].deadline, self.now):
+                fd = L.head
+                if k == T_IDLE:
+                    self.m[I_TO_IDLE] += 1
+                elif k == T_SEND:
+                    self.m[I_TO_SEND] += 1
+                self._close(fd, &self.conns[fd])
+
+
+def parse_request(data, config=None):
+    """Parse one whole request from `data` (for differential tests and fuzzing).
+
+    Returns (status, method, target, version, headers, keep_alive, body, consumed):
+    status 0 = a complete request (body decoded), -1 = incomplete, else the error status
+    (the same tuple as fastc1k._core_py.parse_request).
+    """
+    from .config import ServerConfig
+    cdef bytes b = bytes(data)
+    cdef const char *p = PyBytes_AS_STRING(b)
+    cdef size_t n = PyBytes_GET_SIZE(b)
+    cdef Req q
+    cdef Limits lim
+    cdef Conn c
+    cdef ssize_t r, used
+    cdef size_t pos, doff, dlen
+    incomplete = (-1, None, None, None, None, None, None, 0)
+    cfg = config or ServerConfig()
+    lim.max_line = cfg.max_request_line
+    lim.max_hdr = cfg.max_header_bytes
+    lim.max_headers = cfg.max_headers
+    lim.max_body = cfg.max_body
+    memset(&q, 0, sizeof(Req))
+    r = parse_head(p, n, &q, &lim)
+    if r == 0:
+        return incomplete
+    if r < 0:
+        return (<int>-r, None, None, None, None, None, None, 0)
+    pos = <size_t>r
+    if q.chunked:
+        memset(&c, 0, sizeof(Conn))
+        c.cstate = CS_SIZE0
+        c.allowance = <int64_t>lim.max_body
+        out = bytearray()
+        while pos < n and c.cstate != CS_DONE:
+            used = chunk_feed(&c, p + pos, n - pos, &lim, &doff, &dlen)
+            if used < 0:
+                return (<int>-used, None, None, None, None, None, None, 0)
+            if dlen:
+                out += p[pos + doff:pos + doff + dlen]
+            if used == 0:
+                break
+            pos += used
+        if c.cstate != CS_DONE:
+            return incomplete
+        body = bytes(out)
+    else:
+        if n - pos < <uint64_t>q.content_length:
+            return incomplete
+        body = p[pos:pos + q.content_length]
+        pos += q.content_length
+    headers = []
+    if <size_t>r - 4 > q.hdr_start:
+        for line in p[q.hdr_start:<size_t>r - 4].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            headers.append((name.lower(), value.strip(b" \t")))
+    return (0, p[q.method - p:q.method - p + q.method_len].decode("ascii"),
+            p[q.target - p:q.target - p + q.target_len], "HTTP/1.1" if q.v11 else "HTTP/1.0",
+            headers, bool(q.keep_alive), body, pos)

@@ -1,0 +1,95 @@
+# The C engine's declarations: structs and tunables (core/), the Worker's C fields.
+from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
+from .includes.system cimport iovec, epoll_event
+
+include "core/consts.pxi"
+include "core/types.pxi"
+
+cimport cython
+
+
+@cython.final  # no subclasses: method calls are direct C calls the compiler can inline
+cdef class Worker:
+    cdef:
+        object sock, config, routes, metrics_area
+        object _slot                    # the metrics memoryview (its memory is self.m)
+        list _keep                      # bytes objects whose memory C points into
+        list _routes_py                 # route index -> Route
+        dict _pending                   # fd -> [Request, bytearray | None] (handler routes)
+        list _refs                      # Python pieces queued in iov until the next flush
+        object _exc                     # raised by run() after the loop (signals)
+        int lfd, epfd, efd, max_fd
+        volatile int stop_mode          # 0 run, 1 graceful, 2 now (set by stop())
+        bint running, accepting, draining, quit
+        uint64_t *m                     # this worker's metrics slot
+        Conn *conns
+        int nconns
+        int64_t served                  # connections counted toward max_connections
+        int64_t nopen                   # every open client connection
+        int64_t max_connections
+        Pool pool
+        TList tl[T_KINDS]
+        Limits lim
+        RouteC *rt
+        int nrt
+        uint64_t t_base_ns
+        uint32_t now                    # ms since t_base_ns
+        uint32_t accept_resume, graceful_deadline, idle_close_at, graceful_ms, last_signal_check
+        int64_t date_sec
+        char date[DATE_LEN + 1]
+        uint64_t data_id
+        int pid
+        const char *data_head           # build_head(200, JSON, 0) minus "0\r\n"
+        size_t data_head_len
+        const char *err_head[16]
+        size_t err_head_len[16]
+        const char *err_tail[16]
+        size_t err_tail_len[16]
+        int8_t err_slot[600]
+        uint8_t status_ctr[600]
+        char *scratch
+        # the output being assembled for one connection (one writev)
+        iovec iov[IOV_CAP]
+        uint8_t iov_static[IOV_CAP]
+        int niov
+        size_t out_total
+        size_t arena_used
+        bint has_refs
+        char arena[ARENA_CAP]
+        epoll_event events[MAX_EVENTS]
+
+    cdef void _loop(self) noexcept nogil
+    cdef int _wait_ms(self) noexcept nogil
+    cdef void _tick(self) noexcept nogil
+    cdef void _check_signals(self) noexcept with gil
+    cdef void _on_wake(self) noexcept nogil
+    cdef void _start_drain(self) noexcept nogil
+    cdef void _close_idle(self) noexcept nogil
+    cdef void _accept(self) noexcept nogil
+    cdef void _on_read(self, int fd, Conn *c) noexcept nogil
+    cdef void _on_write(self, int fd, Conn *c) noexcept nogil
+    cdef void _process(self, int fd, Conn *c) noexcept nogil
+    cdef void _after(self, int fd, Conn *c, bint restart) noexcept nogil
+    cdef ssize_t _body(self, int fd, Conn *c, const char *b, size_t n) noexcept nogil
+    cdef int _dispatch(self, int fd, Conn *c, Req *q, size_t off, size_t hlen) noexcept nogil
+    cdef int _respond(self, int fd, Conn *c) noexcept nogil
+    cdef int _respond_data(self, int fd, Conn *c) noexcept nogil
+    cdef int _respond_py(self, int fd, Conn *c, int ri) noexcept with gil
+    cdef int _begin_py(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, int ri) noexcept with gil
+    cdef void _sink(self, int fd, const char *p, size_t n) noexcept with gil
+    cdef void _drop_refs(self) noexcept with gil
+    cdef void _drop_pending(self, int fd) noexcept with gil
+    cdef int _error(self, int fd, Conn *c, int status, bint head_only, int ri) noexcept nogil
+    cdef void _count_parse_error(self, int status) noexcept nogil
+    cdef int _room(self, int fd, Conn *c) noexcept nogil
+    cdef void _add(self, const char *p, size_t n, bint static) noexcept nogil
+    cdef void _add_conn(self, Conn *c) noexcept nogil
+    cdef int _flush(self, int fd, Conn *c) noexcept nogil
+    cdef void _interest(self, int fd, Conn *c, bint out) noexcept nogil
+    cdef void _linger(self, int fd, Conn *c) noexcept nogil
+    cdef void _close(self, int fd, Conn *c) noexcept nogil
+    cdef void _sweep(self) noexcept nogil
+    cdef char *_buf_get(self) noexcept nogil
+    cdef void _buf_put(self, Conn *c) noexcept nogil
+    cdef int _lookup(self, const char *path, size_t n) noexcept nogil
+    cdef bint _allowed(self, int ri, const char *m, size_t n) noexcept nogil

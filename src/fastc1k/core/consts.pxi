@@ -1,0 +1,100 @@
+# Tunables and constants of the C engine (one place; compile-time enums).
+
+cdef enum:
+    MAX_EVENTS = 512            # epoll_wait batch
+    ACCEPT_BATCH = 64           # accept4 calls per listener event
+    IOV_CAP = 256               # iovecs per writev (16 pipelined responses x 4 pieces, and more)
+    ARENA_CAP = 32768           # per-writev scratch for dynamic pieces (/api/data)
+    SCRATCH_SIZE = 65536        # lingering-close discard buffer
+    MAX_WAIT_MS = 50            # the loop wakes at least this often (signals, timers)
+    LINGER_MS = 1000            # read-and-discard window after an error response
+    EMFILE_PAUSE_MS = 100       # stop accepting this long when out of fds
+    MAX_CHUNK_LINE = 4096       # chunk-size line with extensions
+    DATE_LEN = 37               # len("Date: Sat, 28 Nov 2026 06:20:12 GMT\r\n"), checked at import
+
+# connection states
+cdef enum:
+    S_FREE = 0
+    S_HEAD = 1                  # between requests or reading a head
+    S_BODY = 2                  # reading a body (Content-Length or chunked)
+    S_LINGER = 3                # write side shut, input discarded until EOF or LINGER_MS
+
+# connection flags
+cdef enum:
+    F_FRESH = 1 << 0            # accepted, no byte received yet
+    F_KEEP = 1 << 1             # the current request keeps the connection
+    F_V10 = 1 << 2              # the current request is HTTP/1.0
+    F_HEAD = 1 << 3             # the current request is HEAD
+    F_WANT_BODY = 1 << 4        # a handler wants the body (collected under the GIL)
+    F_CLOSING = 1 << 5          # no more requests: close (lingering) once output is sent
+    F_PAUSED = 1 << 6           # EPOLLIN off: waiting for EPOLLOUT (backpressure)
+    F_OUT_OWNED = 1 << 7        # conn.out is malloc'd (else it points into prebuilt memory)
+    F_REJECTED = 1 << 8         # answered 503 at accept: not counted as active
+    F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
+    F_TRAILER_BAD = 1 << 10     # the current trailer line is malformed (400 at its end)
+    F_PENDING_PY = 1 << 11      # a handler request waits in Worker._pending
+
+# timer lists (one per length; all deadlines in a list have the same offset)
+cdef enum:
+    T_NONE = 0
+    T_HEADER = 1                # head deadline from its first byte; body deadline from head end
+    T_IDLE = 2
+    T_SEND = 3
+    T_LINGER = 4
+    T_KINDS = 5
+
+# chunked decoder states (RFC 9112 7.1)
+cdef enum:
+    CS_SIZE0 = 0                # first hex digit of chunk-size
+    CS_SIZE                     # more hex digits, BWS, ";" or CRLF
+    CS_BWS                      # BWS before ";"
+    CS_EXT                      # chunk-ext up to CRLF
+    CS_DATA
+    CS_DATA_CR
+    CS_DATA_LF
+    CS_T0                       # start of a trailer line (CR: end of the trailer section)
+    CS_TNAME                    # trailer field-name
+    CS_TVAL                     # trailer field-value
+    CS_TLF                      # LF after a trailer line
+    CS_END_LF                   # LF of the final empty line
+    CS_DONE
+
+# response kinds stored in Conn.resp's high bits while a body is read
+cdef enum:
+    R_404 = 0xFFFF
+    R_405 = 0x8000              # | route index
+
+# metrics slot word indices: fastc1k.metrics.IDX, checked at import (_check_layout)
+cdef enum:
+    I_PID = 0
+    I_STARTED_MS = 1
+    I_ENGINE = 2
+    I_ACCEPTED = 3
+    I_CLOSED = 4
+    I_ACTIVE = 5
+    I_REQUESTS = 6
+    I_BYTES_IN = 7
+    I_BYTES_OUT = 8
+    I_RESP_200 = 9              # responses{status=...}: see STATUS_CODES
+    I_RESP_OTHER = 21
+    I_PE_BAD_REQUEST = 22       # parse_errors{kind=...}
+    I_PE_URI_TOO_LONG = 23
+    I_PE_HEADERS_TOO_LARGE = 24
+    I_PE_BODY_TOO_LARGE = 25
+    I_PE_UNSUPPORTED_CODING = 26
+    I_PE_BAD_VERSION = 27
+    I_TO_HEADER = 28
+    I_TO_IDLE = 29
+    I_TO_SEND = 30
+    I_REJECTED = 31
+    I_ACCEPT_PAUSED = 32
+    I_HANDLER_ERRORS = 33
+    I_POOL_SIZE = 34
+    I_POOL_IN_USE = 35
+    I_POOL_PEAK = 36
+    I_POOL_EXHAUSTED = 37
+    I_LOOP_WAITS = 38
+    I_LOOP_EVENTS = 39
+    I_LAG_MAX = 40
+    I_LAG_BUCKET0 = 41
+    LAG_BUCKETS = 32
