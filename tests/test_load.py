@@ -319,6 +319,21 @@ def test_error_status_503_and_bad_response():
     assert s["requests"] == 0 and s["errors"].get("bad_response", 0) >= 1, s
 
 
+def test_a_shed_client_backs_off_instead_of_storming():
+    """A 503 with Connection: close (a server at max_connections) is an error: the
+    connection comes back after reconnect_delay, not at once (which made one shed client
+    a storm of hundreds of failed attempts a second and broke capacity stages)."""
+    from fastc1k import running_server
+    with running_server(engine="python", max_connections=1) as srv:
+        hog = socket.create_connection(srv.address)  # the one slot, held
+        try:
+            s = run(LoadSpec(url=srv.url + "/api/health", connections=2, duration=1.0, reconnect_delay=0.2))
+        finally:
+            hog.close()
+    n = s.summary["errors"].get("status_503", 0)
+    assert 2 <= n <= 2 * (1.0 / 0.2 + 2), s.summary["errors"]
+
+
 def test_fuzzed_responses_never_crash_the_loop():
     with Server("fuzz") as srv:
         farm = LoadFarm(LoadSpec(url=srv.url, connections=4, pipeline=3, reconnect_delay=0.01,

@@ -824,7 +824,11 @@ cdef class Client:
                         # the server said close: the rest of the pipeline is not answered
                         self.cnt[C_UNANSWERED] += c.count
                         self._close(ci)
-                        self._start_conn(ci, now)
+                        if r == 2:
+                            c.state = S_RETRY
+                            c.deadline = now + self.retry_delay
+                        else:
+                            self._start_conn(ci, now)
                     return
                 if n < RBUF_SIZE:
                     break
@@ -1055,7 +1059,8 @@ cdef class Client:
         return 0
 
     cdef int _complete(self, int ci, int64_t now) noexcept nogil:
-        # a whole response: record it, pop its request; 1 if the connection must close
+        # a whole response: record it, pop its request; 1 if the connection must close,
+        # 2 if it must close after an error status
         cdef Conn *c = &self.conns[ci]
         cdef Slot *s
         cdef int st = c.status
@@ -1079,4 +1084,8 @@ cdef class Client:
         c.pstate = P_STATUS
         c.flags = 0
         c.left = 0
-        return 1 if closing else 0
+        if not closing:
+            return 0
+        # closed after an error status (a 503 at a connection limit): reconnect after
+        # retry_delay like a failed connect, not at once, or one shed client becomes a storm
+        return 2 if st >= 400 else 1

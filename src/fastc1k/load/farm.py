@@ -68,7 +68,7 @@ class LoadSpec:
     request_timeout: float = 5.0
     requests: list | None = None           # [(method, path, body, weight)]
     max_connections: int | None = None     # sizes the process count for set_connections
-    reconnect_delay: float = 0.1           # after a failed connect
+    reconnect_delay: float = 0.1           # after a failed connect or an error status with close
     headers: dict = field(default_factory=dict)
 
     def __post_init__(self):
