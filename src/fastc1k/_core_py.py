@@ -740,8 +740,10 @@ class Worker:
             if conn.buf and conn.state < CLOSING:
                 self._process(conn, now)
                 self._hold(conn)
-        if conn.state == CLOSING or conn.peer_closed or (self._stop and conn.state == HEAD and not conn.buf):
-            self._linger(conn, now)  # done with this connection (or shutting down)
+        if conn.state == CLOSING or conn.peer_closed:
+            # done with this connection. (Not on self._stop alone: the response just sent may
+            # have promised keep-alive; a stopping loop closes idle connections after a grace.)
+            self._linger(conn, now)
             return
         if conn.writing or not conn.reading:
             conn.writing, conn.reading = False, True
