@@ -1,4 +1,5 @@
-# Extern declarations of the Linux/POSIX calls the C engine makes (nothing else lives here).
+# Extern declarations of the Linux/POSIX calls the C engine and the load client make
+# (nothing else lives here; one place for both extensions).
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 
 
@@ -31,25 +32,46 @@ cdef extern from "<sys/epoll.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef uint32_t socklen_t
+    ctypedef unsigned short sa_family_t
     struct sockaddr:
-        pass
+        sa_family_t sa_family
+    struct linger:
+        int l_onoff
+        int l_linger
     enum:
+        AF_INET
+        SOCK_STREAM
         SOCK_NONBLOCK
         SOCK_CLOEXEC
         SOL_SOCKET
+        SO_ERROR
+        SO_LINGER
         SHUT_WR
-    int accept4(int sockfd, sockaddr *addr, socklen_t *addrlen, int flags)
-    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
-    enum:
         MSG_PEEK
         MSG_DONTWAIT
+        MSG_NOSIGNAL
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const sockaddr *addr, socklen_t len)
+    int bind(int fd, const sockaddr *addr, socklen_t len)
+    int accept4(int sockfd, sockaddr *addr, socklen_t *addrlen, int flags)
+    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
     int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
     int shutdown(int sockfd, int how)
 
 
 cdef extern from "<netinet/in.h>" nogil:
+    ctypedef uint32_t in_addr_t
+    struct in_addr:
+        in_addr_t s_addr
+    struct sockaddr_in:
+        sa_family_t sin_family
+        unsigned short sin_port
+        in_addr sin_addr
     enum:
         IPPROTO_TCP
+        IPPROTO_IP
 
 
 cdef extern from "<netinet/tcp.h>" nogil:
@@ -122,6 +144,14 @@ cdef extern from "<errno.h>" nogil:
         ENOMEM
         ECONNABORTED
         EPROTO
+        EINPROGRESS
+        ECONNREFUSED
+        ECONNRESET
+        EPIPE
+        ETIMEDOUT
+        EADDRNOTAVAIL
+        EADDRINUSE
+        ENOSYS
 
 
 cdef extern from "<string.h>" nogil:

@@ -20,10 +20,9 @@
 #   Python side loads them into hdrh.HdrHistogram without conversion.
 from cpython.bytes cimport PyBytes_AsString, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memchr, memcpy, memset
 
-from fastc1k.load._sys cimport *
+from fastc1k.includes.system cimport *
+from fastc1k.load._sys cimport fc1k_epoll_pwait2
 
 import socket as _socket
 
