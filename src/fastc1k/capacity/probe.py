@@ -1,0 +1,737 @@
+"""How many concurrent keep-alive connections this host holds: `python -m fastc1k.capacity.probe`.
+
+    python -m fastc1k.capacity.probe --connections 1000000 --workers 56 --clients 56 \\
+        --source-ips 127.0.0.10-127.0.0.59 --hold 30
+    python -m fastc1k.capacity.probe --connections auto          # the most this host should hold
+    python -m fastc1k.capacity.probe --target 127.0.0.1:8080 --server-pid 1234 --connections 50000
+
+Every connection is answered twice: once right after it opens, once after all of them
+have been held for --hold seconds; a connection counts as held only if both answers are
+200 and the server never closed it. Opening stops early (and the connections already
+open are still held and checked) when used memory passes --max-memory (85% by default),
+when the clients meet an error they cannot get past (EADDRNOTAVAIL: ports; EMFILE: fds),
+or at --open-timeout; the report names that limit with its figure.
+
+The client is lean on purpose: each client process keeps its connections in one epoll
+loop over raw non-blocking sockets bound to 127.0.0.x with IP_BIND_ADDRESS_NO_PORT (so
+the 4-tuple, not the source port alone, must be unique: ~28k connections per source
+address per server port), with at most --in-flight handshakes outstanding. The server is
+`python -m fastc1k.serve` (started here unless --target is given), one SO_REUSEPORT
+worker per --workers.
+
+Reported: connections held, opening time and rate, kernel memory per connection (Slab
+and the TCP page pool from /proc/meminfo and /proc/net/sockstat, before/after), server
+user-space memory per connection (workers' RSS delta), and what stopped the next step.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import json
+import multiprocessing as mp
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+__all__ = ["ProbeSpec", "ProbeResult", "run_probe", "host_limits", "main"]
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+REQUEST = b"GET /api/health HTTP/1.1\r\nHost: probe\r\n\r\n"
+KERNEL_BYTES_PER_PAIR = 9 * 1024        # planning figure: two socket ends on loopback
+FD_RESERVE = 64                         # fds a process keeps for itself (epoll, pipes, stdio)
+# client phases (shared control word)
+OPEN, HOLD, VERIFY, CLOSE = 1, 2, 3, 4
+# per-client counters (shared array)
+C_OPENED, C_FAILED, C_LOST, C_VERIFIED, C_VERIFY_FAILED, C_STARTED, C_DONE = range(7)
+N_COUNTERS = 7
+N_ERRNO = 8
+ERRNO_SLOTS = (errno.EADDRNOTAVAIL, errno.EMFILE, errno.ENFILE, errno.ECONNREFUSED, errno.ETIMEDOUT,
+               errno.ECONNRESET, errno.ENOBUFS, 0)  # 0: other (bad response, server close)
+
+
+@dataclass
+class ProbeSpec:
+    connections: int = 10_000
+    workers: int = 2                   # server workers (ignored with target)
+    clients: int = 2                   # client processes
+    source_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    target: tuple[str, int] | None = None
+    server_pids: list[int] = field(default_factory=list)
+    engine: str | None = None
+    hold: float = 5.0
+    open_timeout: float = 240.0
+    verify_timeout: float = 60.0
+    in_flight: int = 256               # outstanding handshakes per client process
+    max_memory: float = 0.85           # stop opening past this fraction of RAM in use
+    quiet: bool = False
+
+
+@dataclass
+class ProbeResult:
+    target_connections: int
+    opened: int = 0
+    held: int = 0                       # answered when opened and again after the hold
+    failed_open: int = 0
+    lost_during_hold: int = 0
+    failed_verify: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    open_seconds: float = 0.0
+    open_rate: float = 0.0
+    verify_seconds: float = 0.0
+    hold_seconds: float = 0.0
+    kernel_bytes_per_conn: float = 0.0  # Slab + TCP pages, per client+server pair
+    slab_bytes_per_conn: float = 0.0
+    tcp_mem_bytes_per_conn: float = 0.0
+    server_rss_bytes_per_conn: float = 0.0
+    server_rss_before: int = 0
+    server_rss_after: int = 0
+    client_rss_bytes_per_conn: float = 0.0
+    mem_used_fraction_peak: float = 0.0
+    stopped_by: str = ""
+    next_limit: str = ""
+    limits: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, int] = field(default_factory=dict)
+    after: dict[str, int] = field(default_factory=dict)
+    workers: int = 0
+    clients: int = 0
+    engine: str = ""
+
+
+# --- host facts ---------------------------------------------------------------------------------
+def _read(path: str, default: str = "") -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    for line in _read("/proc/meminfo").splitlines():
+        k, _, v = line.partition(":")
+        parts = v.split()
+        if parts:
+            out[k] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+    return out
+
+
+def sockstat() -> dict[str, int]:
+    """TCP inuse/orphan/tw/alloc/mem(pages) from /proc/net/sockstat."""
+    for line in _read("/proc/net/sockstat").splitlines():
+        if line.startswith("TCP:"):
+            f = line.split()[1:]
+            return {f[i]: int(f[i + 1]) for i in range(0, len(f) - 1, 2)}
+    return {}
+
+
+def snapshot() -> dict[str, int]:
+    m, s = meminfo(), sockstat()
+    return {"mem_total": m.get("MemTotal", 0), "mem_available": m.get("MemAvailable", 0),
+            "slab": m.get("Slab", 0), "sunreclaim": m.get("SUnreclaim", 0),
+            "tcp_inuse": s.get("inuse", 0), "tcp_alloc": s.get("alloc", 0), "tcp_mem_pages": s.get("mem", 0),
+            "tcp_tw": s.get("tw", 0), "tcp_orphan": s.get("orphan", 0)}
+
+
+def mem_used_fraction() -> float:
+    """RAM in use, counting reclaimable slab as used: MemAvailable counts it as free, but
+    the socket inodes and dentries behind ~40% of a connection's slab (measured) cannot
+    be reclaimed while the sockets are open."""
+    m = meminfo()
+    total = m.get("MemTotal", 1)
+    return 1.0 - (m.get("MemAvailable", total) - m.get("SReclaimable", 0)) / total
+
+
+def host_limits() -> dict[str, Any]:
+    lo, hi = (int(x) for x in _read("/proc/sys/net/ipv4/ip_local_port_range", "32768 60999").split())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    conntrack = _read("/proc/sys/net/netfilter/nf_conntrack_max").strip()
+    return {
+        "nofile_soft": soft, "nofile_hard": hard,
+        "file_max": int(_read("/proc/sys/fs/file-max", "0").strip() or 0),
+        "file_nr": int((_read("/proc/sys/fs/file-nr", "0 0 0").split() or ["0"])[0]),
+        "ports_per_source": hi - lo + 1,
+        "somaxconn": int(_read("/proc/sys/net/core/somaxconn", "0").strip() or 0),
+        "tcp_mem_pages": [int(x) for x in _read("/proc/sys/net/ipv4/tcp_mem", "0 0 0").split()],
+        "nf_conntrack_max": int(conntrack) if conntrack else None,
+        "nf_conntrack_count": int(_read("/proc/sys/net/netfilter/nf_conntrack_count", "0").strip() or 0)
+        if conntrack else None,
+        "mem_total": meminfo().get("MemTotal", 0),
+        "mem_available": meminfo().get("MemAvailable", 0),
+        "cpus": os.cpu_count(),
+    }
+
+
+def auto_connections(spec: ProbeSpec, lim: dict[str, Any]) -> tuple[int, str]:
+    """The most this host should hold, and the limit that sets it."""
+    per_proc = lim["nofile_hard"] - FD_RESERVE
+    caps = {
+        "server fds (workers x RLIMIT_NOFILE)": spec.workers * per_proc if spec.target is None else 1 << 40,
+        "client fds (clients x RLIMIT_NOFILE)": spec.clients * per_proc,
+        "fs.file-max (two fds per connection)": (lim["file_max"] - lim["file_nr"]) // 2,
+        "ports (source addresses x port range)": len(spec.source_ips) * lim["ports_per_source"],
+        f"memory ({spec.max_memory:.0%} of RAM at ~9 KiB kernel per connection)":
+            int(lim["mem_available"] - lim["mem_total"] * (1 - spec.max_memory)) // KERNEL_BYTES_PER_PAIR,
+    }
+    name = min(caps, key=caps.get)
+    return max(0, caps[name]), name
+
+
+def parse_ips(text: str) -> list[str]:
+    """'127.0.0.10-127.0.0.59' or '127.0.0.2,127.0.0.3' -> addresses."""
+    out: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = (ipaddress.IPv4Address(x.strip()) for x in part.split("-", 1))
+            if b < a:
+                raise ValueError(f"empty address range {part!r}")
+            out += [str(ipaddress.IPv4Address(i)) for i in range(int(a), int(b) + 1)]
+        elif part:
+            out.append(str(ipaddress.IPv4Address(part)))
+    if not out:
+        raise ValueError("no source addresses")
+    return out
+
+
+def rss_of(pids: Sequence[int]) -> int:
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in pids:
+        try:
+            total += int(_read(f"/proc/{pid}/statm", "0 0").split()[1]) * page
+        except (IndexError, ValueError):
+            pass
+    return total
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
+        out += [int(x) for x in _read(f"/proc/{pid}/task/{task}/children").split()]
+    return out
+
+
+# --- the client process -----------------------------------------------------------------------------
+def _response_done(buf: bytes) -> int:
+    """0 incomplete, 200 a complete 200 response, else -1 (anything else)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return 0 if len(buf) < 8192 else -1
+    head = buf[:end].lower()
+    i = head.find(b"\r\ncontent-length:")
+    if i < 0:
+        return -1
+    j = head.find(b"\r\n", i + 2)
+    try:
+        length = int(head[i + 17: j if j >= 0 else len(head)])
+    except ValueError:
+        return -1
+    if len(buf) < end + 4 + length:
+        return 0
+    if len(buf) > end + 4 + length or not buf.startswith(b"HTTP/1.1 200 "):
+        return -1
+    return 200
+
+
+def _errslot(err: int) -> int:
+    return ERRNO_SLOTS.index(err) if err in ERRNO_SLOTS else N_ERRNO - 1
+
+
+def _client(idx: int, n: int, ips: list[str], target: tuple[str, int], in_flight: int,
+            phase, counters, errs, stop_open) -> None:
+    """One client process: open n connections, hold them, verify them, close them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    base = idx * N_COUNTERS
+    ebase = idx * N_ERRNO
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    bufs: dict[int, bytes] = {}
+    held: set[int] = set()
+    pending = 0          # handshakes + first answers outstanding
+    started = 0
+    opened = failed = 0
+    fatal = False
+    IN, OUT = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT
+    ERR = select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+
+    def fail(fd: int, err: int) -> None:
+        s = socks.pop(fd)
+        bufs.pop(fd, None)
+        held.discard(fd)
+        try:
+            ep.unregister(fd)
+        except OSError:
+            pass
+        s.close()
+        errs[ebase + _errslot(err)] += 1
+
+    # --- open
+    while phase.value == OPEN and (started < n or pending):
+        while pending < in_flight and started < n and not fatal and not stop_open.value:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.setblocking(False)
+                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                s.bind((ips[(idx + started) % len(ips)], 0))
+                err = s.connect_ex(target)
+            except OSError as e:
+                err = e.errno or -1
+            started += 1
+            if err not in (0, errno.EINPROGRESS):
+                s.close()
+                failed += 1
+                errs[ebase + _errslot(err)] += 1
+                if err in (errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL, errno.ENOBUFS):
+                    fatal = True   # the next connections would fail the same way
+                continue
+            fd = s.fileno()
+            socks[fd] = s
+            bufs[fd] = b""
+            pending += 1
+            # On loopback the handshake usually completes inside connect(): send at once and
+            # wait for the answer; only a connection still in SYN_SENT waits for EPOLLOUT.
+            try:
+                s.send(REQUEST)
+                ep.register(fd, IN)
+            except BlockingIOError:
+                ep.register(fd, OUT | ERR)
+            except OSError as e:
+                socks.pop(fd)
+                bufs.pop(fd)
+                s.close()
+                pending -= 1
+                failed += 1
+                errs[ebase + _errslot(e.errno or 0)] += 1
+        if fatal or stop_open.value:
+            n = started     # open no more; finish what is in flight
+        for fd, ev in ep.poll(0.05):
+            s = socks.get(fd)
+            if s is None:
+                continue
+            if fd in held:
+                fail(fd, 0)     # the server closed a held connection
+                counters[base + C_LOST] += 1
+                continue
+            if ev & OUT:
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    fail(fd, err)
+                    pending -= 1
+                    failed += 1
+                    continue
+                try:
+                    s.send(REQUEST)
+                except OSError as e:
+                    fail(fd, e.errno or 0)
+                    pending -= 1
+                    failed += 1
+                    continue
+                ep.modify(fd, IN)
+                continue
+            try:
+                data = s.recv(4096)
+            except OSError as e:
+                fail(fd, e.errno or 0)
+                pending -= 1
+                failed += 1
+                continue
+            buf = bufs[fd] + data if bufs[fd] else data
+            done = _response_done(buf) if data else -1
+            if done == 0:
+                bufs[fd] = buf
+                continue
+            pending -= 1
+            if done == 200:
+                bufs[fd] = b""
+                held.add(fd)
+                opened += 1
+            else:
+                fail(fd, 0)
+                failed += 1
+        counters[base + C_OPENED] = opened
+        counters[base + C_FAILED] = failed
+        counters[base + C_STARTED] = started
+    counters[base + C_DONE] = 1
+
+    # --- hold: a held connection that becomes readable was closed by the server
+    while phase.value in (OPEN, HOLD):
+        for fd, ev in ep.poll(0.1):
+            if fd in held:
+                fail(fd, 0)
+                counters[base + C_LOST] += 1
+    # --- verify: every held connection is answered again
+    if phase.value == VERIFY:
+        waiting = set()
+        for fd in list(held):
+            try:
+                socks[fd].send(REQUEST)
+                waiting.add(fd)
+            except OSError as e:
+                fail(fd, e.errno or 0)
+                counters[base + C_VERIFY_FAILED] += 1
+        verified = 0
+        while waiting and phase.value == VERIFY:
+            for fd, ev in ep.poll(0.05):
+                if fd not in waiting:
+                    continue
+                try:
+                    data = socks[fd].recv(4096)
+                except OSError as e:
+                    waiting.discard(fd)
+                    fail(fd, e.errno or 0)
+                    counters[base + C_VERIFY_FAILED] += 1
+                    continue
+                buf = bufs[fd] + data
+                done = _response_done(buf) if data else -1
+                if done == 0:
+                    bufs[fd] = buf
+                    continue
+                waiting.discard(fd)
+                if done == 200:
+                    verified += 1
+                    bufs[fd] = b""
+                else:
+                    fail(fd, 0)
+                    counters[base + C_VERIFY_FAILED] += 1
+            counters[base + C_VERIFIED] = verified
+        counters[base + C_VERIFY_FAILED] += len(waiting)  # no answer before the controller gave up
+        counters[base + C_DONE] = 2
+    while phase.value != CLOSE:
+        time.sleep(0.05)
+    for s in socks.values():
+        s.close()
+    counters[base + C_DONE] = 3
+
+
+# --- the server -----------------------------------------------------------------------------------
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_answering(addr: tuple[str, int], timeout: float, proc: subprocess.Popen | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before answering")
+        try:
+            with socket.create_connection(addr, timeout=1.0) as s:
+                s.sendall(REQUEST)
+                buf = b""
+                while _response_done(buf) == 0:
+                    data = s.recv(4096)
+                    if not data:
+                        break
+                    buf += data
+                if _response_done(buf) == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the server at {addr[0]}:{addr[1]} did not answer within {timeout}s")
+
+
+def start_server(spec: ProbeSpec, per_worker: int) -> tuple[subprocess.Popen, tuple[str, int], list[int]]:
+    host = "127.0.0.1"
+    port = _free_port(host)
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "fastc1k.serve", "--host", host, "--port", str(port),
+           "--workers", str(spec.workers), "--max-connections", str(per_worker),
+           "--idle-timeout", str(int(spec.hold + spec.open_timeout + spec.verify_timeout + 120)) + "s",
+           "--header-timeout", "60s", "--backlog", "65535", "--listen", "reuseport"]
+    if spec.engine:
+        cmd += ["--engine", spec.engine]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        _wait_answering((host, port), 30.0, proc)
+        deadline = time.monotonic() + 10
+        pids = children_of(proc.pid)
+        while len(pids) < spec.workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = children_of(proc.pid)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, (host, port), pids
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the controller ---------------------------------------------------------------------------------
+def _say(spec: ProbeSpec, msg: str) -> None:
+    if not spec.quiet:
+        print(f"[probe {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_probe(spec: ProbeSpec) -> ProbeResult:
+    lim = host_limits()
+    res = ProbeResult(spec.connections, limits=lim, clients=spec.clients)
+    per_client = -(-spec.connections // spec.clients)
+    if per_client > lim["nofile_hard"] - FD_RESERVE:
+        raise ValueError(f"{per_client} connections per client process is over the fd limit "
+                         f"({lim['nofile_hard']} - {FD_RESERVE} reserved): use --clients "
+                         f"{-(-spec.connections // (lim['nofile_hard'] - FD_RESERVE))} or more")
+    proc = None
+    try:
+        if spec.target is None:
+            # SO_REUSEPORT spreads by hash, not evenly: leave each worker room over its share.
+            share = spec.connections / spec.workers
+            per_worker = min(lim["nofile_hard"] - FD_RESERVE, int(share + 6 * share ** 0.5 + 100))
+            proc, target, pids = start_server(spec, per_worker)
+            res.workers = len(pids)
+            _say(spec, f"server pid {proc.pid}, {len(pids)} workers, max {per_worker} connections each, "
+                       f"on {target[0]}:{target[1]}")
+        else:
+            target, pids = spec.target, list(spec.server_pids)
+            res.workers = len(pids)
+        res.engine = spec.engine or os.environ.get("FASTC1K_ENGINE", "default")
+        time.sleep(0.5)
+        res.before = snapshot()
+        res.server_rss_before = rss_of(pids)
+
+        ctx = mp.get_context("fork")
+        phase = ctx.Value("i", OPEN, lock=False)
+        stop_open = ctx.Value("i", 0, lock=False)
+        counters = ctx.Array("q", spec.clients * N_COUNTERS, lock=False)
+        errs = ctx.Array("q", spec.clients * N_ERRNO, lock=False)
+        clients = []
+        left = spec.connections
+        for i in range(spec.clients):
+            n = min(per_client, left)
+            left -= n
+            p = ctx.Process(target=_client, args=(i, n, spec.source_ips, target, spec.in_flight, phase, counters, errs,
+                                                  stop_open), daemon=True)
+            p.start()
+            clients.append(p)
+        client_pids = [p.pid for p in clients]
+        client_rss0 = rss_of(client_pids)
+
+        def total(k: int) -> int:
+            return sum(counters[i * N_COUNTERS + k] for i in range(spec.clients))
+
+        # -- open
+        t0 = time.monotonic()
+        last = 0.0
+        while total(C_DONE) < spec.clients:
+            now = time.monotonic()
+            used = mem_used_fraction()
+            res.mem_used_fraction_peak = max(res.mem_used_fraction_peak, used)
+            if not stop_open.value:
+                if used > spec.max_memory:
+                    stop_open.value = 1
+                    res.stopped_by = f"memory: {used:.1%} of RAM in use (limit {spec.max_memory:.0%})"
+                elif now - t0 > spec.open_timeout:
+                    stop_open.value = 1
+                    res.stopped_by = f"time: opening took over {spec.open_timeout:.0f}s"
+            if not all(p.is_alive() for p in clients):
+                raise RuntimeError("a client process died while opening")
+            if now - last >= 5:
+                last = now
+                _say(spec, f"open {total(C_OPENED)}/{spec.connections} failed {total(C_FAILED)} "
+                           f"mem {used:.1%} ({now - t0:.0f}s)")
+            time.sleep(0.1)
+        res.open_seconds = time.monotonic() - t0
+        res.opened = total(C_OPENED)
+        res.failed_open = total(C_FAILED)
+        res.open_rate = res.opened / res.open_seconds if res.open_seconds else 0.0
+        _say(spec, f"opened {res.opened} in {res.open_seconds:.1f}s ({res.open_rate:.0f}/s), "
+                   f"failed {res.failed_open}; holding {spec.hold:.0f}s")
+
+        # -- hold
+        phase.value = HOLD
+        t1 = time.monotonic()
+        time.sleep(spec.hold)
+        res.after = snapshot()
+        res.server_rss_after = rss_of(pids)
+        client_rss1 = rss_of(client_pids)
+        res.hold_seconds = time.monotonic() - t1
+        res.mem_used_fraction_peak = max(res.mem_used_fraction_peak, mem_used_fraction())
+
+        # -- verify
+        phase.value = VERIFY
+        t2 = time.monotonic()
+        while total(C_DONE) < 2 * spec.clients and time.monotonic() - t2 < spec.verify_timeout:
+            time.sleep(0.05)
+        res.verify_seconds = time.monotonic() - t2
+        phase.value = CLOSE
+        res.held = total(C_VERIFIED)
+        res.lost_during_hold = total(C_LOST)
+        res.failed_verify = total(C_VERIFY_FAILED)
+        names = ("EADDRNOTAVAIL", "EMFILE", "ENFILE", "ECONNREFUSED", "ETIMEDOUT", "ECONNRESET", "ENOBUFS",
+                 "other")
+        res.errors = {names[k]: sum(errs[i * N_ERRNO + k] for i in range(spec.clients))
+                      for k in range(N_ERRNO)}
+        res.errors = {k: v for k, v in res.errors.items() if v}
+        _say(spec, f"held {res.held} (verified in {res.verify_seconds:.1f}s), lost {res.lost_during_hold}, "
+                   f"verify failures {res.failed_verify}, errors {res.errors or 'none'}")
+        for p in clients:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+
+        # -- figures
+        n = max(1, res.opened)
+        dslab = (res.after["slab"] - res.before["slab"])
+        dtcp = (res.after["tcp_mem_pages"] - res.before["tcp_mem_pages"]) * 4096
+        res.slab_bytes_per_conn = dslab / n
+        res.tcp_mem_bytes_per_conn = dtcp / n
+        res.kernel_bytes_per_conn = (dslab + dtcp) / n
+        res.server_rss_bytes_per_conn = (res.server_rss_after - res.server_rss_before) / n
+        res.client_rss_bytes_per_conn = (client_rss1 - client_rss0) / n
+        if not res.stopped_by:
+            if res.errors.get("EADDRNOTAVAIL"):
+                res.stopped_by = f"ports: EADDRNOTAVAIL x{res.errors['EADDRNOTAVAIL']} " \
+                                 f"({len(spec.source_ips)} source addresses x {lim['ports_per_source']} ports)"
+            elif res.errors.get("EMFILE") or res.errors.get("ENFILE"):
+                res.stopped_by = f"fds: EMFILE/ENFILE (RLIMIT_NOFILE {lim['nofile_hard']}, " \
+                                 f"fs.file-max {lim['file_max']})"
+            elif res.opened >= spec.connections:
+                res.stopped_by = "target reached"
+            else:
+                res.stopped_by = f"errors: {res.errors}"
+        res.next_limit = _next_limit(spec, res, lim)
+        return res
+    finally:
+        if proc is not None:
+            stop_server(proc)
+
+
+def _next_limit(spec: ProbeSpec, res: ProbeResult, lim: dict[str, Any]) -> str:
+    """The host limit the next step meets first, with its figure."""
+    per_conn_mem = res.kernel_bytes_per_conn + res.server_rss_bytes_per_conn + res.client_rss_bytes_per_conn
+    caps = {}
+    if per_conn_mem > 0:
+        usable = lim["mem_total"] * spec.max_memory - (res.before["mem_total"] - res.before["mem_available"])
+        caps[f"memory: {per_conn_mem / 1024:.1f} KiB per connection (kernel + server + client) "
+             f"x N <= {spec.max_memory:.0%} of {lim['mem_total'] / 2**30:.1f} GiB"] = int(usable / per_conn_mem)
+    caps[f"fs.file-max {lim['file_max']:,} (client and server fd per connection, "
+         f"{lim['file_nr']:,} in use before)"] = (lim["file_max"] - lim["file_nr"]) // 2
+    caps[f"ports: {len(spec.source_ips)} source addresses x {lim['ports_per_source']}"] = \
+        len(spec.source_ips) * lim["ports_per_source"]
+    # (per-process fd limits are not listed: more workers and clients lift them)
+    if lim.get("nf_conntrack_max") and lim.get("nf_conntrack_count"):
+        caps[f"nf_conntrack_max {lim['nf_conntrack_max']}"] = lim["nf_conntrack_max"]
+    name = min(caps, key=caps.get)
+    return f"{name} -> about {caps[name]:,} connections"
+
+
+def summary(res: ProbeResult) -> str:
+    mib = 1 << 20
+    return "\n".join([
+        f"connections held   {res.held:,} of {res.target_connections:,} "
+        f"(opened {res.opened:,}, failed {res.failed_open:,}, lost while held {res.lost_during_hold:,}, "
+        f"second answer failed {res.failed_verify:,})",
+        f"opening            {res.open_seconds:.1f} s ({res.open_rate:,.0f} connections/s); "
+        f"second answers in {res.verify_seconds:.1f} s; held {res.hold_seconds:.0f} s",
+        f"kernel memory      {res.kernel_bytes_per_conn:,.0f} B per connection (client + server socket): "
+        f"Slab {res.slab_bytes_per_conn:,.0f} B + TCP pages {res.tcp_mem_bytes_per_conn:,.0f} B "
+        f"(Slab {res.before.get('slab', 0) / mib:,.0f} -> {res.after.get('slab', 0) / mib:,.0f} MiB)",
+        f"server user space  {res.server_rss_bytes_per_conn:,.0f} B per connection "
+        f"({res.workers} workers, RSS {res.server_rss_before / mib:,.0f} -> {res.server_rss_after / mib:,.0f} MiB, "
+        f"{res.server_rss_after / max(1, res.opened):,.0f} B per connection all told)",
+        f"client user space  {res.client_rss_bytes_per_conn:,.0f} B per connection ({res.clients} processes)",
+        f"memory in use      peak {res.mem_used_fraction_peak:.1%} of {res.limits.get('mem_total', 0) / 2**30:.1f} GiB",
+        f"errors             {res.errors or 'none'}",
+        f"stopped by         {res.stopped_by}",
+        f"next limit         {res.next_limit}",
+    ])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastc1k.capacity.probe", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--connections", default="10000", help="connections to hold, or 'auto' [10000]")
+    p.add_argument("--workers", type=int, default=None, help="server workers [connections / 18000, at least 1]")
+    p.add_argument("--clients", type=int, default=None, help="client processes [connections / 18000, at least 1]")
+    p.add_argument("--source-ips", default="127.0.0.1",
+                   help="client source addresses, e.g. 127.0.0.10-127.0.0.59 [127.0.0.1]")
+    p.add_argument("--target", default=None, metavar="HOST:PORT", help="probe a running server instead")
+    p.add_argument("--server-pid", type=int, action="append", default=[],
+                   help="with --target: worker pids to measure (repeatable)")
+    p.add_argument("--engine", choices=("c", "python"), default=None)
+    p.add_argument("--hold", type=float, default=5.0, help="seconds to hold before the second answer [5]")
+    p.add_argument("--open-timeout", type=float, default=240.0, help="stop opening after this [240 s]")
+    p.add_argument("--in-flight", type=int, default=256, help="handshakes outstanding per client [256]")
+    p.add_argument("--max-memory", type=float, default=0.85, help="stop opening past this fraction of RAM [0.85]")
+    p.add_argument("--plan", action="store_true", help="print the plan and the host's limits, open nothing")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ips = parse_ips(args.source_ips)
+        target = None
+        if args.target:
+            host, _, port = args.target.rpartition(":")
+            target = (host or "127.0.0.1", int(port))
+    except ValueError as exc:
+        print(f"fastc1k.capacity.probe: {exc}", file=sys.stderr)
+        return 2
+    per_proc = 18_000   # connections per process, under the usual 20,000-fd limit
+    spec = ProbeSpec(source_ips=ips, target=target, server_pids=args.server_pid, engine=args.engine,
+                     hold=args.hold, open_timeout=args.open_timeout, in_flight=args.in_flight,
+                     max_memory=args.max_memory, quiet=args.quiet)
+    if args.connections == "auto":
+        lim = host_limits()
+        spec.workers = args.workers or 1 << 20   # let fds of the processes not be the cap...
+        spec.clients = args.clients or 1 << 20
+        n, why = auto_connections(spec, lim)     # ...unless they were given
+        print(f"fastc1k.capacity.probe: aiming at {n:,} connections (limited by {why})", file=sys.stderr)
+    else:
+        try:
+            n = int(float(args.connections))
+        except ValueError:
+            print(f"fastc1k.capacity.probe: --connections must be a number or 'auto', got {args.connections!r}",
+                  file=sys.stderr)
+            return 2
+    spec.connections = n
+    spec.workers = args.workers or max(1, -(-n // per_proc))
+    spec.clients = args.clients or max(1, -(-n // per_proc))
+    if args.plan:
+        lim = host_limits()
+        print(json.dumps({"connections": spec.connections, "workers": spec.workers, "clients": spec.clients,
+                          "source_ips": len(spec.source_ips),
+                          "per_source_ip": -(-spec.connections // len(spec.source_ips)),
+                          "kernel_memory_estimate_gib": round(spec.connections * KERNEL_BYTES_PER_PAIR / 2**30, 1),
+                          "limits": lim}, indent=1))
+        return 0
+    try:
+        res = run_probe(spec)
+    except (ValueError, RuntimeError) as exc:
+        print(f"fastc1k.capacity.probe: {exc}", file=sys.stderr)
+        return 1
+    print(summary(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(asdict(res), f, indent=2)
+    return 0 if res.held == res.opened and res.opened > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
