@@ -27,3 +27,17 @@ def test_parse_ips():
     assert parse_ips("127.0.0.2-127.0.0.4,127.0.0.9") == ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]
     with pytest.raises(ValueError):
         parse_ips("127.0.0.9-127.0.0.2")
+
+
+def test_capacity_cli_hands_the_probe_flag_to_the_probe():
+    """`python -m fastc1k.capacity --max-connections-probe` is the probe (its --plan: no socket opened)."""
+    import json
+    import subprocess
+    import sys
+
+    from _env import SRC
+    p = subprocess.run([sys.executable, "-m", "fastc1k.capacity", "--max-connections-probe", "--connections", "1000",
+                        "--plan"], capture_output=True, text=True, timeout=60, env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr
+    plan = json.loads(p.stdout)
+    assert plan["connections"] == 1000 and plan["limits"]["nofile_hard"] > 0

@@ -4,6 +4,7 @@
     python -m fastc1k.capacity --serve --container cpus=0.5,memory=256M,nofile=4096,somaxconn=128
     python -m fastc1k.capacity --target http://127.0.0.1:8080 --server-pid 1234
     python -m fastc1k.capacity --replicas 1,2,4 --container cpus=0.25,memory=256M   # scale-out (scaleout.py)
+    python -m fastc1k.capacity --max-connections-probe --connections auto          # C1M search (probe.py)
 
 Exit codes: 0 report written; 1 the run failed (server did not start, load worker
 failed); 2 bad input (one line on stderr).
@@ -229,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # N replicas behind a balancer: the scale-out run (it starts the servers itself)
         from .scaleout import main as scaleout_main
         return scaleout_main([a for a in argv if a != "--serve"])
+    if "--max-connections-probe" in argv:
+        # how many concurrent keep-alive connections this host holds (probe.py): its own flags
+        from .probe import main as probe_main
+        return probe_main([a for a in argv if a not in ("--max-connections-probe", "--serve")])
     try:
         args = build_parser().parse_args(argv)
         cfg = run_config(args)
