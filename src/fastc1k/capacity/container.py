@@ -232,31 +232,12 @@ class Container:
 
     def throttled(self) -> int | None:
         """Periods in which the quota throttled the server (cpu.stat nr_throttled)."""
-        if not self._cpu_stat:
-            return None
-        try:
-            with open(self._cpu_stat) as f:
-                for line in f:
-                    if line.startswith("nr_throttled"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return None
+        return read_nr_throttled(self._cpu_stat) if self._cpu_stat else None
 
     def cleanup(self) -> None:
         """Remove the cgroups (once the server has exited; retried briefly while the
         kernel finishes reaping)."""
-        for d in reversed(self.cgroup_dirs):
-            for _ in range(50):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
-            else:
-                self.notes.append(f"could not remove {d}")
+        self.notes += [f"could not remove {d}" for d in remove_cgroups(self.cgroup_dirs)]
         self.cgroup_dirs.clear()
         self._procs_files.clear()
 
@@ -308,3 +289,33 @@ def enter_netns(sysctls: dict[str, str], inherit: bool = True) -> tuple[bool, li
         except OSError as exc:
             notes.append(f"sysctl {key}={value} not set: {exc.strerror}")
     return True, notes
+
+
+def read_nr_throttled(cpu_stat: str) -> int | None:
+    """nr_throttled from a cgroup's cpu.stat (v1 and v2 both have it); None if unreadable."""
+    try:
+        with open(cpu_stat) as f:
+            for line in f:
+                if line.startswith("nr_throttled"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def remove_cgroups(dirs: list[str], tries: int = 50) -> list[str]:
+    """rmdir each cgroup, innermost last made first, retrying briefly while the kernel
+    finishes reaping its tasks; returns the ones that would not go."""
+    left = []
+    for d in reversed(dirs):
+        for _ in range(tries):
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)
+        else:
+            left.append(d)
+    return left

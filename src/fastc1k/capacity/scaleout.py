@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from . import analysis as A
 from .balancer import ALGORITHMS, BALANCERS, Backend, Balancer, BalancerError, BalancerSpec, proc_cpu_seconds
-from .container import CPU_PERIOD_US, INHERITED_SYSCTLS, ContainerError, ContainerSpec, _own_cgroup_v1, _read_sysctl
+from .container import (CPU_PERIOD_US, INHERITED_SYSCTLS, ContainerError, ContainerSpec, _own_cgroup_v1, _read_sysctl,
+                        read_nr_throttled, remove_cgroups)
 from .stages import RunConfig, Runner, ServerProcess
 
 __all__ = ["ReplicaSpec", "Replica", "Fleet", "ScaleoutConfig", "run_scaling", "run_fault", "analyse",
@@ -174,14 +175,7 @@ class ReplicaCgroup:
         _write(self.freezer_file, self.frozen_value if on else ("0" if self.frozen_value == "1" else "THAWED"))
 
     def throttled(self) -> int:
-        try:
-            with open(self.cpu_stat or "") as f:
-                for line in f:
-                    if line.startswith("nr_throttled"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
+        return (read_nr_throttled(self.cpu_stat) if self.cpu_stat else None) or 0
 
     def cleanup(self) -> None:
         if self.freezer_file:
@@ -189,15 +183,7 @@ class ReplicaCgroup:
                 self.freeze(False)   # a frozen task cannot die: thaw before the group goes
             except OSError:
                 pass
-        for d in reversed(self.dirs):
-            for _ in range(100):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        remove_cgroups(self.dirs, tries=100)
         self.dirs.clear()
         self.procs_files.clear()
 
