@@ -8,7 +8,6 @@ be measured on it (fds, RSS, stop latency).
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import subprocess
 import sys

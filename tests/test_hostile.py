@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -21,14 +20,12 @@ import time
 
 import pytest
 
-import fastc1k
 from _client import RawClient, build_request
 from hostile_vectors import LIMITS, VECTORS
 
 pytestmark = pytest.mark.timeout(90)
 
-# the subprocess imports the same fastc1k as this process (the tree, an ASan build, an install)
-SRC = os.path.dirname(os.path.dirname(os.path.abspath(fastc1k.__file__)))
+from _env import SRC, stop_process  # noqa: E402  (the same fastc1k as this process)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -386,9 +383,4 @@ def test_worker_survives_every_vector(engine):
             assert c.request().status == 200
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,10 +25,8 @@ import time
 
 import pytest
 
-import fastc1k
 
-# the subprocess imports the same fastc1k as this process (the tree, an ASan build, an install)
-SRC = os.path.dirname(os.path.dirname(os.path.abspath(fastc1k.__file__)))
+from _env import SRC, stop_process  # noqa: E402  (the same fastc1k as this process)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CONNECTIONS = 64
 RSS_SLACK = 4 << 20          # growth allowed after the warm-up (allocator noise, not a leak)
@@ -96,12 +93,7 @@ def soak(engine: str, duration: float, fraction: float = 0.7, say=None) -> dict:
             time.sleep(0.05)
         alive = proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     warm = samples[max(1, len(samples) // 4) - 1][1]
     s = res.summary
     return {

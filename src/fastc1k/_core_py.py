@@ -21,7 +21,6 @@ import re
 import selectors
 import socket
 import time
-from typing import Any
 
 from . import http, metrics
 from .config import ServerConfig
