@@ -204,6 +204,17 @@ cdef inline bint last_token_is(const char *p, Py_ssize_t n, const char *lower, P
     return name_is(p + s, e - s, lower, ln)
 
 
+cdef inline void _clear_exchange(Conn *c) noexcept nogil:
+    """Forget a connection's requests in flight and its response parser state."""
+    c.count = 0
+    c.head = 0
+    c.written = 0
+    c.wr_off = 0
+    c.pstate = P_STATUS
+    c.flags = 0
+    c.lbuf_len = 0
+
+
 cdef class Client:
     cdef:
         int ep
@@ -600,13 +611,7 @@ cdef class Client:
         cdef int fd, one = 1, e
         cdef epoll_event ev
         cdef sockaddr_in *src
-        c.head = 0
-        c.count = 0
-        c.written = 0
-        c.wr_off = 0
-        c.pstate = P_STATUS
-        c.flags = 0
-        c.lbuf_len = 0
+        _clear_exchange(c)
         fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             e = errno
@@ -691,13 +696,7 @@ cdef class Client:
         if c.state == S_OPEN:
             self.cnt[C_OPEN] -= 1
         c.state = S_IDLE
-        c.count = 0
-        c.head = 0
-        c.written = 0
-        c.wr_off = 0
-        c.pstate = P_STATUS
-        c.flags = 0
-        c.lbuf_len = 0
+        _clear_exchange(c)
 
     cdef inline int _next_req(self) noexcept nogil:
         cdef int r = self.mix[self.mix_pos]
