@@ -81,9 +81,13 @@ N_WORDS = (len(COUNTERS) + 7) // 8 * 8  # whole cache lines
 ENGINE_C, ENGINE_PY = 1, 2
 
 
+_STATUS_IDX = {s: IDX[f'responses{{status="{s}"}}'] for s in STATUS_CODES}
+_OTHER_IDX = IDX['responses{status="other"}']
+
+
 def status_index(status: int) -> int:
-    key = f'responses{{status="{status}"}}'
-    return IDX.get(key, IDX['responses{status="other"}'])
+    """The word that counts responses with this status (once per response: a dict hit)."""
+    return _STATUS_IDX.get(status, _OTHER_IDX)
 
 
 class SlotList(list):
