@@ -333,16 +333,24 @@ th{background:#f3f3f3}tr.broken td{background:#fbe9e9}pre{background:#f7f7f7;pad
 overflow-x:auto}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}.note{color:#8a5a00}"""
 
 
-def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_none: str | None) -> None:
+def html_opening(title: str, facts: list[str], notes: list[str], summary: str, why_none: str | None) -> list[str]:
+    """The top of a self-contained report page: title, facts line, notes, the terminal summary."""
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>fastc1k capacity report</title>"
-             f"<style>{_CSS}</style></head><body><h1>fastc1k capacity report</h1>",
-             f"<p>{e(report['target'])} &middot; {e(report['started'])} &middot; {e(report['host']['summary'])}</p>"]
-    for n in report.get("notes", []):
-        parts.append(f"<p class='note'>note: {e(n)}</p>")
-    parts.append(f"<h2>Summary</h2><pre>{e(summary_text(report))}</pre>")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
+             f"<p>{' &middot; '.join(e(f) for f in facts)}</p>"]
+    parts += [f"<p class='note'>note: {e(n)}</p>" for n in notes]
+    parts.append(f"<h2>Summary</h2><pre>{e(summary)}</pre>")
     if why_none:
         parts.append(f"<p class='note'>{e(why_none)}</p>")
+    return parts
+
+
+def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_none: str | None) -> None:
+    e = html.escape
+    parts = html_opening("fastc1k capacity report",
+                         [report["target"], report["started"], report["host"]["summary"]],
+                         report.get("notes", []), summary_text(report), why_none)
     titles = {"stages": "1. Breaking point", "timeline": "Timeline", "resources": "2. Resources",
               "recovery": "3. Recovery"}
     st = report["phases"].get("stages")

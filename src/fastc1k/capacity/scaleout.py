@@ -1050,7 +1050,7 @@ def chart_fault(rep: dict[str, Any]) -> bytes | None:
 
 def write_reports(rep: dict[str, Any], out_dir: str, charts: bool = True, prefix: str = "scaleout-report"
                   ) -> dict[str, str]:
-    from .report import _CSS, chart_stages, stage_table, write_json
+    from .report import chart_stages, html_opening, stage_table, write_json
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, prefix + ".json"), "html": os.path.join(out_dir, prefix + ".html")}
     write_json(rep, paths["json"])
@@ -1079,14 +1079,8 @@ def write_reports(rep: dict[str, Any], out_dir: str, charts: bool = True, prefix
             return ""
         b64 = base64.b64encode(drawn[name]).decode()
         return f"<h2>{e(title)}</h2><img alt='{name}' src='data:image/png;base64,{b64}'>"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>fastc1k scale-out report</title>"
-             f"<style>{_CSS}</style></head><body><h1>fastc1k scale-out report</h1>",
-             f"<p>{e(rep['started'])} &middot; {e(rep['host']['summary'])}</p>"]
-    for n in rep.get("notes", []):
-        parts.append(f"<p class='note'>note: {e(n)}</p>")
-    parts.append(f"<h2>Summary</h2><pre>{e(summary_text(rep))}</pre>")
-    if why:
-        parts.append(f"<p class='note'>{e(why)}</p>")
+    parts = html_opening("fastc1k scale-out report", [rep["started"], rep["host"]["summary"]],
+                         rep.get("notes", []), summary_text(rep), why)
     parts.append(img("scaling", "Scaling: replicas against throughput and breaking point (dashed: ideal)"))
     parts.append(img("fault", "Fault timeline"))
     for r in rep["results"]:
