@@ -156,7 +156,7 @@ def _ratio(s: dict, ref: str) -> str:
 
 
 def headline(report: dict) -> list[str]:
-    """The figures the project is judged by (../shared/BENCHMARKING.md), measured vs goal."""
+    """The figures the project is judged by (bench/METHOD.md, the goals), measured vs goal."""
     wl, mem = report["workloads"], report["memory"]
     ka, pl = (wl.get(n, {}).get("summary", {}) for n in CEILING_WORKLOADS)
     c = ka.get("c")

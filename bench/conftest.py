@@ -6,7 +6,7 @@ cgroup of its own, and skipped with its reason when it cannot run here. Each ben
 round is one bounded load run (bench/workloads.py: about N requests, capped in time).
 The "time" pytest-benchmark records and compares is the figure that matters, server CPU
 per request (user + sys, from /proc), not wall time: wall time here measures the load
-generator as much as the server (../shared/BENCHMARKING.md rules 2-3). extra_info holds
+generator as much as the server (bench/METHOD.md §1). extra_info holds
 the rest: user/sys split, req/s, wall time per request, errors, p99, quota.
 FASTC1K_BENCH_ROUNDS (default 3) and FASTC1K_BENCH_SCALE (default 1) size the runs.
 """

@@ -4,7 +4,7 @@ load generator; plus the idle-connection holder for the memory workload.
 `run_load(url, connections, ...)` is bounded twice: by `duration` (wrk -d) and, when
 `max_requests` is given, by a request count (bench/wrk/bench.lua stops wrk after about
 that many requests, and wrk reports the real elapsed time). FASTC1K_BENCH_DRIVER=wrk|fastc1k
-chooses the driver (default wrk: the anchors in ../shared/BENCHMARKING.md were taken with
+chooses the driver (default wrk: the anchors in bench/METHOD.md were taken with
 it; fastc1k.load runs for the duration only).
 """
 from __future__ import annotations

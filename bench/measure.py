@@ -1,4 +1,4 @@
-"""What the bench measures on the server side, per ../shared/BENCHMARKING.md.
+"""What the bench measures on the server side, per bench/METHOD.md.
 
 - CPU quota: each server alone in its own cpu cgroup (0.5 CPU, 10 ms period) so that it is
   the bottleneck and CPU per request is taken at full batching. cgroup v1 (`cpu` hierarchy)

@@ -3,7 +3,7 @@
 `raw_protocol.py --loop uvloop|asyncio --port P`. It counts request ends ("\r\n\r\n")
 and answers each with fastc1k's /api/health response (same headers, Date rewritten once
 a second), closing after a request that says `Connection: close`. No parser, no limits:
-the least an asyncio server can do, as in ../shared/BENCHMARKING.md's anchor table.
+the least an asyncio server can do, as in bench/METHOD.md's anchor table.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Memory per idle keep-alive connection (BENCHMARKING.md rule 5), every server.
+"""Memory per idle keep-alive connection (bench/METHOD.md §6), every server.
 
 FASTC1K_BENCH_IDLE connections (default 10,000), one request each, then idle; RSS delta /
 connection over the server's processes, kernel slab delta / connection beside it."""

@@ -2,8 +2,8 @@
 
 A run = switch the server's quota on/off, read its CPU (/proc), drive it, read again:
 server CPU per request (user/sys) does not depend on how strong the load generator is
-(../shared/BENCHMARKING.md rule 3); under the quota the server is the bottleneck and
-req/s is its capacity (rule 4).
+(bench/METHOD.md §1); under the quota the server is the bottleneck and
+req/s is its capacity (§2).
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def measure_run(server: RunningServer, w: Workload, duration: float | None = Non
 
 
 def idle_memory(server: RunningServer, n: int) -> dict:
-    """Rule 5: n idle keep-alive connections, one request each; RSS delta / n over the
+    """METHOD.md §6: n idle keep-alive connections, one request each; RSS delta / n over the
     server's processes, kernel slab and TCP memory deltas / n beside it."""
     server.set_quota(False)
     pids = server.pids()

@@ -344,3 +344,21 @@ def test_makefile_testinstalled_builds_from_the_sdist():
     assert re.search(r"^testinstalled:.*\n\t.*scripts/testinstalled\.sh", mk, re.M)
     script = (ROOT / "scripts/testinstalled.sh").read_text()
     assert "-m build --outdir" in script and "-m venv" in script and "pytest" in script
+
+
+def test_no_file_cites_a_path_outside_the_repository():
+    """A user has the repository only: the method lives in bench/METHOD.md, not in a sibling folder."""
+    outside = "../" + "shared"   # split so that this file does not match itself
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    cites = []
+    for name in tracked.stdout.splitlines():
+        path = ROOT / name
+        if path.is_file() and path.suffix in (".md", ".py", ".pyx", ".pxd", ".pxi", ".c", ".sh", ".toml", ".cfg", ""):
+            text = path.read_text(errors="replace")
+            cites += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1) if outside in line]
+    assert not cites, f"cites {outside}: {cites}"
+    method = (ROOT / "bench/METHOD.md").read_text()
+    for topic in ("CPU per request", "quota", "core 0", "median", "floor", "anchors"):
+        assert topic in method, topic

@@ -29,7 +29,7 @@ __all__ = ["Facts", "read_facts", "diagnose", "render", "main", "parse_count", "
 # the same margin serve.py's start-up check leaves between the fd limit and max_connections.
 FD_RESERVE = 64
 # Kernel slab per loopback connection pair (both ends), measured here: ~8.9 KB
-# (../shared/BENCHMARKING.md). Half of it for a server whose clients are elsewhere.
+# (bench/METHOD.md, the anchors). Half of it for a server whose clients are elsewhere.
 KERNEL_BYTES_PER_LOOPBACK_PAIR = 9 * 1024
 # A port left by an active close stays in TIME_WAIT this long (fixed in Linux, not a sysctl).
 TIME_WAIT_SECONDS = 60

@@ -24,7 +24,7 @@ from ..config import parse_size
 
 __all__ = ["ContainerSpec", "Container", "ContainerError", "enter_netns", "SYSCTL_ALIASES"]
 
-CPU_PERIOD_US = 10_000   # 10 ms: BENCHMARKING.md's quota period (short, so throttling is smooth)
+CPU_PERIOD_US = 10_000   # 10 ms: bench/METHOD.md's quota period (short, so throttling is smooth)
 CLONE_NEWNET = 0x40000000
 SYSCTL_ALIASES = {
     "somaxconn": "net.core.somaxconn",

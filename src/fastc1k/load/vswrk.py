@@ -8,7 +8,7 @@ pinned to one core, and takes CPU from getrusage(RUSAGE_CHILDREN) around each ru
 every process and thread of each tool counts. For fastc1k.load two figures are given:
 its load processes alone from start to stop (``loop``: what the generator spends per
 request) and the whole command including Python start-up (``all``). The server is
-whatever URL points at (BENCHMARKING.md: pin it to core 0).
+whatever URL points at (bench/METHOD.md §3: pin it to core 0).
 """
 from __future__ import annotations
 
