@@ -13,6 +13,7 @@ import time
 import pytest
 
 from _supervised import ServerProc, http_get, run_cli, serve_env
+import fastc1k
 from fastc1k import c_available
 from fastc1k.config import FIELDS
 from fastc1k.serve import build_parser, config_table, readme_with_table
@@ -112,6 +113,18 @@ def test_help_lists_every_config_field_and_its_env_var():
         assert "--" + f.name.replace("_", "-") in r.stdout
         assert "FASTC1K_" + f.name.upper() in r.stdout
     assert "Exit codes" in r.stdout
+
+
+def test_runs_from_inside_the_package_directory():
+    """`python -m fastc1k.serve` with cwd = the package's own folder: sys.path[0] is then that
+    folder, so a module named like a standard library one (http.py once) would hide it."""
+    pkg = os.path.dirname(os.path.abspath(fastc1k.__file__))
+    clash = sorted(p.stem for p in pathlib.Path(pkg).iterdir()
+                   if p.stem.split(".")[0] in sys.stdlib_module_names)
+    assert clash == [], f"modules that shadow the standard library from inside the package: {clash}"
+    r = run_cli("--help", cwd=pkg)
+    assert r.returncode == 0, r.stderr
+    assert "--max-body" in r.stdout and "Traceback" not in r.stderr
 
 
 def test_every_field_is_a_flag():

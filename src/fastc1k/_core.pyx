@@ -19,7 +19,7 @@ from .core.debug cimport FC_DBG, FC_ASSERT
 import os
 import time
 
-from . import http, metrics
+from . import metrics, responses
 from .routes import STATIC, HANDLER, DATA, METRICS, JSON, PROMETHEUS, Request, render_result
 
 __all__ = ["Worker", "parse_request", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE"]
@@ -73,8 +73,8 @@ def _check_layout():
     for i, s in enumerate(metrics.STATUS_CODES):
         if metrics.status_index(s) != I_RESP_200 + i:
             raise ImportError("fastc1k._core: responses{status} layout changed")
-    if http.DATE_LEN != DATE_LEN or http.CONN_CLOSE != CONN_CLOSE or http.CONN_KEEP_ALIVE != CONN_KEEP_ALIVE:
-        raise ImportError("fastc1k._core: http constants changed")
+    if responses.DATE_LEN != DATE_LEN or responses.CONN_CLOSE != CONN_CLOSE or responses.CONN_KEEP_ALIVE != CONN_KEEP_ALIVE:
+        raise ImportError("fastc1k._core: responses constants changed")
     if (STATIC, HANDLER, DATA, METRICS) != (_STATIC, _HANDLER, _DATA, _METRICS):
         raise ImportError("fastc1k._core: route kinds changed")
 
@@ -210,9 +210,9 @@ cdef class Worker:
             r.head, r.head_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
             b = self._hold(b"\r\n" + route.body)
             r.tail, r.tail_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
-            b = self._hold(http.error_head(405, route.allow))
+            b = self._hold(responses.error_head(405, route.allow))
             r.h405, r.h405_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
-        b = self._hold(http.build_head(200, JSON, 0))
+        b = self._hold(responses.build_head(200, JSON, 0))
         assert b.endswith(b"Content-Length: 0\r\n")
         self.data_head, self.data_head_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b) - 3
 
@@ -224,11 +224,11 @@ cdef class Worker:
             self.status_ctr[i] = I_RESP_OTHER
         for i, s in enumerate(metrics.STATUS_CODES):
             self.status_ctr[s] = I_RESP_200 + i
-        for i, s in enumerate(sorted(http.ERROR_BODIES)):
+        for i, s in enumerate(sorted(responses.ERROR_BODIES)):
             self.err_slot[s] = i
-            b = self._hold(http.error_head(s))
+            b = self._hold(responses.error_head(s))
             self.err_head[i], self.err_head_len[i] = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
-            b = self._hold(http.error_tail(s))
+            b = self._hold(responses.error_tail(s))
             self.err_tail[i], self.err_tail_len[i] = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
 
     def __dealloc__(self):
@@ -791,7 +791,7 @@ cdef class Worker:
         try:
             if route.kind == METRICS:
                 body = metrics.render_prometheus(self.metrics_area.slots(), metrics.process_series())
-                head = http.build_head(200, PROMETHEUS, len(body))
+                head = responses.build_head(200, PROMETHEUS, len(body))
                 status = 200
             else:
                 pend = self._pending.pop(fd, None)
@@ -802,7 +802,7 @@ cdef class Worker:
                 if pend[1] is not None:
                     req.body = bytes(pend[1])
                 status, ctype, extra, body = render_result(route, route.handler(req))
-                head = http.build_head(status, ctype, len(body), extra)
+                head = responses.build_head(status, ctype, len(body), extra)
         except Exception:
             self.m[I_HANDLER_ERRORS] += 1
             return self._error(fd, c, 500, head_only, -1)

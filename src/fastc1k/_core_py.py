@@ -22,7 +22,7 @@ import selectors
 import socket
 import time
 
-from . import http, metrics
+from . import metrics, responses
 from .config import ServerConfig
 from .routes import DATA, HANDLER, JSON, METRICS, PROMETHEUS, STATIC, Request, Route, Routes, render_result
 
@@ -370,30 +370,30 @@ class Worker:
         self.t_idle = _Timers(config.idle_timeout)
         self.t_send = _Timers(config.send_timeout)
         self.t_linger = _Timers(LINGER_SECONDS)
-        self.dates = http.DateCache()
+        self.dates = responses.DateCache()
         self.data_id = 0
         self.pid = os.getpid()
         self._prebuild()
 
     # --- responses ------------------------------------------------------------------
     def _prebuild(self) -> None:
-        self.err_head = {s: http.error_head(s) for s in http.ERROR_BODIES}
-        self.err_tail = {s: http.error_tail(s) for s in http.ERROR_BODIES}
+        self.err_head = {s: responses.error_head(s) for s in responses.ERROR_BODIES}
+        self.err_tail = {s: responses.error_tail(s) for s in responses.ERROR_BODIES}
 
     def _conn_line(self, conn: Conn, version: str) -> bytes:
         if not conn.keep_alive:
-            return http.CONN_CLOSE
-        return http.CONN_KEEP_ALIVE if version == "HTTP/1.0" else b""
+            return responses.CONN_CLOSE
+        return responses.CONN_KEEP_ALIVE if version == "HTTP/1.0" else b""
 
     def _count_status(self, status: int) -> None:
         self.c[metrics.status_index(status)] += 1
 
     def _queue_error(self, conn: Conn, status: int, head_only: bool = False, allow: bytes | None = None) -> None:
         """Queue an engine error response. 404/405 keep the connection; others close it."""
-        if status not in http.KEEPS_CONNECTION:
+        if status not in responses.KEEPS_CONNECTION:
             conn.keep_alive = False
         version = conn.head.version if conn.head is not None else "HTTP/1.1"
-        head = http.error_head(status, allow) if allow else self.err_head[status]
+        head = responses.error_head(status, allow) if allow else self.err_head[status]
         tail = b"\r\n" if head_only else self.err_tail[status]
         self._queue(conn, (head, self.dates.get(), self._conn_line(conn, version), tail))
         self._count_status(status)
@@ -424,7 +424,7 @@ class Worker:
             else:
                 try:
                     status, ctype, extra, body = self._dynamic(conn, route)
-                    rhead = http.build_head(status, ctype, len(body), extra)  # may reject bad headers
+                    rhead = responses.build_head(status, ctype, len(body), extra)  # may reject bad headers
                 except Exception:
                     log.exception("handler for %s %s failed; answering 500", head.method, head.path)
                     self.c[metrics.IDX["handler_errors"]] += 1

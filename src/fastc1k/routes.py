@@ -1,6 +1,6 @@
 """The route table: exact-path routes, each static (prebuilt bytes) or a Python handler.
 
-Static routes are built once into response bytes (see http.py for the layout), so the
+Static routes are built once into response bytes (see responses.py for the layout), so the
 C engine can answer them without touching a Python object. Handler routes call a
 Python callable with a Request and turn what it returns into a response.
 
@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Union
 
-from . import http
+from . import responses
 
 __all__ = ["Routes", "Route", "Request", "STATIC", "HANDLER", "DATA", "METRICS", "default_routes",
            "HandlerResult", "render_result"]
@@ -59,7 +59,7 @@ class Route:
     content_type: bytes = JSON
     status: int = 200
     body: bytes = b""                  # STATIC only
-    head: bytes = b""                  # STATIC only: http.build_head(...) for body
+    head: bytes = b""                  # STATIC only: responses.build_head(...) for body
     handler: Handler | None = None     # HANDLER only
     wants_body: bool = True            # HANDLER only: False discards the request body
     extra: tuple = field(default_factory=tuple)
@@ -106,10 +106,10 @@ class Routes:
             body = body.encode()
         if isinstance(content_type, str):
             content_type = content_type.encode("latin-1")
-        if status not in http.REASONS:
+        if status not in responses.REASONS:
             raise ValueError(f"unsupported status {status}")
         extra = tuple(headers)
-        head = http.build_head(status, content_type, len(body), extra)
+        head = responses.build_head(status, content_type, len(body), extra)
         methods = ("GET", "HEAD")
         return self._add(Route(path, STATIC, methods, _allow(methods), content_type, status, body, head,
                                extra=extra))
@@ -159,7 +159,7 @@ def render_result(route: Route, result: Any) -> tuple[int, bytes | None, list, b
         body = json.dumps(body, separators=(",", ":")).encode()
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise TypeError(f"handler body must be bytes or str, got {type(body).__name__}")
-    if not isinstance(status, int) or status not in http.REASONS:
+    if not isinstance(status, int) or status not in responses.REASONS:
         raise ValueError(f"unsupported status {status!r}")
     if isinstance(headers, Mapping):
         headers = list(headers.items())
