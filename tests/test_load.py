@@ -450,6 +450,23 @@ def test_coordinated_omission():
     _co_check(stall_every=1.0, stall_for=0.3, duration=2.5, rate=1000)
 
 
+def test_fine_rows_time_a_stall_to_100ms():
+    """A 0.3 s stall once a second: the second's row only says its p99 was high, the
+    100 ms rows say when: quiet rows around the one that holds the stall's backlog."""
+    with Server("ok", stall_every=1.0, stall_for=0.3) as srv:
+        res = run(LoadSpec(url=srv.url, connections=4, rate=1000, duration=2.2))
+    fine = res.fine_timeline
+    assert [r["t"] for r in fine] == [round(j * 0.1, 1) for j in range(len(fine))] and len(fine) >= 21
+    assert sum(r["requests"] for r in fine) == res.summary["requests"]
+    for sec in res.timeline[:2]:   # each second's row is its ten 100 ms rows
+        tenths = [r for r in fine if sec["t"] <= r["t"] < sec["t"] + 1]
+        assert len(tenths) == 10 and sum(r["requests"] for r in tenths) == sec["requests"]
+    stalled = [r for r in fine if r["p99_us"] >= 200_000]
+    quiet = [r for r in fine if r["requests"] and r["p99_us"] < 50_000]
+    assert stalled and len(quiet) >= 8, fine
+    assert all(r["error_count"] == 0 for r in fine)
+
+
 @pytest.mark.slow
 def test_coordinated_omission_500ms_every_5s():
     _co_check(stall_every=5.0, stall_for=0.5, duration=12.0, rate=1000)

@@ -24,9 +24,10 @@ Python API (the capacity suite's)::
     farm.set_connections(500)       # ramp the client count up or down while running
     farm.set_rate(20000)            # open loop only
     rows = farm.timeline()          # complete per-second rows so far
+    fine = farm.fine_timeline()     # complete 100 ms rows so far (t, requests, ok, errors, p50/p99/max)
     h = farm.histogram_between(t0, t1)   # merged corrected histogram of seconds t0 <= t < t1
     res = farm.stop()               # Result
-    res.summary; res.histogram; res.service_histogram; res.timeline; res.to_json()
+    res.summary; res.histogram; res.service_histogram; res.timeline; res.fine_timeline; res.to_json()
     res.write_hdr_log("run.hlog")   # per-second histograms, standard HdrHistogram log format
     res = run(spec)                 # fixed duration, same Result
 
@@ -36,7 +37,8 @@ connects_failed, intended (sends due that second, open loop), achieved_rate (res
 late_sends (sent > 1 ms after due), generator_late (due times the loop itself noticed
 late), client_cpu (cores used by the load processes), client_cpu_wait (largest share of
 the second a load process spent runnable but waiting for a CPU: > 0.2 means the host starved
-the generator), complete.
+the generator), complete. 100 ms row keys (fine_timeline): t, duration, requests, ok,
+errors, error_count, p50_us, p99_us, max_us, complete.
 
 Latency is in microseconds. ``latency``/``histogram`` is measured from the intended send
 time (open loop; closed loop: the actual send), ``service_time``/``service_histogram``

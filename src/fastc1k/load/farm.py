@@ -5,7 +5,9 @@ the rate) and reports once per second over a pipe: cumulative counters, its CPU 
 the interval histograms as sparse (index, count) pairs. The coordinator turns those into
 per-second timeline rows and keeps each second's histograms, so any window of seconds
 (a capacity-suite stage) can be merged later. Every worker schedules by CLOCK_MONOTONIC
-from one start instant, so their seconds line up.
+from one start instant, so their seconds line up. Each worker also sends a smaller report
+every 100 ms (counts and the corrected histogram): ``fine_timeline()`` gives those rows,
+so a recovery can be timed to 100 ms instead of to a second.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ PER_PROCESS = 15_000        # connections one worker takes before another is add
 MAX_SLOTS = 20_000          # connection slots a worker allocates at most (the hard fd limit here)
 FD_RESERVE = 64             # fds a worker keeps for itself (pipes, epoll, Python)
 TICK_NS = 1_000_000_000
+FINE_NS = TICK_NS // 10     # the fine rows: 100 ms
 BOTTLENECK_CPU = 0.90       # a worker above this share of a core is the bottleneck
 BOTTLENECK_LATE = 0.01      # open loop: due times noticed late by the loop itself
 BOTTLENECK_WAIT = 0.20      # a worker that waited this share of the time for a CPU was starved
@@ -43,6 +46,7 @@ def _runqueue_wait_s() -> float:
 
 ERROR_CLASSES = ("refused", "reset", "connect_timeout", "read_timeout", "addrnotavail",
                  "emfile", "bad_response", "connect_error")
+_FINE_COUNTERS = frozenset(("done", "ok") + ERROR_CLASSES)   # what a 100 ms row counts
 
 
 def _names():
@@ -235,22 +239,32 @@ def _worker_main(pipe, cfg: dict) -> None:
             return
         start_ns = msg[1]
         c.start(start_ns)
-        k = 0
+        j = 0                                           # 100 ms intervals done
         r0 = resource.getrusage(resource.RUSAGE_SELF)   # CPU is counted from the start
         w0 = _runqueue_wait_s()
+        sec = [{}, 0, {}, 0]        # this second's histograms, merged from its fine intervals
 
-        def report(kind, k):
-            r = resource.getrusage(resource.RUSAGE_SELF)
+        def report(kind, j):
+            # the fine row of interval j, and at a whole second (or the end) the second's row
+            hc, maxc, hs, maxs = c.take_interval()
             cnt, st = c.counters()
-            pipe.send((kind, k, cnt, st, c.take_interval(), r.ru_utime - r0.ru_utime,
-                       r.ru_stime - r0.ru_stime, _runqueue_wait_s() - w0, monotonic_ns()))
+            now = monotonic_ns()
+            pipe.send(("fine", j, cnt, st, hc, maxc, now))
+            hist.merge_sparse(sec[0], hc)
+            hist.merge_sparse(sec[2], hs)
+            sec[1], sec[3] = max(sec[1], maxc), max(sec[3], maxs)
+            if kind == "final" or (j + 1) % 10 == 0:
+                r = resource.getrusage(resource.RUSAGE_SELF)
+                pipe.send((kind, j // 10, cnt, st, (list(sec[0].items()), sec[1], list(sec[2].items()), sec[3]),
+                           r.ru_utime - r0.ru_utime, r.ru_stime - r0.ru_stime, _runqueue_wait_s() - w0, now))
+                sec[:] = [{}, 0, {}, 0]
 
         while True:
-            tick_end = start_ns + (k + 1) * TICK_NS
-            ctl = c.run(tick_end)
-            if monotonic_ns() >= tick_end:
-                report("tick", k)
-                k += 1
+            fine_end = start_ns + (j + 1) * FINE_NS
+            ctl = c.run(fine_end)
+            if monotonic_ns() >= fine_end:
+                report("tick", j)
+                j += 1
             if ctl:
                 while pipe.poll():
                     msg = pipe.recv()
@@ -261,7 +275,7 @@ def _worker_main(pipe, cfg: dict) -> None:
                     elif msg[0] == "rate":
                         c.set_rate(msg[1])
                     elif msg[0] == "stop":
-                        report("final", k)
+                        report("final", j)
                         c.close_all()
                         return
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
@@ -279,8 +293,9 @@ class Result:
     """A finished run: ``summary`` (dict), ``histogram`` (corrected latency, us, an
     hdrh.HdrHistogram), ``service_histogram`` (uncorrected), ``timeline`` (rows)."""
 
-    def __init__(self, spec, summary, histogram, service_histogram, timeline, farm=None):
+    def __init__(self, spec, summary, histogram, service_histogram, timeline, farm=None, fine_timeline=()):
         self._farm = farm
+        self.fine_timeline = list(fine_timeline)   # the 100 ms rows (LoadFarm.fine_timeline)
         self.spec = spec
         self.summary = summary
         self.histogram = histogram
@@ -292,6 +307,7 @@ class Result:
             "spec": self.spec.to_dict(),
             "summary": self.summary,
             "timeline": self.timeline,
+            "fine_timeline": self.fine_timeline,
             "histogram": self.histogram.encode().decode(),
             "service_histogram": self.service_histogram.encode().decode(),
         }, **kw)
@@ -342,6 +358,20 @@ class _Row:
         self.cache = None
 
 
+class _Fine:
+    """One 100 ms interval, all workers: responses, errors and the corrected histogram."""
+    __slots__ = ("j", "reports", "cnt", "status", "hc", "maxc", "end_ns")
+
+    def __init__(self, j):
+        self.j = j
+        self.reports = 0
+        self.cnt = {}
+        self.status = {}
+        self.hc = {}
+        self.maxc = 0
+        self.end_ns = 0
+
+
 class LoadFarm:
     """Start, steer and stop a load run. See ``fastc1k.load`` for the API summary."""
 
@@ -354,6 +384,8 @@ class LoadFarm:
         self._caps = []
         self._lock = threading.Lock()
         self._rows: dict[int, _Row] = {}
+        self._fine: dict[int, _Fine] = {}
+        self._last_fine = {}       # worker -> (cumulative counters, statuses) at its last fine row
         self._last = {}            # worker -> last cumulative counters
         self._last_cpu = {}
         self._cpu_total = {}       # worker -> (utime, stime) since start
@@ -491,6 +523,8 @@ class LoadFarm:
                 if msg[0] == "error":
                     self._errors.append(msg[1])
                     live.pop(w, None)
+                elif msg[0] == "fine":
+                    self._take_fine(w, msg)
                 elif msg[0] in ("tick", "final"):
                     self._take(w, msg)
                     if msg[0] == "final":
@@ -532,7 +566,50 @@ class LoadFarm:
             self._last_cpu[w] = (utime, stime, wait)
             self._cpu_total[w] = (utime, stime, wait)
 
+    def _take_fine(self, w, msg):
+        _, j, cnt, status, hc, maxc, now_ns = msg
+        with self._lock:
+            last, last_st = self._last_fine.get(w, ((0,) * len(cnt), {}))
+            row = self._fine.get(j)
+            if row is None:
+                row = self._fine[j] = _Fine(j)
+            for name, v, v0 in zip(self._names, cnt, last):
+                if name in _FINE_COUNTERS and v != v0:
+                    row.cnt[name] = row.cnt.get(name, 0) + v - v0
+            for code, v in status.items():
+                d = v - last_st.get(code, 0)
+                if d:
+                    row.status[code] = row.status.get(code, 0) + d
+            hist.merge_sparse(row.hc, hc)
+            row.maxc = max(row.maxc, maxc)
+            row.end_ns = max(row.end_ns, now_ns)
+            row.reports += 1
+            self._last_fine[w] = (cnt, dict(status))
+
     # -- reading
+
+    def fine_timeline(self, partial: bool = False) -> list[dict]:
+        """100 ms rows so far: t (seconds since start, a multiple of 0.1), duration,
+        requests, ok, errors (by class), error_count, p50_us / p99_us / max_us (corrected
+        latency of the responses completed in the interval). Rows still waiting for a
+        worker are left out unless partial=True; the last row may be shorter than 0.1 s."""
+        with self._lock:
+            out = []
+            for j in sorted(self._fine):
+                row = self._fine[j]
+                if row.reports < self.nproc and not partial:
+                    continue
+                p = hist.stats(row.hc, row.maxc, (50.0, 99.0))["p"]
+                errors = {n: row.cnt[n] for n in ERROR_CLASSES if row.cnt.get(n)}
+                for code, v in sorted(row.status.items()):
+                    errors[f"status_{code}"] = v
+                dur = (row.end_ns - self.started_ns) / 1e9 - j * FINE_NS / 1e9
+                out.append({"t": round(j * FINE_NS / 1e9, 1), "duration": round(max(0.0, min(dur, 0.1)), 3),
+                            "requests": row.cnt.get("done", 0), "ok": row.cnt.get("ok", 0),
+                            "errors": errors, "error_count": sum(errors.values()),
+                            "p50_us": p[50.0], "p99_us": p[99.0], "max_us": row.maxc,
+                            "complete": row.reports >= self.nproc})
+            return out
 
     def _row_dict(self, row: _Row) -> dict:
         if row.cache is not None:
@@ -666,7 +743,7 @@ class LoadFarm:
         summary["generator_bottleneck"] = bool(why)
         summary["generator_bottleneck_why"] = "; ".join(why) if why else (
             f"kept up: busiest load process at {busiest:.0%} of a core{note}")
-        return Result(self.spec, summary, h, hs, rows, farm=self)
+        return Result(self.spec, summary, h, hs, rows, farm=self, fine_timeline=self.fine_timeline(partial=True))
 
 
 def run(spec: LoadSpec, on_second=None) -> Result:
