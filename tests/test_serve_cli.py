@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pathlib
+import resource
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from _supervised import ServerProc, http_get, run_cli, serve_env
+from _supervised import _PORT_RE, ServerProc, http_get, run_cli, serve_env
 import fastc1k
 from fastc1k import c_available
 from fastc1k.config import FIELDS
@@ -41,6 +42,7 @@ BAD_ARGS = [
     (["--port", "http"], {}, "port must be int"),
     (["--workers", "0"], {}, "workers must be 1..4096, got 0"),
     (["--max-body", "lots"], {}, "max_body must be int bytes, got 'lots'"),
+    (["--max-connections", "most"], {}, "max_connections must be int or auto, got 'most'"),
     (["--header-timeout", "-1"], {}, "header_timeout must be"),
     (["--buffer-size", "1k"], {}, "buffer_size must be >= max_request_line + max_header_bytes + 2"),
     (["--engine", "rust"], {}, "argument --engine: invalid choice: 'rust'"),
@@ -155,6 +157,38 @@ def test_flags_beat_env_and_env_configures(tmp_path):
     with ServerProc("--app", "echo_app:routes", "--max-body", "20", workers=0, env=env, cwd=str(tmp_path)) as sp:
         assert "max_body=20 " in sp.line
         assert post(sp) == 200
+
+
+def test_max_connections_auto_is_sized_from_the_fd_limit():
+    """`--max-connections auto` (or FASTC1K_MAX_CONNECTIONS=auto) under a hard fd limit of 256:
+    the worker's cap is 256 - FD_RESERVE, so past it clients get a 503 and the worker never
+    meets EMFILE (which would stall accept instead of answering)."""
+    from fastc1k.config import FD_RESERVE, ServerConfig, fd_sized_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert ServerConfig(max_connections="auto").max_connections == fd_sized_connections() == \
+        min(hard - FD_RESERVE, 1 << 24)
+    limit, cap = 256, 256 - FD_RESERVE
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastc1k.serve", "--port", "0", "--workers", "1", "--engine", "python"],
+        env=serve_env({"FASTC1K_MAX_CONNECTIONS": "auto"}), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    socks = []
+    try:
+        line = proc.stdout.readline()
+        assert f"max_connections/worker={cap} " in line and f"fd_limit/worker={limit} " in line, line
+        port = int(_PORT_RE.search(line).group(1))
+        statuses = []
+        for _ in range(cap + 20):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n")
+            statuses.append(int(s.recv(4096).split()[1]))
+            socks.append(s)
+        assert statuses == [200] * cap + [503] * 20
+    finally:
+        for s in socks:
+            s.close()
+        proc.kill()
+        proc.communicate(timeout=10)
 
 
 def test_default_workers_one_per_core():

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+import resource
+from typing import Any, Callable, Mapping
 
-__all__ = ["ServerConfig", "ConfigError", "FIELDS", "Field", "parse_size", "parse_duration"]
+__all__ = ["ServerConfig", "ConfigError", "FIELDS", "Field", "parse_size", "parse_duration", "FD_RESERVE",
+           "fd_sized_connections"]
+
+# fds a worker keeps for itself (listener, epoll, pipes, the interpreter's own files): what
+# `max_connections auto` leaves out of the fd limit, and the margin the doctor and serve's
+# start-up check use.
+FD_RESERVE = 64
 
 
 class ConfigError(ValueError):
@@ -26,9 +33,16 @@ class Field:
     hi: float | None
     help: str
     unit: str = ""  # "bytes" | "seconds" | "" (parsers accept 16k / 10s / 500ms)
+    auto: Callable[[], Any] | None = None  # what the value "auto" stands for, computed when it is given
 
 
-_CPU = os.cpu_count() or 1
+def fd_sized_connections() -> int:
+    """`max_connections auto`: the hard fd limit less FD_RESERVE, so that the worker answers
+    503 at its cap before accept() meets EMFILE. The hard limit, because the serve master
+    raises its soft limit to it before forking (an embedding program should do the same)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = soft if hard == resource.RLIM_INFINITY else hard
+    return max(1, min(limit - FD_RESERVE, 1 << 24))
 
 FIELDS: tuple[Field, ...] = (
     Field("host", str, "127.0.0.1", None, None, "address to listen on (0.0.0.0 for all IPv4)"),
@@ -36,7 +50,8 @@ FIELDS: tuple[Field, ...] = (
     Field("workers", int, 1, 1, 4096, "worker processes (one SO_REUSEPORT listener each)"),
     Field("backlog", int, 4096, 1, 1 << 20, "listen() backlog per listener (capped by net.core.somaxconn)"),
     Field("max_connections", int, 10000, 1, 1 << 24,
-          "open connections per worker; past it: 503 + Retry-After, then close"),
+          "open connections per worker; past it: 503 + Retry-After, then close; "
+          f"`auto`: the fd limit less {FD_RESERVE}", auto=fd_sized_connections),
     Field("max_request_line", int, 8192, 16, 1 << 20, "request line bytes, CRLF excluded; over it: 414", "bytes"),
     Field("max_header_bytes", int, 8192, 16, 1 << 22,
           "header field section bytes (after the request line, final CRLF included); over it: 431", "bytes"),
@@ -85,6 +100,8 @@ def parse_duration(text: str | float) -> float:
 
 
 def _coerce(f: Field, value: Any) -> Any:
+    if f.auto is not None and isinstance(value, str) and value.strip().lower() == "auto":
+        return f.auto()
     try:
         if f.type is str:
             if not isinstance(value, str) or not value:
@@ -102,7 +119,8 @@ def _coerce(f: Field, value: Any) -> Any:
             return int(value)
         return f.type(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{f.name} must be {f.type.__name__}{' ' + f.unit if f.unit else ''}, got {value!r}") from None
+        kind = f"{f.type.__name__}{' ' + f.unit if f.unit else ''}{' or auto' if f.auto else ''}"
+        raise ConfigError(f"{f.name} must be {kind}, got {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)

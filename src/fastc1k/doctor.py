@@ -20,14 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import FIELDS
+from .config import FD_RESERVE, FIELDS
 
 __all__ = ["Facts", "read_facts", "diagnose", "render", "main", "parse_count", "parse_cpu_list",
            "FD_RESERVE", "KERNEL_BYTES_PER_LOOPBACK_PAIR", "RECOMMENDED"]
 
-# fds a process keeps besides its connections (stdio, listeners, epoll, wakeup pipe, logs):
-# the same margin serve.py's start-up check leaves between the fd limit and max_connections.
-FD_RESERVE = 64
+# fds a process keeps besides its connections: config.FD_RESERVE, the margin serve's start-up
+# check and `--max-connections auto` leave between the fd limit and max_connections.
 # Kernel slab per loopback connection pair (both ends), measured here: ~8.9 KB
 # (bench/METHOD.md, the anchors). Half of it for a server whose clients are elsewhere.
 KERNEL_BYTES_PER_LOOPBACK_PAIR = 9 * 1024

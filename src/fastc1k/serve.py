@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from ._compat import ENGINES, EngineError, load_engine
-from .config import FIELDS, ConfigError, ServerConfig
+from .config import FD_RESERVE, FIELDS, ConfigError, ServerConfig
 from .routes import Routes
 from .supervisor import LISTEN_MODES, ListenError, Supervisor
 
@@ -188,7 +188,7 @@ def config_table() -> str:
         elif f.unit == "bytes":
             rng = f"{_human_size(int(f.lo))}..{_human_size(int(f.hi))}"
         elif f.type is int:
-            rng = f"{int(f.lo)}..{int(f.hi)}"
+            rng = f"{int(f.lo)}..{int(f.hi)}" + (" or auto" if f.auto else "")
         else:
             rng = f"{f.lo:g}..{f.hi:g} s"
         rows.append(f"| `--{f.name.replace('_', '-')}` | `{_env_name(f.name)}` | {_default_text(f)} | {rng} "
@@ -361,7 +361,7 @@ def serve_main(argv: Sequence[str]) -> int:
     except EngineError as exc:
         sup.close()
         raise UsageError(str(exc)) from None
-    if sup.fd_limit < config.max_connections + 64:
+    if sup.fd_limit < config.max_connections + FD_RESERVE:
         logging.getLogger("fastc1k").warning(
             "fd limit %d per worker is below max_connections %d: accept pauses on EMFILE before the 503s",
             sup.fd_limit, config.max_connections)
