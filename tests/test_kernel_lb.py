@@ -1,0 +1,213 @@
+"""The kernel balancer (issue 15): nftables DNAT per connection inside a node namespace,
+the readiness prober that takes a silent replica out of the rules, conntrack sizing, and
+the teardown of everything made. The namespace tests need root, nft and ip; the rest
+runs everywhere."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from fastc1k.capacity import kernel_lb as K
+from fastc1k.capacity.health import HealthChecker, ProbeSpec, probe_once
+from fastc1k.serve import parse_metrics
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+ROOT = os.geteuid() == 0 and bool(shutil.which("nft")) and bool(shutil.which("ip"))
+needs_root = pytest.mark.skipif(not ROOT, reason="the kernel balancer needs root, nft and ip")
+
+
+def test_ruleset_dnats_each_new_connection_by_numgen_through_endpoint_chains():
+    eps = [K.Endpoint("r0", "10.233.9.6", 8080), K.Endpoint("r1", "10.233.9.10", 8080)]
+    text = K.ruleset("fc1k_kbal_1_1", "10.233.9.2", 80, eps, "random")
+    assert "type nat hook prerouting priority dstnat" in text
+    assert "ip daddr 10.233.9.2 tcp dport 80 counter jump svc" in text
+    assert "numgen random mod 2 vmap { 0 : goto ep_r0, 1 : goto ep_r1 }" in text
+    assert "dnat to 10.233.9.10:8080" in text
+    # removal rewrites only the service chain, flush and add in one script (one transaction)
+    assert K.service_rule("t", eps[1:], "inc") == "flush chain ip t svc\nadd rule ip t svc numgen inc mod 1 " \
+                                                  "vmap { 0 : goto ep_r1 }\n"
+    assert K.service_rule("t", [], "inc") == "flush chain ip t svc\n"
+    with pytest.raises(ValueError, match="random, inc"):
+        K.service_rule("t", eps, "hash")
+
+
+def test_without_root_it_says_it_needs_root():
+    with pytest.raises(K.NeedsRoot, match="needs root: it creates network namespaces"):
+        K.require_root(euid=1000)
+    K.require_root(euid=0)
+
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess:
+    path = os.pathsep.join([SRC, *site.getsitepackages()])
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}, timeout=30, cwd="/")
+
+
+@pytest.mark.skipif(not shutil.which("setpriv") or os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_a_non_root_user_gets_the_needs_root_error():
+    if _as_nobody("import psutil").returncode != 0:
+        pytest.skip("nobody cannot read this Python's packages (installed under a private home)")
+    r = _as_nobody("from fastc1k.capacity.kernel_lb import ServiceNet; ServiceNet()")
+    assert r.returncode != 0 and "NeedsRoot: the kernel balancer needs root" in r.stderr
+
+
+def test_probe_spec_states_its_worst_case():
+    sp = ProbeSpec(interval_s=0.1, timeout_s=0.2, failures=2)
+    assert sp.describe()["worst_case_removal_ms"] == 400
+    with pytest.raises(ValueError):
+        ProbeSpec(failures=0).validate()
+    with pytest.raises(ValueError):
+        ProbeSpec(path="health").validate()
+
+
+def test_probe_fails_on_refused_and_on_silence():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        assert probe_once("127.0.0.1", port, "/api/health", 0.2)   # bound, not listening: refused
+        s.listen()
+        t = time.monotonic()
+        assert probe_once("127.0.0.1", port, "/api/health", 0.2) == "timeout"   # accepted, never answered
+        assert time.monotonic() - t < 1
+
+
+def test_sweep_removes_only_dead_runs_of_its_own_prefix(monkeypatch):
+    names = ["fc1k-kbal-111-1-node", "fc1k-kbal-222-1-r0", "fc1k-other-111-1-node", "fc1k-kbal-x-node"]
+    monkeypatch.setattr(K, "_netns_list", lambda: names)
+    deleted = []
+    monkeypatch.setattr(K.subprocess, "run", lambda argv, **kw: deleted.append(argv[-1]))
+    assert K.sweep(alive=lambda pid: pid == 222) == ["fc1k-kbal-111-1-node"]
+    assert deleted == ["fc1k-kbal-111-1-node"]
+
+
+# --------------------------------------------------------------------------- with root
+
+def _metrics(ns: str, ip: str) -> dict[str, float]:
+    def get() -> str:
+        with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=3) as r:
+            return r.read().decode()
+    return parse_metrics(K.in_netns(ns, get))["total"]
+
+
+class _Service:
+    """A node, n replicas (fastc1k.serve in their namespaces) and the balancer's rules."""
+
+    def __init__(self, n: int, pick: str = "inc") -> None:
+        self.net = K.ServiceNet().setup()
+        self.procs: list[subprocess.Popen] = []
+        self.eps, self.ns = [], []
+        try:
+            for i in range(n):
+                ns, ip = self.net.attach(i)
+                self.ns.append(ns)
+                self.eps.append(K.Endpoint(f"r{i}", ip, 8080))
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "fastc1k.serve", "--host", ip, "--port", "8080", "--workers", "1",
+                     "--log-level", "warning"], env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.DEVNULL,
+                    preexec_fn=lambda ns=ns: K.enter_netns(ns), start_new_session=True))
+            for ns, ep in zip(self.ns, self.eps):
+                deadline = time.monotonic() + 20
+                while K.in_netns(self.net.node, lambda ep=ep: probe_once(ep.ip, ep.port, "/api/health", 1)):
+                    assert time.monotonic() < deadline, f"{ep.name} did not start"
+                    time.sleep(0.1)
+            self.lb = K.KernelBalancer(self.net, self.eps, pick).start()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> list[str]:
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGCONT)
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(10)
+        return self.net.teardown()
+
+
+def _through_service(url: str, k: int) -> list[bytes]:
+    out = []
+    for _ in range(k):   # a new connection each time (urllib closes it)
+        with urllib.request.urlopen(url + "/api/data", timeout=3) as r:
+            out.append(r.read())
+    return out
+
+
+@needs_root
+def test_two_replicas_share_the_connections_then_a_silent_one_leaves_the_rules_and_all_is_torn_down():
+    svc = _Service(2, pick="inc")
+    node, host_if, table = svc.net.node, svc.net.host_if, svc.net.table
+    try:
+        before = [_metrics(ns, ep.ip)["fastc1k_accepted_total"] for ns, ep in zip(svc.ns, svc.eps)]
+        _through_service(svc.lb.url, 20)
+        after = [_metrics(ns, ep.ip)["fastc1k_accepted_total"] for ns, ep in zip(svc.ns, svc.eps)]
+        # the replicas' own counters (less the scrape that read them): round robin, 10 each
+        assert [a - b - 1 for a, b in zip(after, before)] == [10, 10]
+        assert svc.lb.counters() == {"r0": 10, "r1": 10}
+        ct = K.Conntrack(node).read()
+        assert ct["count"] >= 1 and ct["max"] > 0
+
+        sp = ProbeSpec(interval_s=0.1, timeout_s=0.2, failures=2)
+        hc = HealthChecker(svc.eps, svc.lb.set_endpoints, sp, node).start()
+        try:
+            time.sleep(0.3)
+            assert hc.ready() == ["r0", "r1"] and not hc.errors
+            os.killpg(svc.procs[0].pid, signal.SIGSTOP)   # alive, listening, silent: a hung replica
+            t_stop = time.monotonic()
+            deadline = t_stop + 3
+            while hc.removed_at("r0") is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            ev = hc.removed_at("r0")
+            assert ev is not None and ev.reason == "timeout"
+            assert ev.t - t_stop < sp.worst_removal_s() + 0.5
+            assert svc.lb.in_rules() == ["r1"]
+            assert len(_through_service(svc.lb.url, 6)) == 6   # every new connection lands on r1
+            os.killpg(svc.procs[0].pid, signal.SIGCONT)
+            deadline = time.monotonic() + 3
+            while svc.lb.in_rules() != ["r0", "r1"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert svc.lb.in_rules() == ["r0", "r1"]   # ready again: back in the rules
+        finally:
+            hc.stop()
+    finally:
+        assert svc.close() == []
+    assert not [ns for ns in K._netns_list() if ns.startswith(node.rsplit("-", 1)[0])]
+    assert subprocess.run(["ip", "link", "show", host_if], capture_output=True).returncode != 0
+    assert table not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+
+
+@needs_root
+def test_conntrack_max_is_raised_for_the_run_and_restored():
+    c = K.Conntrack("unused")
+    got = c.size(K._read_int(K.CONNTRACK_MAX) + 1)
+    try:
+        assert got["changed"] and K._read_int(K.CONNTRACK_MAX) == got["before"] + 1
+    finally:
+        assert c.restore() is None
+    assert K._read_int(K.CONNTRACK_MAX) == got["before"]
+    assert not c.size(1)["changed"]   # never lowered unless asked to
+
+
+@needs_root
+def test_sigterm_tears_the_namespaces_down():
+    code = ("import signal, sys, time; from fastc1k.capacity import kernel_lb as K\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+            "net = K.ServiceNet().setup(); net.attach(0); print(net.node, flush=True); time.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": SRC})
+    node = p.stdout.readline().strip()
+    assert node in K._netns_list()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 143
+    run = node.rsplit("-", 1)[0]
+    assert not [ns for ns in K._netns_list() if ns.startswith(run)]
