@@ -21,9 +21,10 @@ from bench import drivers, servers, workloads
 
 
 def pytest_generate_tests(metafunc):
-    if "server" in metafunc.fixturenames:
-        names = servers.selected()
-        metafunc.parametrize("server", names, ids=names, indirect=True)
+    for fixture in ("server", "fresh_server"):
+        if fixture in metafunc.fixturenames:
+            names = servers.selected()
+            metafunc.parametrize(fixture, names, ids=names, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +45,18 @@ def server(request, _server_pool) -> servers.RunningServer:
     if name not in _server_pool:
         _server_pool[name] = servers.RunningServer(spec)
     return _server_pool[name]
+
+
+@pytest.fixture
+def fresh_server(request):
+    """A server started for this test alone (idle memory is measured before any workload)."""
+    spec = servers.SERVERS[request.param]
+    why = spec.unavailable()
+    if why:
+        pytest.skip(f"{request.param}: {why}")
+    s = servers.RunningServer(spec)
+    yield s
+    s.stop()
 
 
 def rounds() -> int:

@@ -157,6 +157,14 @@ class ServerSpec:
                     "--backlog", "16384", "--timeout-keep-alive", "300"]
         raise ValueError(self.name)
 
+    def conn_struct_bytes(self) -> int | None:
+        """The C engine's per-connection struct: what an idle connection should cost it
+        (it holds no buffer). None for the other servers."""
+        if self.name != "c":
+            return None
+        from fastc1k._core import CONN_STRUCT_SIZE
+        return CONN_STRUCT_SIZE
+
 
 _ALL = frozenset({HEALTH, DATA, HANDLER})
 SERVERS: dict[str, ServerSpec] = {s.name: s for s in (

@@ -84,7 +84,9 @@ def measure_run(server: RunningServer, w: Workload, duration: float | None = Non
 
 def idle_memory(server: RunningServer, n: int) -> dict:
     """METHOD.md §6: n idle keep-alive connections, one request each; RSS delta / n over the
-    server's processes, kernel slab and TCP memory deltas / n beside it."""
+    server's processes, kernel slab and TCP memory deltas / n beside it, and the C engine's
+    connection struct size. Meant for a fresh server (no workload before it): pages an
+    earlier run touched would not be counted."""
     server.set_quota(False)
     pids = server.pids()
     rss0, k0 = measure.rss_bytes(pids), measure.kernel_memory()
@@ -98,4 +100,5 @@ def idle_memory(server: RunningServer, n: int) -> dict:
         "rss_per_conn": (rss1 - rss0) / per,
         "slab_per_conn": (k1.get("slab", 0) - k0.get("slab", 0)) / per,
         "tcp_mem_per_conn": (k1.get("tcp_mem", 0) - k0.get("tcp_mem", 0)) / per,
+        "struct_bytes": server.spec.conn_struct_bytes(),
     }
