@@ -82,11 +82,16 @@ def test_probe_fails_on_refused_and_on_silence():
 
 def test_sweep_removes_only_dead_runs_of_its_own_prefix(monkeypatch):
     names = ["fc1k-kbal-111-1-node", "fc1k-kbal-222-1-r0", "fc1k-other-111-1-node", "fc1k-kbal-x-node"]
+    tables = "table ip nat\ntable ip fc1k_kbal_111_1\ntable ip fc1k_kbal_222_1\ntable ip fc1k_other_111_1\n"
     monkeypatch.setattr(K, "_netns_list", lambda: names)
     deleted = []
-    monkeypatch.setattr(K.subprocess, "run", lambda argv, **kw: deleted.append(argv[-1]))
-    assert K.sweep(alive=lambda pid: pid == 222) == ["fc1k-kbal-111-1-node"]
-    assert deleted == ["fc1k-kbal-111-1-node"]
+
+    def run(argv, **kw):
+        deleted.append(argv[-1])
+        return subprocess.CompletedProcess(argv, 0, tables if argv[:3] == ["nft", "list", "tables"] else "", "")
+    monkeypatch.setattr(K.subprocess, "run", run)
+    assert K.sweep(alive=lambda pid: pid == 222) == ["fc1k-kbal-111-1-node", "fc1k_kbal_111_1"]
+    assert deleted == ["fc1k-kbal-111-1-node", "ip", "fc1k_kbal_111_1"]
 
 
 # --------------------------------------------------------------------------- with root
@@ -211,3 +216,15 @@ def test_sigterm_tears_the_namespaces_down():
     assert p.wait(10) == 143
     run = node.rsplit("-", 1)[0]
     assert not [ns for ns in K._netns_list() if ns.startswith(run)]
+
+
+def test_perf_samples_are_counted_per_window_as_idle_busy_or_netfilter():
+    from fastc1k.capacity.kcpu import count_samples
+    script = ("       0   10.100000:  ffffffff821f4dab pv_native_safe_halt\n"
+              "    4242   10.200000:  ffffffff81a0 __nf_conntrack_find_get\n"
+              "    4242   10.300000:  ffffffff81a1 nft_do_chain\n"
+              "    4242   10.400000:  ffffffff81a2 tcp_ack\n"
+              "    4242   11.500000:  ffffffff81a3 nf_nat_ipv4_manip_pkt\n"
+              "    4242   12.500000:  7f00 _PyEval_EvalFrameDefault\n")
+    got = count_samples(script, {"a": (10.0, 11.0), "b": (11.0, 12.0)})
+    assert got == {"a": {"idle": 1, "busy": 1, "netfilter": 2}, "b": {"idle": 0, "busy": 0, "netfilter": 1}}

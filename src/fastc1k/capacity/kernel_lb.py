@@ -14,7 +14,8 @@ connections already on it stay there, as they do under kube-proxy.
 IPVS (kube-proxy's other kernel mode) is not built into this kernel, so it is not used.
 
 Everything made here is named with PREFIX (namespaces `fc1k-kbal-<pid>-...`, the nft
-table `fc1k_kbal_<pid>` inside the node) and removed by `ServiceNet.teardown`, which the
+table `fc1k_kbal_<pid>_<n>` inside the node and one of that name in the host, which only
+exempts the run's client connections from the host's conntrack) and removed by `ServiceNet.teardown`, which the
 owner calls on exit, Ctrl-C and SIGTERM; `sweep` removes what a killed run left behind.
 It all needs root: `require_root` says so in one line.
 """
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 __all__ = ["PREFIX", "NeedsRoot", "require_root", "Endpoint", "ruleset", "service_rule", "ServiceNet",
-           "KernelBalancer", "Conntrack", "in_netns", "sweep", "PICKS"]
+           "KernelBalancer", "Conntrack", "in_netns", "sweep", "PICKS", "host_notrack_rules"]
 
 PREFIX = "fc1k-kbal"
 NET = "10.233"            # the node's /24 blocks: 10.233.B.0/24, B free on the host
@@ -85,6 +86,17 @@ def ruleset(table: str, vip: str, port: int, endpoints: Sequence[Endpoint], pick
                 f"add rule ip {table} {_chain(ep)} counter meta l4proto tcp dnat to {ep.ip}:{ep.port}"]
     out.append(f"add rule ip {table} prerouting ip daddr {vip} tcp dport {port} counter jump svc")
     return "\n".join(out) + "\n" + service_rule(table, endpoints, pick)
+
+
+def host_notrack_rules(table: str, vip: str) -> str:
+    """The host namespace's part: its conntrack (there when any NAT rule exists, e.g.
+    podman's) skips the run's client connections, which only the node should track (one
+    table, and the node's CPU is then the only conntrack work on them: see kcpu)."""
+    return (f"add table ip {table}\n"
+            f"add chain ip {table} out {{ type filter hook output priority raw; policy accept; }}\n"
+            f"add chain ip {table} pre {{ type filter hook prerouting priority raw; policy accept; }}\n"
+            f"add rule ip {table} out ip daddr {vip} notrack\n"
+            f"add rule ip {table} pre ip saddr {vip} notrack\n")
 
 
 # --------------------------------------------------------------------------- namespaces
@@ -157,6 +169,12 @@ def sweep(alive: Callable[[int], bool] | None = None) -> list[str]:
         if not alive(int(parts[2])):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             gone.append(ns)
+    tables = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True, text=True).stdout.split()
+    for t in tables:
+        parts = t.split("_")
+        if t.startswith("fc1k_kbal_") and len(parts) == 4 and parts[2].isdigit() and not alive(int(parts[2])):
+            subprocess.run(["nft", "delete", "table", "ip", t], capture_output=True)
+            gone.append(t)
     return gone
 
 
@@ -186,6 +204,7 @@ class ServiceNet:
         self.block: int | None = None
         self.replica_ns: list[str] = []
         self.made: list[str] = []   # namespaces, in order
+        self.host_table = False
 
     @property
     def host_ip(self) -> str:
@@ -221,6 +240,8 @@ class ServiceNet:
             _run(*x, "link", "set", "lo", "up")
             # the node routes between the host and the replicas (its own sysctl, not the host's)
             _run("ip", "netns", "exec", self.node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            _run("nft", "-f", "-", stdin=host_notrack_rules(self.table, self.vip))
+            self.host_table = True
         except BaseException:
             self.teardown()
             raise
@@ -262,6 +283,11 @@ class ServiceNet:
                 left.append(f"{ns}: {r.stderr.strip()}")
         self.made.clear()
         self.replica_ns.clear()
+        if self.host_table:
+            r = subprocess.run(["nft", "delete", "table", "ip", self.table], capture_output=True, text=True)
+            if r.returncode != 0:
+                left.append(f"host table {self.table}: {r.stderr.strip()}")
+            self.host_table = False
         # deleting the node's namespace destroys the veth pair; this only covers a failed setup
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
         if self in _live:
