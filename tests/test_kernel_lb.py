@@ -62,7 +62,7 @@ def test_a_non_root_user_gets_the_needs_root_error():
 
 def test_probe_spec_states_its_worst_case():
     sp = ProbeSpec(interval_s=0.1, timeout_s=0.2, failures=2)
-    assert sp.describe()["worst_case_removal_ms"] == 400
+    assert sp.describe()["worst_case_removal_ms"] == 500   # 0.1 to the next probe, then two time-outs
     with pytest.raises(ValueError):
         ProbeSpec(failures=0).validate()
     with pytest.raises(ValueError):

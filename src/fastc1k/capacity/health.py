@@ -24,7 +24,9 @@ __all__ = ["ProbeSpec", "HealthChecker", "probe_once"]
 @dataclass(frozen=True)
 class ProbeSpec:
     interval_s: float = 0.1    # periodSeconds
-    timeout_s: float = 0.2     # timeoutSeconds
+    # timeoutSeconds: above the p99 a replica queues at its breaking point (100 ms), so a
+    # loaded replica is not taken for a dead one
+    timeout_s: float = 0.25
     failures: int = 2          # failureThreshold
     successes: int = 1         # successThreshold
     path: str = "/api/health"
@@ -39,9 +41,10 @@ class ProbeSpec:
         return self
 
     def worst_removal_s(self) -> float:
-        """Longest from a death to the probe verdict: a probe just passed, then
-        `failures` probes each taking up to the timeout, `interval_s` apart."""
-        return self.interval_s * self.failures + self.timeout_s
+        """Longest from a death to the verdict: up to one interval to the next probe,
+        then `failures` probes that each time out (a hung replica; a dead one refuses at
+        once), the next one starting when the last gives up or an interval on."""
+        return self.interval_s + (self.failures - 1) * max(self.interval_s, self.timeout_s) + self.timeout_s
 
     def describe(self) -> dict[str, float | int | str]:
         return {"interval_ms": round(self.interval_s * 1000), "timeout_ms": round(self.timeout_s * 1000),
