@@ -267,3 +267,33 @@ def test_metrics_area_retire_folds_counters_not_gauges():
     assert 'worker="101"' not in text and 'worker="103"' in text
     families = {f.name for f in text_string_to_metric_families(text)}
     assert "fastc1k_requests" in families
+
+
+def test_master_as_pid_1_keeps_its_workers(engine):
+    """In a container without an init (a Kubernetes `command` replaces the image's tini
+    entrypoint) the master is PID 1: a worker must not take "my parent is PID 1" for
+    "my master died" and exit, which crash-looped every worker and served nothing."""
+    import subprocess
+    import sys
+
+    from _supervised import _PORT_RE, serve_env
+    wrap = ["unshare", "--pid", "--fork", "--kill-child"]
+    if subprocess.run([*wrap, "true"], capture_output=True).returncode != 0:
+        pytest.skip("a PID namespace needs root (unshare --pid)")
+    proc = subprocess.Popen([*wrap, sys.executable, "-m", "fastc1k.serve", "--host", "127.0.0.1", "--port", "0",
+                             "--engine", engine, "--workers", "1"], env=serve_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "master_pid=1" in line, line
+        port = int(_PORT_RE.search(line).group(1))
+        for _ in range(10):   # a crash-looping worker would refuse these within the first second
+            assert http_get(("127.0.0.1", port), "/api/health")[0] == 200
+            time.sleep(0.1)
+    finally:
+        proc.kill()   # --kill-child: the namespace's PID 1 and with it every worker
+        proc.wait(5)
+        err = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert "exited with status 0" not in err, err

@@ -339,10 +339,11 @@ class Supervisor:
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        master = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker; never returns
             os.close(ready_r)
-            self._child(slot, mslot, ready_w)
+            self._child(slot, mslot, ready_w, master)
         os.close(ready_w)
         proc = _Proc(pid, slot, mslot, time.monotonic(), ready_r, replaces=replaces)
         self.procs[pid] = proc
@@ -351,7 +352,7 @@ class Supervisor:
         log.debug("worker %d started (pid %d)", slot.index, pid)
         return proc
 
-    def _child(self, slot: _Slot, mslot: int, ready_w: int) -> None:
+    def _child(self, slot: _Slot, mslot: int, ready_w: int, master: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -361,8 +362,9 @@ class Supervisor:
             for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
                 signal.signal(sig, signal.SIG_IGN)
             _set_pdeathsig(signal.SIGTERM)
-            if os.getppid() == 1:
-                os._exit(0)  # the master died between fork and prctl
+            if os.getppid() != master:
+                os._exit(0)  # the master died between fork and prctl (not "ppid is 1": in a
+                #             container without an init the master itself is PID 1)
             os.close(self._wake_r)
             os.close(self._wake_w)
             for s in self.slots:
