@@ -1,12 +1,14 @@
 # cython: language_level=3
 """The C engine: one worker's epoll loop, in C through Cython, the GIL released.
 
-Same names and behaviour as fastc1k._core_py (the reference); see DESIGN.md "The worker
-loop". The hot path (epoll_wait -> read -> parse -> writev of prebuilt memory) touches no
-Python object; the GIL is taken only for Python handlers, /metrics, and to let signals
-run (every MAX_WAIT_MS). Parts: core/parser.pxi (request heads, chunked bodies),
-core/pool.pxi (read buffers), core/timers.pxi (O(1) timeout lists), core/consts.pxi
-(tunables, flags, the metrics layout), includes/system.pxd (the syscalls).
+Same parts, names and behaviour as fastc1k._core_py (the reference; docs/ENGINES.md maps
+one onto the other). The hot path (epoll_wait -> read -> parse -> writev of prebuilt
+memory) touches no Python object; the GIL is taken only for Python handlers, /metrics, and
+to let signals run (every MAX_WAIT_MS). Parts: this file (the loop, and the writer in its
+"writer" section: Cython cannot include methods into a cdef class), core/parser.pxi
+(request heads, chunked bodies), core/pool.pxi (read buffers), core/timers.pxi (O(1)
+timeout lists), core/consts.pxi (tunables, flags, the metrics layout), includes/system.pxd
+(the syscalls).
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -686,7 +688,7 @@ cdef class Worker:
                 return True
         return False
 
-    # --- responses ------------------------------------------------------------------
+    # --- writer: responses and output (_core_py/writer.py) --------------------------
     cdef int _room(self, int fd, Conn *c) noexcept nogil:
         """Make room for one more response in the iovec/arena (flushing if full).
         -1: the connection was closed; else the response can be queued."""

@@ -1,5 +1,5 @@
 # The in-place HTTP/1.1 request parser (RFC 9112), rule for rule the same as
-# fastc1k._core_py.parse_head / _ChunkState (the reference; a differential test compares
+# fastc1k._core_py.parser (parse_head, ChunkDecoder: the reference; a differential test compares
 # them through parse_request()). Nothing is copied: Req points into the buffer.
 #
 # Strategy: a head is parsed whole once its terminating CRLFCRLF is in the buffer (each
