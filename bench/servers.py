@@ -239,14 +239,7 @@ class RunningServer:
 
     def set_quota(self, on: bool) -> None:
         """Switch the CPU quota on (0.5 CPU) or off without restarting the server."""
-        q = self.quota
-        if q.path is None:
-            return
-        quota_us = int(q.cpus * q.period_us) if on else -1
-        if q.kind == "v1":
-            (q.path / "cpu.cfs_quota_us").write_text(str(quota_us))
-        else:
-            (q.path / "cpu.max").write_text(f"{quota_us if on else 'max'} {q.period_us}")
+        self.quota.set(on)
 
     def stop(self) -> None:
         pids = self.pids() if self.proc.poll() is None else []

@@ -105,7 +105,7 @@ def test_quota_group_is_removed_after_stop():
     q = measure.Quota(f"fastc1k-bench-smoke-{os.getpid()}")
     if q.kind == "none":
         pytest.skip(q.why)
-    path = q.path
-    assert path.exists()
+    dirs = list(q.group.dirs)
+    assert dirs and all(os.path.isdir(d) for d in dirs)
     q.close()
-    assert not path.exists()
+    assert not any(os.path.exists(d) for d in dirs)

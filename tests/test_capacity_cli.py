@@ -11,6 +11,7 @@ import pytest
 
 from fastc1k.capacity import analysis as A
 from fastc1k.capacity import monitor, report
+from fastc1k.host import proc
 from fastc1k.capacity.__main__ import main
 from fastc1k.capacity.container import ContainerError, ContainerSpec
 
@@ -63,9 +64,9 @@ def test_container_spec():
 
 
 def test_kernel_readers_and_prometheus():
-    ns = monitor.read_netstat()
+    ns = proc.netstat()
     assert "ListenOverflows" in ns and "TCPAbortOnTimeout" in ns
-    assert "inuse" in monitor.read_sockstat()
+    assert "inuse" in proc.sockstat()
     m = monitor.parse_prometheus('# HELP x\nfastc1k_active 3\nfastc1k_loop_lag_p99_us{worker="1"} 64\n'
                                  'fastc1k_loop_lag_p99_us{worker="2"} 512\nfastc1k_active{worker="1"} 2\nbad line\n')
     assert m == {"fastc1k_active": 3.0, "fastc1k_loop_lag_p99_us": 512.0}

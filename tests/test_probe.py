@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from fastc1k.capacity.probe import ProbeSpec, parse_ips, run_probe, summary
+from fastc1k.capacity.probe import ProbeSpec, run_probe, summary
+from fastc1k.host.net import parse_source_ips
 
 
 @pytest.mark.timeout(60)
 def test_probe_holds_10k(engine):
-    spec = ProbeSpec(connections=10_000, workers=2, clients=2, source_ips=parse_ips("127.0.0.2-127.0.0.5"),
+    spec = ProbeSpec(connections=10_000, workers=2, clients=2, source_ips=parse_source_ips("127.0.0.2-127.0.0.5"),
                      engine=engine, hold=1.0, open_timeout=25.0, verify_timeout=15.0, quiet=True)
     res = run_probe(spec)
     text = summary(res)
@@ -24,9 +25,9 @@ def test_probe_holds_10k(engine):
 
 
 def test_parse_ips():
-    assert parse_ips("127.0.0.2-127.0.0.4,127.0.0.9") == ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]
+    assert parse_source_ips("127.0.0.2-127.0.0.4,127.0.0.9") == ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]
     with pytest.raises(ValueError):
-        parse_ips("127.0.0.9-127.0.0.2")
+        parse_source_ips("127.0.0.9-127.0.0.2")
 
 
 def test_capacity_cli_hands_the_probe_flag_to_the_probe():

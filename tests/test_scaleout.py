@@ -21,6 +21,7 @@ from fastc1k.capacity import scaleout as S
 from fastc1k.capacity.balancer import Backend, BalancerSpec, haproxy_config, nginx_config
 from fastc1k.capacity.container import ContainerSpec
 from fastc1k.capacity.stages import RunConfig
+from fastc1k.host.cgroup import Cgroup
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
@@ -204,7 +205,7 @@ def test_non_root_run_falls_back_and_says_so(monkeypatch, tmp_path, capsys):
     """As a user: replicas on 127.0.0.x, no cgroup (none is even tried), a note."""
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     made = []
-    monkeypatch.setattr(S.ReplicaCgroup, "setup", lambda self: made.append(self) or self)
+    monkeypatch.setattr(Cgroup, "create", classmethod(lambda cls, *a, **kw: made.append(a) or None))
     rc = S.main(["--replicas", "1", "--quick", "--stages", "50", "--max-clients", "60", "--no-recovery",
                  "--fault", "none", "--no-charts", "--quiet", "--engine", ENGINE, "--out", str(tmp_path)])
     assert rc == 0 and not made

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import FD_RESERVE, FIELDS
+from .host import cgroup, proc, sysctl
 
 __all__ = ["Facts", "read_facts", "diagnose", "render", "main", "parse_count", "parse_cpu_list",
            "FD_RESERVE", "KERNEL_BYTES_PER_LOOPBACK_PAIR", "RECOMMENDED"]
@@ -33,8 +34,6 @@ KERNEL_BYTES_PER_LOOPBACK_PAIR = 9 * 1024
 # A port left by an active close stays in TIME_WAIT this long (fixed in Linux, not a sysctl).
 TIME_WAIT_SECONDS = 60
 CAP_SYS_RESOURCE = 24
-# cgroup v1 writes "no limit" as a page-rounded LONG_MAX; anything this large means none.
-_UNLIMITED = 1 << 60
 # The values sysctl/99-fastc1k.conf sets (tests/test_packaging.py keeps the two equal).
 RECOMMENDED = {
     "fs.file-max": 2097152,
@@ -95,25 +94,6 @@ class Facts:
 
 # --- readers: each returns None rather than raising on a missing or odd file ---------------
 
-def _text(root: Path, rel: str) -> str | None:
-    try:
-        return (root / rel).read_text(errors="replace")
-    except (OSError, ValueError):
-        return None
-
-
-def _int(root: Path, rel: str) -> int | None:
-    t = _text(root, rel)
-    try:
-        return int(t.split()[0]) if t is not None else None
-    except (ValueError, IndexError):
-        return None
-
-
-def _sysctl(root: Path, name: str) -> int | None:
-    return _int(root, "proc/sys/" + name.replace(".", "/"))
-
-
 def parse_cpu_list(text: str) -> int | None:
     """'0-3,8-11' -> 8 (the kernel's cpulist format)."""
     try:
@@ -126,144 +106,35 @@ def parse_cpu_list(text: str) -> int | None:
         return None
 
 
-def _status(root: Path) -> dict[str, str]:
-    out = {}
-    for line in (_text(root, "proc/self/status") or "").splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
-
-
-def _nofile(root: Path) -> tuple[int | None, int | None]:
-    # /proc/self/limits rather than getrlimit(): the same numbers, readable from a fake tree.
-    for line in (_text(root, "proc/self/limits") or "").splitlines():
-        if line.startswith("Max open files"):
-            fields = line[len("Max open files"):].split()
-            try:
-                soft, hard = (-1 if v == "unlimited" else int(v) for v in fields[:2])
-                return soft, hard
-            except ValueError:  # too few fields, or not numbers
-                break
-    return None, None
-
-
-def _v2_dir(root: Path, path: str) -> Path | None:
-    base = root / "sys/fs/cgroup"
-    if not (base / "cgroup.controllers").exists():
-        return None
-    d = base / path.lstrip("/")
-    return d if d.is_dir() else base  # a cgroup namespace shows "/" or a path outside it
-
-
-def _v1_dir(root: Path, controller: str, path: str) -> tuple[Path, Path] | None:
-    """(mount, cgroup dir) of a v1 controller; mounts are named 'cpu' or 'cpu,cpuacct'."""
-    base = root / "sys/fs/cgroup"
-    try:
-        mounts = [p for p in base.iterdir() if controller in p.name.split(",") and p.is_dir()]
-    except OSError:
-        return None
-    if not mounts:
-        return None
-    d = mounts[0] / path.lstrip("/")
-    return mounts[0], (d if d.is_dir() else mounts[0])
-
-
-def _walk_up(top: Path, d: Path):
-    """d, its parent, ... up to top: a limit set on any ancestor applies too."""
-    while True:
-        yield d
-        if d == top or top not in d.parents:
-            return
-        d = d.parent
-
-
-def _cgroups(root: Path, f: Facts) -> None:
-    v1: dict[str, str] = {}
-    v2 = None
-    for line in (_text(root, "proc/self/cgroup") or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        if parts[0] == "0" and parts[1] == "":
-            v2 = parts[2]
-        for c in parts[1].split(","):
-            if c:
-                v1[c] = parts[2]
-    mem = cpu = None
-    usage = None
-    version = None
-    if "memory" in v1 and (m := _v1_dir(root, "memory", v1["memory"])):
-        top, d = m
-        version = 1
-        limits = [_int(root, str(p.relative_to(root) / "memory.limit_in_bytes")) for p in _walk_up(top, d)]
-        limits = [x for x in limits if x is not None and x < _UNLIMITED]
-        mem = min(limits) if limits else None
-        usage = _int(root, str(d.relative_to(root) / "memory.usage_in_bytes"))
-    if "cpu" in v1 and (c := _v1_dir(root, "cpu", v1["cpu"])):
-        top, d = c
-        version = 1
-        for p in _walk_up(top, d):
-            rel = p.relative_to(root)
-            q, per = _int(root, str(rel / "cpu.cfs_quota_us")), _int(root, str(rel / "cpu.cfs_period_us"))
-            if q is not None and q > 0 and per:
-                cpu = min(cpu, q / per) if cpu else q / per
-    if version is None and v2 is not None and (d := _v2_dir(root, v2)) is not None:
-        top = root / "sys/fs/cgroup"
-        version = 2
-        for p in _walk_up(top, d):
-            rel = p.relative_to(root)
-            m2 = (_text(root, str(rel / "memory.max")) or "").split()
-            if m2 and m2[0].isdigit() and int(m2[0]) < _UNLIMITED:
-                mem = min(mem, int(m2[0])) if mem else int(m2[0])
-            c2 = (_text(root, str(rel / "cpu.max")) or "").split()
-            if len(c2) == 2 and c2[0].isdigit() and c2[1].isdigit() and int(c2[1]):
-                quota = int(c2[0]) / int(c2[1])
-                cpu = min(cpu, quota) if cpu else quota
-        usage = _int(root, str(d.relative_to(root) / "memory.current"))
-    f.cgroup_version, f.cgroup_mem_limit, f.cgroup_cpu = version, mem, cpu
-    f.cgroup_mem_usage = usage if mem is not None else None
-
-
 def read_facts(root: str | os.PathLike = "/") -> Facts:
     root = Path(root)
     f = Facts()
-    f.nr_open = _sysctl(root, "fs.nr_open")
-    soft, hard = _nofile(root)
+    f.nr_open = sysctl.read_int("fs.nr_open", root)
+    soft, hard = proc.nofile_limits(root)
     if hard == -1:  # RLIM_INFINITY: the kernel still stops at fs.nr_open
         hard = f.nr_open
     if soft == -1:
         soft = hard
     f.nofile_soft, f.nofile_hard = soft, hard
-    status = _status(root)
+    status = proc.status(root)
     try:
         f.can_raise_hard = bool(int(status["CapEff"], 16) >> CAP_SYS_RESOURCE & 1)
     except (KeyError, ValueError):
         pass
     f.cores = parse_cpu_list(status.get("Cpus_allowed_list", ""))
-    f.file_max = _sysctl(root, "fs.file-max")
-    f.files_in_use = _sysctl(root, "fs.file-nr")
-    f.somaxconn = _sysctl(root, "net.core.somaxconn")
-    f.tcp_max_syn_backlog = _sysctl(root, "net.ipv4.tcp_max_syn_backlog")
-    f.tcp_tw_reuse = _sysctl(root, "net.ipv4.tcp_tw_reuse")
-    f.tcp_fin_timeout = _sysctl(root, "net.ipv4.tcp_fin_timeout")
-    f.netdev_max_backlog = _sysctl(root, "net.core.netdev_max_backlog")
-    f.tcp_syncookies = _sysctl(root, "net.ipv4.tcp_syncookies")
-    try:
-        lo, hi = map(int, (_text(root, "proc/sys/net/ipv4/ip_local_port_range") or "").split())
-        if 0 < lo <= hi <= 65535:
-            f.port_range = (lo, hi)
-    except ValueError:
-        pass
-    meminfo = {}
-    for line in (_text(root, "proc/meminfo") or "").splitlines():
-        key, _, rest = line.partition(":")
-        try:
-            meminfo[key] = int(rest.split()[0]) * 1024
-        except (ValueError, IndexError):
-            pass
+    f.file_max = sysctl.read_int("fs.file-max", root)
+    f.files_in_use = sysctl.read_int("fs.file-nr", root)
+    f.somaxconn = sysctl.read_int("net.core.somaxconn", root)
+    f.tcp_max_syn_backlog = sysctl.read_int("net.ipv4.tcp_max_syn_backlog", root)
+    f.tcp_tw_reuse = sysctl.read_int("net.ipv4.tcp_tw_reuse", root)
+    f.tcp_fin_timeout = sysctl.read_int("net.ipv4.tcp_fin_timeout", root)
+    f.netdev_max_backlog = sysctl.read_int("net.core.netdev_max_backlog", root)
+    f.tcp_syncookies = sysctl.read_int("net.ipv4.tcp_syncookies", root)
+    f.port_range = sysctl.port_range(root)
+    meminfo = proc.meminfo(root)
     f.mem_total, f.mem_available = meminfo.get("MemTotal"), meminfo.get("MemAvailable")
-    _cgroups(root, f)
+    cg = cgroup.read_limits(root)
+    f.cgroup_version, f.cgroup_cpu, f.cgroup_mem_limit, f.cgroup_mem_usage = cg.version, cg.cpu, cg.memory, cg.memory_used
     return f
 
 

@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from . import __version__
+from ._cli import ArgumentParser, UsageError
 from ._compat import ENGINES, EngineError, load_engine
 from .config import FD_RESERVE, FIELDS, ConfigError, ServerConfig
 from .routes import Routes
@@ -37,15 +38,6 @@ ENV_PREFIX = "FASTC1K_"
 # CLI options that are not ServerConfig fields, and their environment variables.
 _EXTRA_ENV = {"engine": "FASTC1K_ENGINE", "app": "FASTC1K_APP", "listen": "FASTC1K_LISTEN",
               "pin": "FASTC1K_PIN", "log_level": "FASTC1K_LOG_LEVEL"}
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        raise UsageError(f"{message} (see --help)")
 
 
 def _env_name(field_name: str) -> str:
@@ -78,7 +70,7 @@ def _human_size(n: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"python -m {PROG}", description="Run the fastc1k pre-fork HTTP/1.1 server. "
+    p = ArgumentParser(prog=f"python -m {PROG}", description="Run the fastc1k pre-fork HTTP/1.1 server. "
                 "`python -m fastc1k.serve stats --help` shows the live stats viewer.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Signals to the master: TERM/INT graceful stop (twice: immediate), QUIT immediate stop, "
@@ -109,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_stats_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"python -m {PROG} stats",
+    p = ArgumentParser(prog=f"python -m {PROG} stats",
                 description="Live per-worker table of a running server, scraped from its /metrics.")
     p.add_argument("--host", default=None, help="server address [default 127.0.0.1; env FASTC1K_HOST]")
     p.add_argument("--port", type=int, default=None, help="server port [default 8080; env FASTC1K_PORT]")
@@ -382,7 +374,7 @@ def readme_with_table(text: str) -> str:
 
 def table_main(argv: Sequence[str]) -> int:
     """`config-table` prints the README's configuration table; `config-table --write README.md` updates it."""
-    p = _Parser(prog=f"python -m {PROG} config-table", description=table_main.__doc__)
+    p = ArgumentParser(prog=f"python -m {PROG} config-table", description=table_main.__doc__)
     p.add_argument("--write", metavar="README", help="replace the table between the markers in this file")
     args = p.parse_args(argv)
     if not args.write:

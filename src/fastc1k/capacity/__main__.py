@@ -14,30 +14,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import resource
 import sys
 import time
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from .. import __version__
+from .._cli import ArgumentParser, UsageError
+from ..host.net import enter_netns, parse_source_ips
+from ..host.proc import host_info
 from . import analysis as A
-from .container import Container, ContainerError, ContainerSpec, enter_netns
+from .container import Container, ContainerError, ContainerSpec
 from .report import summary_text, write_all
 from .stages import DEFAULT_STAGES, RunConfig, Runner, ServerProcess
 
 PROG = "fastc1k.capacity"
 PHASES = ("stages", "ramp", "recovery")
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(f"{message} (see --help)")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -55,7 +47,7 @@ def _p99(text: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+    p = ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Default durations are the plan's scaled down to fit 5 minutes (stages 5 s, the last "
                        "listed one 10 s, ramp 30 s, blast 10 s); --plan uses the plan's own (10 s, 30 s, 2 min, "
@@ -153,7 +145,6 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                 raise UsageError(f"--{flag.replace('_', '-')} must be > 0, got {v}")
             kw[name] = v
     if kw.get("source_ips"):
-        from ..load.farm import parse_source_ips
         try:
             parse_source_ips(kw["source_ips"])
         except ValueError as exc:
@@ -162,24 +153,6 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         raise UsageError("--growth must be > 1")
     maker = RunConfig.quick if args.quick else RunConfig.plan if args.plan else RunConfig
     return maker(**kw)
-
-
-def host_info() -> dict[str, Any]:
-    def read(path: str) -> str | None:
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except OSError:
-            return None
-    ncpu = len(os.sched_getaffinity(0))
-    load = os.getloadavg()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    info = {"cpus": ncpu, "kernel": platform.release(), "memory": mem, "loadavg": load,
-            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE), "somaxconn": read("/proc/sys/net/core/somaxconn"),
-            "port_range": read("/proc/sys/net/ipv4/ip_local_port_range"), "python": platform.python_version()}
-    info["summary"] = (f"{ncpu} CPUs, {mem / 2**30:.1f} GiB, Linux {info['kernel']}, load average "
-                       f"{load[0]:.2f} at start")
-    return info
 
 
 class Progress:

@@ -8,7 +8,7 @@ health state and request count), which the fault phase polls to time when the he
 check routes around a dead replica; nginx (open source) has no active health checks
 and no such socket, so with nginx those figures are reported as not measurable.
 
-The balancer's CPU (utime + stime of its processes, from /proc) over the requests it
+The balancer's CPU (user + system time of its processes) over the requests it
 passed is its cost per request: the figure that keeps the scaling result honest.
 """
 from __future__ import annotations
@@ -25,8 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..host import proc
+
 __all__ = ["Backend", "BalancerSpec", "Balancer", "BalancerError", "haproxy_config", "nginx_config",
-           "free_port", "proc_cpu_seconds"]
+           "free_port"]
 
 BALANCERS = ("haproxy", "nginx")
 ALGORITHMS = ("roundrobin", "leastconn")
@@ -201,31 +203,6 @@ http {{
 """
 
 
-def proc_cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes, in seconds (gone ones count 0)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])   # utime, stime (fields 14, 15)
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / tick
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
 class Balancer:
     """One balancer process in front of `backends`, listening on `listen`."""
 
@@ -255,10 +232,10 @@ class Balancer:
         """The balancer's processes (nginx: master and worker)."""
         if self.proc is None or self.proc.poll() is not None:
             return []
-        return [self.proc.pid] + _children(self.proc.pid)
+        return proc.tree(self.proc.pid)
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pids())
+        return proc.cpu_seconds(self.pids())
 
     def argv(self) -> list[str]:
         exe = shutil.which(self.spec.kind) or shutil.which(self.spec.kind, path="/usr/sbin:/sbin:/usr/local/sbin")

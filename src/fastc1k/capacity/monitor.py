@@ -18,83 +18,38 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Monitor", "read_netstat", "read_sockstat", "parse_prometheus", "NETSTAT_KEYS"]
+from ..host import proc
 
-NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPAbortOnMemory", "TCPAbortOnTimeout",
-                "TCPAbortOnData", "TCPAbortOnClose", "TCPBacklogDrop", "TCPReqQFullDrop")
+__all__ = ["Monitor", "parse_prometheus"]
 
 
-def read_netstat(path: str = "/proc/net/netstat") -> dict[str, int]:
-    """TcpExt counters (this network namespace's: /proc/net is /proc/self/net)."""
-    out: dict[str, int] = {}
+def _samples(text: str):
+    """(name, labels, value) of every sample; a line the parser refuses is skipped (a
+    server that is not fastc1k may serve anything)."""
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return out
-    for names, values in zip(lines[0::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            for k, v in zip(names.split()[1:], values.split()[1:]):
-                if k in NETSTAT_KEYS:
-                    out[k] = int(v)
-    return out
-
-
-def read_sockstat(path: str = "/proc/net/sockstat") -> dict[str, int]:
-    """TCP: inuse, orphan, tw, alloc, mem (pages)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("TCP:"):
-                    it = iter(line.split()[1:])
-                    return {k: int(v) for k, v in zip(it, it)}
-    except OSError:
-        pass
-    return {}
-
-
-_PROM = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def read_schedstat(pid: int) -> tuple[int, int] | None:
-    """(ns on a CPU, ns runnable but waiting for one), summed over the process's threads.
-    The wait shows a server that is CPU-bound on a shared host although its CPU time
-    is below a core: it never idled, it queued."""
-    run = wait = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                a, b, _ = f.read().split()
-        except (OSError, ValueError):
-            continue
-        run += int(a)
-        wait += int(b)
-    return run, wait
+        fams = list(text_string_to_metric_families(text))
+    except ValueError:
+        fams = []
+        for line in text.splitlines():
+            try:
+                fams += list(text_string_to_metric_families(line + "\n"))
+            except ValueError:
+                pass
+    for fam in fams:
+        for smp in fam.samples:
+            yield smp.name, smp.labels, smp.value
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
     """Unlabelled series as-is; labelled per-worker series folded: *_p99_us and *_max_*
     take the max over workers, everything else is left to its unlabelled total."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        m = _PROM.match(line)
-        if not m:
-            continue
-        name, labels, value = m.groups()
-        try:
-            v = float(value)
-        except ValueError:
-            continue
-        if labels is None:
+    for name, labels, v in _samples(text):
+        if not labels:
             out[name] = v
-        elif labels.startswith('{worker="') and ("lag" in name or "max" in name) and "," not in labels:
+        elif set(labels) == {"worker"} and ("lag" in name or "max" in name):
             out[name] = max(out.get(name, 0.0), v)
     return out
 
@@ -126,14 +81,14 @@ class Monitor:
         self._latest_metrics: dict[str, float] = {}
         self._metrics_errors = 0
         self._threads: list[threading.Thread] = []
-        self.base_netstat = read_netstat()
+        self.base_netstat = proc.netstat()
         self.notes: list[str] = []
         self.own_netns = False    # set by the runner: the kernel counters are then the run's alone
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Monitor":
         self.t0 = time.monotonic()
-        self.base_netstat = read_netstat()
+        self.base_netstat = proc.netstat()
         self._threads = [threading.Thread(target=self._loop, name="capacity-monitor", daemon=True)]
         if self.metrics_url:
             self._threads.append(threading.Thread(target=self._metrics_loop, name="capacity-metrics", daemon=True))
@@ -203,7 +158,7 @@ class Monitor:
             self._last_cpu[p.pid] = cpu
             used = (cpu - prev) / dt if (prev is not None and dt) else 0.0
             cpu_used += used
-            ss = read_schedstat(p.pid)
+            ss = proc.schedstat(p.pid)
             if ss is not None:
                 pw = self._last_wait.get(p.pid)
                 self._last_wait[p.pid] = ss[1]
@@ -233,10 +188,10 @@ class Monitor:
                      ctx_voluntary=vol, ctx_involuntary=invol, procs=per_proc)
             lim = getattr(self.container, "memory_limit", None)
             s["mem_limit"] = lim or psutil.virtual_memory().total
-        ns = read_netstat()
+        ns = proc.netstat()
         for k, v in ns.items():
             s[_snake(k)] = v - self.base_netstat.get(k, 0)
-        s["sockstat"] = read_sockstat()
+        s["sockstat"] = proc.sockstat()
         if self.own_netns:
             s["own_netns"] = True
         used = getattr(self.container, "memory_used", None)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import json
 import multiprocessing as mp
 import os
@@ -41,12 +40,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from ..config import FD_RESERVE
+from ..doctor import KERNEL_BYTES_PER_LOOPBACK_PAIR as KERNEL_BYTES_PER_PAIR
+from ..host import proc, sysctl
+from ..host.net import parse_source_ips
+
 __all__ = ["ProbeSpec", "ProbeResult", "run_probe", "host_limits", "main"]
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 REQUEST = b"GET /api/health HTTP/1.1\r\nHost: probe\r\n\r\n"
-KERNEL_BYTES_PER_PAIR = 9 * 1024        # planning figure: two socket ends on loopback
-FD_RESERVE = 64                         # fds a process keeps for itself (epoll, pipes, stdio)
 # client phases (shared control word)
 OPEN, HOLD, VERIFY, CLOSE = 1, 2, 3, 4
 # per-client counters (shared array)
@@ -106,66 +108,30 @@ class ProbeResult:
 
 
 # --- host facts ---------------------------------------------------------------------------------
-def _read(path: str, default: str = "") -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return default
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    for line in _read("/proc/meminfo").splitlines():
-        k, _, v = line.partition(":")
-        parts = v.split()
-        if parts:
-            out[k] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
-    return out
-
-
-def sockstat() -> dict[str, int]:
-    """TCP inuse/orphan/tw/alloc/mem(pages) from /proc/net/sockstat."""
-    for line in _read("/proc/net/sockstat").splitlines():
-        if line.startswith("TCP:"):
-            f = line.split()[1:]
-            return {f[i]: int(f[i + 1]) for i in range(0, len(f) - 1, 2)}
-    return {}
-
-
 def snapshot() -> dict[str, int]:
-    m, s = meminfo(), sockstat()
+    m, s = proc.meminfo(), proc.sockstat()
     return {"mem_total": m.get("MemTotal", 0), "mem_available": m.get("MemAvailable", 0),
             "slab": m.get("Slab", 0), "sunreclaim": m.get("SUnreclaim", 0),
             "tcp_inuse": s.get("inuse", 0), "tcp_alloc": s.get("alloc", 0), "tcp_mem_pages": s.get("mem", 0),
             "tcp_tw": s.get("tw", 0), "tcp_orphan": s.get("orphan", 0)}
 
 
-def mem_used_fraction() -> float:
-    """RAM in use, counting reclaimable slab as used: MemAvailable counts it as free, but
-    the socket inodes and dentries behind ~40% of a connection's slab (measured) cannot
-    be reclaimed while the sockets are open."""
-    m = meminfo()
-    total = m.get("MemTotal", 1)
-    return 1.0 - (m.get("MemAvailable", total) - m.get("SReclaimable", 0)) / total
-
-
 def host_limits() -> dict[str, Any]:
-    lo, hi = (int(x) for x in _read("/proc/sys/net/ipv4/ip_local_port_range", "32768 60999").split())
+    lo, hi = sysctl.port_range() or sysctl.DEFAULT_PORT_RANGE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    conntrack = _read("/proc/sys/net/netfilter/nf_conntrack_max").strip()
+    conntrack = sysctl.read_int("net.netfilter.nf_conntrack_max")
+    m = proc.meminfo()
     return {
         "nofile_soft": soft, "nofile_hard": hard,
-        "file_max": int(_read("/proc/sys/fs/file-max", "0").strip() or 0),
-        "file_nr": int((_read("/proc/sys/fs/file-nr", "0 0 0").split() or ["0"])[0]),
+        "file_max": sysctl.read_int("fs.file-max") or 0,
+        "file_nr": sysctl.read_int("fs.file-nr") or 0,
         "ports_per_source": hi - lo + 1,
-        "somaxconn": int(_read("/proc/sys/net/core/somaxconn", "0").strip() or 0),
-        "tcp_mem_pages": [int(x) for x in _read("/proc/sys/net/ipv4/tcp_mem", "0 0 0").split()],
-        "nf_conntrack_max": int(conntrack) if conntrack else None,
-        "nf_conntrack_count": int(_read("/proc/sys/net/netfilter/nf_conntrack_count", "0").strip() or 0)
-        if conntrack else None,
-        "mem_total": meminfo().get("MemTotal", 0),
-        "mem_available": meminfo().get("MemAvailable", 0),
+        "somaxconn": sysctl.read_int("net.core.somaxconn") or 0,
+        "tcp_mem_pages": [int(x) for x in (sysctl.read("net.ipv4.tcp_mem") or "0 0 0").split()],
+        "nf_conntrack_max": conntrack,
+        "nf_conntrack_count": (sysctl.read_int("net.netfilter.nf_conntrack_count") or 0) if conntrack else None,
+        "mem_total": m.get("MemTotal", 0),
+        "mem_available": m.get("MemAvailable", 0),
         "cpus": os.cpu_count(),
     }
 
@@ -183,41 +149,6 @@ def auto_connections(spec: ProbeSpec, lim: dict[str, Any]) -> tuple[int, str]:
     }
     name = min(caps, key=caps.get)
     return max(0, caps[name]), name
-
-
-def parse_ips(text: str) -> list[str]:
-    """'127.0.0.10-127.0.0.59' or '127.0.0.2,127.0.0.3' -> addresses."""
-    out: list[str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = (ipaddress.IPv4Address(x.strip()) for x in part.split("-", 1))
-            if b < a:
-                raise ValueError(f"empty address range {part!r}")
-            out += [str(ipaddress.IPv4Address(i)) for i in range(int(a), int(b) + 1)]
-        elif part:
-            out.append(str(ipaddress.IPv4Address(part)))
-    if not out:
-        raise ValueError("no source addresses")
-    return out
-
-
-def rss_of(pids: Sequence[int]) -> int:
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for pid in pids:
-        try:
-            total += int(_read(f"/proc/{pid}/statm", "0 0").split()[1]) * page
-        except (IndexError, ValueError):
-            pass
-    return total
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
-        out += [int(x) for x in _read(f"/proc/{pid}/task/{task}/children").split()]
-    return out
 
 
 # --- the client process -----------------------------------------------------------------------------
@@ -422,11 +353,11 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _wait_answering(addr: tuple[str, int], timeout: float, proc: subprocess.Popen | None) -> None:
+def _wait_answering(addr: tuple[str, int], timeout: float, srv: subprocess.Popen | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before answering")
+        if srv is not None and srv.poll() is not None:
+            raise RuntimeError(f"the server exited with {srv.returncode} before answering")
         try:
             with socket.create_connection(addr, timeout=1.0) as s:
                 s.sendall(REQUEST)
@@ -456,28 +387,28 @@ def start_server(spec: ProbeSpec, per_worker: int) -> tuple[subprocess.Popen, tu
            "--header-timeout", "60s", "--backlog", "65535", "--listen", "reuseport"]
     if spec.engine:
         cmd += ["--engine", spec.engine]
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    srv = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
-        _wait_answering((host, port), 30.0, proc)
+        _wait_answering((host, port), 30.0, srv)
         deadline = time.monotonic() + 10
-        pids = children_of(proc.pid)
+        pids = proc.tree(srv.pid)[1:]
         while len(pids) < spec.workers and time.monotonic() < deadline:
             time.sleep(0.1)
-            pids = children_of(proc.pid)
+            pids = proc.tree(srv.pid)[1:]
     except BaseException:
-        stop_server(proc)
+        stop_server(srv)
         raise
-    return proc, (host, port), pids
+    return srv, (host, port), pids
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def stop_server(srv: subprocess.Popen) -> None:
+    if srv.poll() is None:
+        srv.send_signal(signal.SIGTERM)
         try:
-            proc.wait(20)
+            srv.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            srv.kill()
+            srv.wait()
 
 
 # --- the controller ---------------------------------------------------------------------------------
@@ -494,15 +425,15 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
         raise ValueError(f"{per_client} connections per client process is over the fd limit "
                          f"({lim['nofile_hard']} - {FD_RESERVE} reserved): use --clients "
                          f"{-(-spec.connections // (lim['nofile_hard'] - FD_RESERVE))} or more")
-    proc = None
+    srv = None
     try:
         if spec.target is None:
             # SO_REUSEPORT spreads by hash, not evenly: leave each worker room over its share.
             share = spec.connections / spec.workers
             per_worker = min(lim["nofile_hard"] - FD_RESERVE, int(share + 6 * share ** 0.5 + 100))
-            proc, target, pids = start_server(spec, per_worker)
+            srv, target, pids = start_server(spec, per_worker)
             res.workers = len(pids)
-            _say(spec, f"server pid {proc.pid}, {len(pids)} workers, max {per_worker} connections each, "
+            _say(spec, f"server pid {srv.pid}, {len(pids)} workers, max {per_worker} connections each, "
                        f"on {target[0]}:{target[1]}")
         else:
             target, pids = spec.target, list(spec.server_pids)
@@ -510,7 +441,7 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
         res.engine = spec.engine or os.environ.get("FASTC1K_ENGINE", "default")
         time.sleep(0.5)
         res.before = snapshot()
-        res.server_rss_before = rss_of(pids)
+        res.server_rss_before = proc.rss(pids)
 
         ctx = mp.get_context("fork")
         phase = ctx.Value("i", OPEN, lock=False)
@@ -527,7 +458,7 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
             p.start()
             clients.append(p)
         client_pids = [p.pid for p in clients]
-        client_rss0 = rss_of(client_pids)
+        client_rss0 = proc.rss(client_pids)
 
         def total(k: int) -> int:
             return sum(counters[i * N_COUNTERS + k] for i in range(spec.clients))
@@ -537,7 +468,7 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
         last = 0.0
         while total(C_DONE) < spec.clients:
             now = time.monotonic()
-            used = mem_used_fraction()
+            used = proc.mem_used_fraction()
             res.mem_used_fraction_peak = max(res.mem_used_fraction_peak, used)
             if not stop_open.value:
                 if used > spec.max_memory:
@@ -565,10 +496,10 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
         t1 = time.monotonic()
         time.sleep(spec.hold)
         res.after = snapshot()
-        res.server_rss_after = rss_of(pids)
-        client_rss1 = rss_of(client_pids)
+        res.server_rss_after = proc.rss(pids)
+        client_rss1 = proc.rss(client_pids)
         res.hold_seconds = time.monotonic() - t1
-        res.mem_used_fraction_peak = max(res.mem_used_fraction_peak, mem_used_fraction())
+        res.mem_used_fraction_peak = max(res.mem_used_fraction_peak, proc.mem_used_fraction())
 
         # -- verify
         phase.value = VERIFY
@@ -615,8 +546,8 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
         res.next_limit = _next_limit(spec, res, lim)
         return res
     finally:
-        if proc is not None:
-            stop_server(proc)
+        if srv is not None:
+            stop_server(srv)
 
 
 def _next_limit(spec: ProbeSpec, res: ProbeResult, lim: dict[str, Any]) -> str:
@@ -685,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        ips = parse_ips(args.source_ips)
+        ips = parse_source_ips(args.source_ips)
+        if not ips:
+            raise ValueError("no source addresses")
         target = None
         if args.target:
             host, _, port = args.target.rpartition(":")

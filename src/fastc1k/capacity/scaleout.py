@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
-import ctypes
-import ctypes.util
 import datetime
 import html
 import json
@@ -42,10 +40,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .. import __version__
+from .._cli import ArgumentParser, UsageError
 from . import analysis as A
-from .balancer import ALGORITHMS, BALANCERS, Backend, Balancer, BalancerError, BalancerSpec, proc_cpu_seconds
-from .container import (CPU_PERIOD_US, INHERITED_SYSCTLS, ContainerError, ContainerSpec, _own_cgroup_v1, _read_sysctl,
-                        read_nr_throttled, remove_cgroups)
+from ..host import cgroup, proc
+from ..host.cgroup import Cgroup
+from ..host.proc import host_info
+from ..host.net import NetNs, Veth, free_block, ip_available
+from .balancer import ALGORITHMS, BALANCERS, Backend, Balancer, BalancerError, BalancerSpec
+from .container import ContainerError, ContainerSpec
 from .stages import RunConfig, Runner, ServerProcess
 
 __all__ = ["ReplicaSpec", "Replica", "Fleet", "ScaleoutConfig", "run_scaling", "run_fault", "analyse",
@@ -53,7 +55,6 @@ __all__ = ["ReplicaSpec", "Replica", "Fleet", "ScaleoutConfig", "run_scaling", "
 
 PROG = "fastc1k.capacity.scaleout"
 NET_PREFIX = "10.231"
-CLONE_NEWNET = 0x40000000
 REPLICA_PORT = 8080
 DEFAULT_BREAK_P99_MS = 100.0   # see ScaleoutConfig.thresholds
 
@@ -71,11 +72,10 @@ atexit.register(_cleanup_all)
 def privileges() -> dict[str, Any]:
     """What this host lets the suite build, and for what is missing, why."""
     root = os.geteuid() == 0
-    v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-    cg_root = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/cpu"
-    cgroups = root and os.access(cg_root, os.W_OK)
-    netns = root and bool(_which("ip"))
-    freezer = root and (v2 or os.path.isdir("/sys/fs/cgroup/freezer"))
+    v2 = cgroup.version() == "v2"
+    cgroups = root and os.access(cgroup.ROOT if v2 else f"{cgroup.ROOT}/cpu", os.W_OK)
+    netns = root and ip_available()
+    freezer = root and (v2 or os.path.isdir(f"{cgroup.ROOT}/freezer"))
     missing = []
     if not cgroups:
         missing.append("cgroups (CPU quota, memory limit) need root and a writable /sys/fs/cgroup: replicas "
@@ -89,154 +89,25 @@ def privileges() -> dict[str, Any]:
             "freezer": freezer, "missing": missing}
 
 
-def _which(name: str) -> str | None:
-    import shutil
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-
-
-def _run(*argv: str) -> None:
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise OSError(f"{' '.join(argv)}: {r.stderr.strip()}")
-
-
-def _write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
-
-
 # --------------------------------------------------------------------------- one replica
-
-class ReplicaCgroup:
-    """cpu + memory + freezer for one replica (v1: a directory per controller; v2: one).
-    container.Container names its group after the process, one per run; a fleet needs
-    one per replica, and the freezer."""
-
-    def __init__(self, name: str, cpus: float | None, memory: int | None) -> None:
-        self.name, self.cpus, self.memory = name, cpus, memory
-        self.dirs: list[str] = []
-        self.procs_files: list[str] = []
-        self.freezer_file: str | None = None
-        self.frozen_value = "FROZEN"
-        self.cpu_stat: str | None = None
-
-    def setup(self) -> "ReplicaCgroup":
-        try:
-            if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-                self._v2()
-            else:
-                self._v1()
-        except OSError:
-            self.cleanup()
-            raise
-        return self
-
-    def _mk(self, d: str) -> str:
-        os.mkdir(d)
-        self.dirs.append(d)
-        self.procs_files.append(f"{d}/cgroup.procs")
-        return d
-
-    def _v1(self) -> None:
-        for ctrl in ("cpu", "memory", "freezer"):
-            want = {"cpu": self.cpus, "memory": self.memory, "freezer": True}[ctrl]
-            own = _own_cgroup_v1(ctrl)
-            if want is None or own is None or not os.path.isdir(f"/sys/fs/cgroup/{ctrl}"):
-                continue
-            d = self._mk(f"/sys/fs/cgroup/{ctrl}{own.rstrip('/')}/{self.name}")
-            if ctrl == "cpu":
-                _write(f"{d}/cpu.cfs_period_us", str(CPU_PERIOD_US))
-                _write(f"{d}/cpu.cfs_quota_us", str(max(1000, int(self.cpus * CPU_PERIOD_US))))
-                self.cpu_stat = f"{d}/cpu.stat"
-            elif ctrl == "memory":
-                _write(f"{d}/memory.limit_in_bytes", str(self.memory))
-            else:
-                self.freezer_file = f"{d}/freezer.state"
-
-    def _v2(self) -> None:
-        with open("/proc/self/cgroup") as f:
-            own = next((ln.split("::", 1)[1].strip() for ln in f if ln.startswith("0::")), "/")
-        base = "/sys/fs/cgroup" + own.rstrip("/")
-        try:
-            _write(f"{base}/cgroup.subtree_control", "+cpu +memory")
-        except OSError:
-            pass
-        d = self._mk(f"{base}/{self.name}")
-        if self.cpus is not None:
-            _write(f"{d}/cpu.max", f"{max(1000, int(self.cpus * CPU_PERIOD_US))} {CPU_PERIOD_US}")
-            self.cpu_stat = f"{d}/cpu.stat"
-        if self.memory is not None:
-            _write(f"{d}/memory.max", str(self.memory))
-        self.freezer_file, self.frozen_value = f"{d}/cgroup.freeze", "1"
-
-    def freeze(self, on: bool = True) -> None:
-        if not self.freezer_file:
-            raise OSError("no freezer for this replica (needs root and the freezer controller)")
-        _write(self.freezer_file, self.frozen_value if on else ("0" if self.frozen_value == "1" else "THAWED"))
-
-    def throttled(self) -> int:
-        return (read_nr_throttled(self.cpu_stat) if self.cpu_stat else None) or 0
-
-    def cleanup(self) -> None:
-        if self.freezer_file:
-            try:
-                self.freeze(False)   # a frozen task cannot die: thaw before the group goes
-            except OSError:
-                pass
-        remove_cgroups(self.dirs, tries=100)
-        self.dirs.clear()
-        self.procs_files.clear()
-
 
 class ReplicaNet:
     """A network namespace joined to the host by a veth pair on one /30."""
 
     def __init__(self, name: str, host_if: str, ns_if: str, host_ip: str, ns_ip: str) -> None:
-        self.name, self.host_if, self.ns_if, self.host_ip, self.ns_ip = name, host_if, ns_if, host_ip, ns_ip
-        self.made: list[str] = []
+        self.name, self.ns_ip = name, ns_ip
+        self.ns = NetNs(name)
+        self.veth = Veth(host_if, ns_if, host_ip, ns_ip)
 
     def setup(self, sysctls: dict[str, str]) -> list[str]:
         """Returns notes (sysctls that did not apply)."""
-        notes = []
-        _run("ip", "netns", "add", self.name)
-        self.made.append("netns")
-        _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
-        self.made.append("veth")
-        _run("ip", "link", "set", self.ns_if, "netns", self.name)
-        _run("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
-        _run("ip", "link", "set", self.host_if, "up")
-        ex = ("ip", "netns", "exec", self.name)
-        _run(*ex, "ip", "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
-        _run(*ex, "ip", "link", "set", self.ns_if, "up")
-        _run(*ex, "ip", "link", "set", "lo", "up")
-        want = {k: v for k in INHERITED_SYSCTLS if (v := _read_sysctl(k)) is not None}
-        want.update(sysctls)
-        r = subprocess.run([*ex, "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in want.items())],
-                           capture_output=True, text=True)
-        if r.returncode != 0:   # one at a time, to say which
-            for k, v in want.items():
-                r = subprocess.run([*ex, "sysctl", "-q", "-w", f"{k}={v}"], capture_output=True, text=True)
-                if r.returncode != 0 and k in sysctls:
-                    notes.append(f"sysctl {k}={v} not set in {self.name}: {r.stderr.strip()}")
-        return notes
-
-    def preexec_setns(self) -> Callable[[], None]:
-        path = f"/var/run/netns/{self.name}"
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-        def enter() -> None:
-            fd = os.open(path, os.O_RDONLY)
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            os.close(fd)
-        return enter
+        self.ns.add()
+        self.veth.add(self.ns)
+        return self.ns.set_sysctls(sysctls)
 
     def cleanup(self) -> None:
-        if "veth" in self.made:
-            subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
-        if "netns" in self.made:
-            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
-        self.made.clear()
+        self.veth.delete()
+        self.ns.delete()
 
 
 @dataclass
@@ -257,26 +128,28 @@ class Replica:
         self.net = net
         self.host = net.ns_ip if net else host
         c = spec.container
-        self.cgroup = ReplicaCgroup(f"fastc1k-{run_id}-{self.name}", c.cpus, c.memory) \
+        self.cgroup_name = f"fastc1k-{run_id}-{self.name}" \
             if use_cgroup and (c.cpus is not None or c.memory is not None) else None
+        self.cgroup: Cgroup | None = None
         self.server: ServerProcess | None = None
         self.killed_at: float | None = None
 
     def start(self) -> "Replica":
-        if self.cgroup:
-            self.cgroup.setup()
-        files = list(self.cgroup.procs_files) if self.cgroup else []
+        if self.cgroup_name:
+            c = self.spec.container
+            self.cgroup = Cgroup.create(self.cgroup_name, cpus=c.cpus, memory=c.memory, freezer=True)
+        join = self.cgroup.preexec() if self.cgroup else None
         nofile = self.spec.container.nofile
         if nofile and os.geteuid() != 0:   # only root may raise the hard limit
             nofile = min(nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        setns = self.net.preexec_setns() if self.net else None
+        setns = self.net.ns.setns_preexec() if self.net else None
         pin = self.spec.cpus_pin
 
         def enter() -> None:
             if setns:
                 setns()
-            for p in files:
-                _write(p, "0")
+            if join:
+                join()
             if nofile:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
             if pin:
@@ -294,12 +167,7 @@ class Replica:
     def pids(self) -> list[int]:
         if not self.server or not self.server.alive():
             return []
-        import psutil
-        try:
-            p = psutil.Process(self.server.pid)
-            return [p.pid] + [c.pid for c in p.children(recursive=True)]
-        except psutil.Error:
-            return []
+        return proc.tree(self.server.pid)
 
     def kill(self) -> None:
         """The whole replica at once (master and worker): a crashed container."""
@@ -314,7 +182,7 @@ class Replica:
         self.cgroup.freeze(True)
 
     def stop(self) -> None:
-        if self.cgroup and self.cgroup.freezer_file:
+        if self.cgroup and self.cgroup.can_freeze:
             try:
                 self.cgroup.freeze(False)
             except OSError:
@@ -331,7 +199,7 @@ class Replica:
                 except subprocess.TimeoutExpired:
                     pass
         if self.cgroup:
-            self.cgroup.cleanup()
+            self.cgroup.remove(tries=100)
 
 
 class Fleet:
@@ -346,22 +214,13 @@ class Fleet:
         self.nets: list[ReplicaNet] = []
         self.notes: list[str] = []
 
-    def _block(self) -> int:
-        """A 10.231.B.0/24 no interface of the host uses (one /30 per replica)."""
-        out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-        used = {int(w.split(".")[2]) for w in out.split() if w.startswith(NET_PREFIX + ".")}
-        free = [b for b in range(256) if b not in used]
-        if not free:
-            raise OSError(f"no free {NET_PREFIX}.B.0/24 block")
-        return free[(os.getpid() // 7) % min(len(free), 64)]
-
     def start(self) -> "Fleet":
         _live.append(self)
         try:
             use_ns = self.spec.use_netns and self.priv["netns"]
             if self.n > 63:
                 raise ValueError("at most 63 replicas")
-            block = self._block() if use_ns else 0
+            block = free_block(NET_PREFIX, os.getpid() // 7) if use_ns else 0
             tag = self.run_id.replace("-", "")[-6:]
             for i in range(self.n):
                 net = None
@@ -385,7 +244,7 @@ class Fleet:
         return [p for r in self.replicas for p in r.pids()]
 
     def throttled(self) -> int:
-        return sum(r.cgroup.throttled() for r in self.replicas if r.cgroup)
+        return sum(r.cgroup.throttled() or 0 for r in self.replicas if r.cgroup)
 
     def stop(self) -> None:
         for r in self.replicas:
@@ -399,17 +258,6 @@ class Fleet:
 
 
 # --------------------------------------------------------------------------- sampling
-
-def host_busy_seconds() -> tuple[float, float]:
-    """CPU seconds the host spent not idle (all CPUs), and of those in interrupts and
-    softirqs (packet processing, veth included), from /proc/stat. With tick accounting a
-    softirq tick also counts in the stime of the process it interrupted: a part of the
-    processes' figures, not an addition to them."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(v[:8]) - v[3] - v[4]) / tick, (v[5] + v[6]) / tick
-
 
 class Sampler:
     """Cumulative CPU seconds of the balancer, the replicas, the host and this process
@@ -428,8 +276,8 @@ class Sampler:
         return self
 
     def sample(self) -> None:
-        busy, irq = host_busy_seconds()
-        self.rows.append((time.monotonic(), self.lb.cpu_seconds(), proc_cpu_seconds(self._pids),
+        busy, irq = proc.host_busy_seconds()
+        self.rows.append((time.monotonic(), self.lb.cpu_seconds(), proc.cpu_seconds(self._pids),
                           busy, self.fleet.throttled(), time.process_time(), irq))
 
     def _loop(self) -> None:
@@ -1107,15 +955,6 @@ def write_reports(rep: dict[str, Any], out_dir: str, charts: bool = True, prefix
 
 # --------------------------------------------------------------------------- CLI
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(f"{message} (see --help)")
-
-
 def _replicas(text: str) -> tuple[int, ...]:
     try:
         v = tuple(int(x) for x in text.split(",") if x.strip())
@@ -1128,7 +967,7 @@ def _replicas(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     from .__main__ import _ints, _p99
-    p = _Parser(prog=f"python -m {PROG}", description="The scale-out proof: the capacity suite's staged ramp "
+    p = ArgumentParser(prog=f"python -m {PROG}", description="The scale-out proof: the capacity suite's staged ramp "
                 "against 1, 2, 4 ... fastc1k replicas (each its own cgroup and network namespace) behind HAProxy, "
                 "with a replica killed under load.", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replicas", type=_replicas, default=(1, 2, 4), help="replica counts [default 1,2,4]")
@@ -1210,7 +1049,6 @@ def describe_replica(cfg: ScaleoutConfig, priv: dict[str, Any]) -> str:
 
 
 def run(cfg: ScaleoutConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    from .__main__ import host_info
     progress = progress or (lambda st: None)
     priv = privileges()
     notes = list(priv["missing"])

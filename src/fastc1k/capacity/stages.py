@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from ..host import sysctl
 from . import analysis as A
 from .monitor import Monitor
 
@@ -86,11 +87,7 @@ class RunConfig:
 def host_client_limit(source_ips: int = 1) -> tuple[int, str]:
     """Connections this host can open to one address:port: the ephemeral ports per
     source address (fds are not the limit: the farm adds a process per 15,000)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = map(int, f.read().split())
-    except (OSError, ValueError):
-        lo, hi = 32768, 60999
+    lo, hi = sysctl.port_range() or sysctl.DEFAULT_PORT_RANGE
     ports = (hi - lo + 1) * max(1, source_ips)
     return ports - 1000, f"{hi - lo + 1} ephemeral ports x {max(1, source_ips)} source address(es), 1000 kept spare"
 

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 
+from .._cli import ArgumentParser, UsageError
 from .farm import LoadFarm, LoadSpec
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(us|ms|s|m|h)?\s*$")
@@ -36,14 +37,8 @@ def rate(text: str) -> float:
     return float(m.group(1)) * _NUM_UNIT[m.group(2)]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):            # one line, exit 2, no usage dump
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m fastc1k.load",
+    p = ArgumentParser(prog="python -m fastc1k.load",
                 description="HTTP/1.1 load generator: closed loop (like wrk) or open loop at "
                             "a fixed rate with coordinated-omission-corrected latency (like wrk2).")
     p.add_argument("url", help="http://host:port/path (IPv4)")
@@ -102,6 +97,14 @@ def summary_text(s: dict) -> str:
 
 def main(argv=None) -> int:
     p = parser()
+    try:
+        return _main(p, argv)
+    except UsageError as exc:   # one line, exit 2, no usage dump
+        sys.stderr.write(f"{p.prog}: error: {exc}\n")
+        return 2
+
+
+def _main(p: argparse.ArgumentParser, argv) -> int:
     a = p.parse_args(argv)
     headers = {}
     for h in a.header:

@@ -24,6 +24,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
+from ..host.net import parse_source_ips
 from . import hist
 
 PER_PROCESS = 15_000        # connections one worker takes before another is added
@@ -126,32 +127,6 @@ class LoadSpec:
         d["requests"] = [[m, p, (b.decode("latin-1") if isinstance(b, bytes) else b), w]
                          for m, p, b, w in (self.requests or [])] or None
         return d
-
-
-def parse_source_ips(v) -> list[str]:
-    """"A-B" (a range within one /24... or wider), "a,b,c", or a list -> addresses."""
-    if not v:
-        return []
-    if isinstance(v, str):
-        if "-" in v:
-            a, b = v.split("-", 1)
-            try:
-                lo = int.from_bytes(socket.inet_aton(a.strip()), "big")
-                hi = int.from_bytes(socket.inet_aton(b.strip()), "big")
-            except OSError:
-                raise ValueError(f"bad source address range {v!r}") from None
-            if hi < lo or hi - lo > 4096:
-                raise ValueError(f"bad source address range {v!r} (at most 4096 addresses)")
-            return [socket.inet_ntoa(i.to_bytes(4, "big")) for i in range(lo, hi + 1)]
-        v = v.split(",")
-    out = []
-    for a in v:
-        try:
-            socket.inet_aton(a.strip())
-        except OSError:
-            raise ValueError(f"bad source address {a!r}") from None
-        out.append(a.strip())
-    return out
 
 
 def build_requests(spec: LoadSpec):

@@ -1,0 +1,16 @@
+"""The host layer: everything that touches the machine rather than HTTP.
+
+    cgroup   cgroups v1/v2: create, CPU quota, memory limit, freezer, join, usage,
+             throttling, OOM kills, remove; the limits a process runs under (doctor)
+    net      network namespaces (unshare, named + setns), veth pairs, `ip`, source
+             address ranges
+    sysctl   read (any root), write here or in a named namespace, the host's TCP settings
+    proc     psutil and /proc readings: process trees, CPU, RSS, run-queue wait, meminfo,
+             sockstat, TcpExt counters, host CPU, host facts
+
+capacity (ramp, scale-out, probe), bench and the doctor call it; nothing else writes to
+/sys/fs/cgroup or runs `ip`.
+"""
+from . import cgroup, net, proc, sysctl
+
+__all__ = ["cgroup", "net", "proc", "sysctl"]

@@ -1,0 +1,179 @@
+"""Readings of processes and of the kernel: psutil where it has the figure, /proc where
+it does not (TCP counters, socket memory, slab, run-queue wait). Readers take a `root` where
+the doctor needs to point them at another tree, and return empty/None rather than raise."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from typing import Any, Iterable
+
+import psutil
+
+from . import sysctl
+
+__all__ = ["tree", "cpu_times", "cpu_seconds", "rss", "schedstat", "meminfo", "mem_used_fraction", "sockstat",
+           "netstat", "NETSTAT_KEYS", "host_busy_seconds", "host_info", "nofile_limits", "status"]
+
+NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPAbortOnMemory", "TCPAbortOnTimeout",
+                "TCPAbortOnData", "TCPAbortOnClose", "TCPBacklogDrop", "TCPReqQFullDrop")
+
+
+def _text(path: str, root: str | os.PathLike = "/") -> str:
+    try:
+        with open(os.path.join(root, path.lstrip("/"))) as f:
+            return f.read()
+    except (OSError, ValueError):
+        return ""
+
+
+# --- processes (psutil) -------------------------------------------------------------------------
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants (a pre-fork server: master and workers); [] if gone."""
+    try:
+        p = psutil.Process(pid)
+        return [pid] + [c.pid for c in p.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_times(pids: Iterable[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of these processes, all threads; gone ones count 0."""
+    u = s = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        u, s = u + t.user, s + t.system
+    return u, s
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    return sum(cpu_times(pids))
+
+
+def rss(pids: Iterable[int]) -> int:
+    """Resident bytes summed over these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def schedstat(pid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable but waiting for one), summed over the process's threads.
+    The wait shows a server that is CPU-bound on a shared host although its CPU time is
+    below a core: it never idled, it queued. (psutil has no run-queue wait.)"""
+    run = wait = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            a, b, _ = _text(f"/proc/{pid}/task/{tid}/schedstat").split()
+        except ValueError:
+            continue
+        run += int(a)
+        wait += int(b)
+    return run, wait
+
+
+def status(root: str | os.PathLike = "/") -> dict[str, str]:
+    """/proc/self/status as {field: value}."""
+    out = {}
+    for line in _text("proc/self/status", root).splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def nofile_limits(root: str | os.PathLike = "/") -> tuple[int | None, int | None]:
+    """(soft, hard) RLIMIT_NOFILE from /proc/self/limits (readable from a fake tree);
+    -1 for unlimited."""
+    for line in _text("proc/self/limits", root).splitlines():
+        if line.startswith("Max open files"):
+            fields = line[len("Max open files"):].split()
+            try:
+                soft, hard = (-1 if v == "unlimited" else int(v) for v in fields[:2])
+                return soft, hard
+            except ValueError:   # too few fields, or not numbers
+                break
+    return None, None
+
+
+# --- memory and sockets (/proc: psutil has neither slab detail nor sockstat) ---------------------
+
+def meminfo(root: str | os.PathLike = "/") -> dict[str, int]:
+    """/proc/meminfo in bytes (kB fields converted; bare counts as they are)."""
+    out = {}
+    for line in _text("proc/meminfo", root).splitlines():
+        k, _, v = line.partition(":")
+        parts = v.split()
+        try:
+            out[k] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+        except (ValueError, IndexError):
+            pass
+    return out
+
+
+def mem_used_fraction() -> float:
+    """RAM in use, counting reclaimable slab as used: MemAvailable counts it as free, but
+    the socket inodes and dentries behind ~40% of a connection's slab cannot be reclaimed
+    while the sockets are open."""
+    m = meminfo()
+    total = m.get("MemTotal", 1)
+    return 1.0 - (m.get("MemAvailable", total) - m.get("SReclaimable", 0)) / total
+
+
+def sockstat() -> dict[str, int]:
+    """TCP: inuse, orphan, tw, alloc, mem (pages), of this network namespace."""
+    for line in _text("/proc/net/sockstat").splitlines():
+        if line.startswith("TCP:"):
+            f = line.split()[1:]
+            return {f[i]: int(f[i + 1]) for i in range(0, len(f) - 1, 2)}
+    return {}
+
+
+def netstat(keys: Iterable[str] = NETSTAT_KEYS) -> dict[str, int]:
+    """TcpExt counters of this network namespace (/proc/net is /proc/self/net)."""
+    want = set(keys)
+    out: dict[str, int] = {}
+    lines = _text("/proc/net/netstat").splitlines()
+    for names, values in zip(lines[0::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            for k, v in zip(names.split()[1:], values.split()[1:]):
+                if k in want:
+                    out[k] = int(v)
+    return out
+
+
+# --- the host ------------------------------------------------------------------------------------
+
+def host_busy_seconds() -> tuple[float, float]:
+    """CPU seconds the host spent not idle (all CPUs), and of those in interrupts and
+    softirqs (packet processing, veth included). With tick accounting a softirq tick also
+    counts in the system time of the process it interrupted: a part of the processes'
+    figures, not an addition to them."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+    return busy, t.irq + t.softirq
+
+
+def host_info() -> dict[str, Any]:
+    """What a report says about the machine it ran on."""
+    ncpu = len(os.sched_getaffinity(0))
+    load = os.getloadavg()
+    mem = psutil.virtual_memory().total
+    info = {"cpus": ncpu, "kernel": platform.release(), "memory": mem, "loadavg": load,
+            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE), "somaxconn": sysctl.read("net.core.somaxconn"),
+            "port_range": sysctl.read("net.ipv4.ip_local_port_range"), "python": platform.python_version()}
+    info["summary"] = (f"{ncpu} CPUs, {mem / 2**30:.1f} GiB, Linux {info['kernel']}, load average "
+                       f"{load[0]:.2f} at start")
+    return info
