@@ -2,8 +2,9 @@
 
 Two kinds of namespace: `enter_netns` moves the calling process into a new anonymous one
 (unshare(CLONE_NEWNET): the whole capacity run then lives on its loopback), and `NetNs`
-is a named one (`ip netns add`) that a child joins before it execs (setns), joined to the
-host by a `Veth` pair. `ip()` is the one place that runs iproute2.
+is a named one (`ip netns add`) that a child joins before it execs, or a thread for a
+moment (setns: `enter`, `in_netns`), joined to the host by a `Veth` pair. `ip()` is the
+one place that runs iproute2.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import ipaddress
 import os
 import shutil
 import subprocess
-from typing import Callable
+import threading
+from typing import Any, Callable
 
 from . import sysctl
 
-__all__ = ["CLONE_NEWNET", "ip", "ip_available", "enter_netns", "NetNs", "Veth", "free_block",
-           "parse_source_ips"]
+__all__ = ["CLONE_NEWNET", "ip", "ip_available", "enter_netns", "enter", "in_netns", "netns_names", "NetNs",
+           "Veth", "free_block", "parse_source_ips"]
 
 CLONE_NEWNET = 0x40000000
 MAX_SOURCE_IPS = 4096
@@ -33,8 +35,9 @@ def ip_available() -> bool:
 
 
 def ip(*argv: str, netns: str | None = None) -> str:
-    """Run `ip ARGV` (inside `netns` when given); its stdout, or OSError with its stderr."""
-    cmd = (["ip", "netns", "exec", netns, "ip"] if netns else ["ip"]) + list(argv)
+    """Run `ip ARGV` (inside the named `netns` when given); its stdout, or OSError with its
+    stderr."""
+    cmd = (["ip", "-n", netns] if netns else ["ip"]) + list(argv)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise OSError(f"{' '.join(cmd)}: {r.stderr.strip()}")
@@ -62,6 +65,44 @@ def enter_netns(sysctls: dict[str, str], inherit: bool = True) -> tuple[bool, li
     return True, notes
 
 
+def enter(name: str) -> None:
+    """Move the calling thread (or a child before it execs) into the named namespace."""
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc().setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def in_netns(name: str, fn: Callable[[], Any]) -> Any:
+    """fn() run in a thread of its own that entered the named namespace (the caller's
+    stays as it was); its result or exception comes back."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            enter(name)
+            box["v"] = fn()
+        except BaseException as exc:   # handed back to the caller
+            box["e"] = exc
+    t = threading.Thread(target=body, name=f"netns-{name}", daemon=True)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box.get("v")
+
+
+def netns_names() -> list[str]:
+    """The named namespaces (`ip netns list`, without running it)."""
+    try:
+        return sorted(os.listdir("/var/run/netns"))
+    except OSError:
+        return []
+
+
 class NetNs:
     """A named network namespace (`ip netns add NAME`) with loopback up; `delete()` removes it."""
 
@@ -77,17 +118,7 @@ class NetNs:
 
     def setns_preexec(self) -> Callable[[], None]:
         """For Popen(preexec_fn=...): the child enters the namespace before it execs."""
-        path = f"/var/run/netns/{self.name}"
-        libc = _libc()
-
-        def enter() -> None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-        return enter
+        return lambda: enter(self.name)
 
     def set_sysctls(self, values: dict[str, str], inherit: bool = True) -> list[str]:
         """The host's TCP settings (`inherit`), then `values`; notes for those of `values`
