@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: compile test test-pure test-c bench ceiling clean debug test-asan testinstalled test-hostile fuzz soak c1m
+.PHONY: compile test test-pure test-c bench ceiling clean debug test-asan testinstalled test-hostile fuzz soak c1m image
 
 compile:            ## build the extensions in place (src/fastc1k/*.so)
 	$(PY) setup.py build_ext --inplace
@@ -53,6 +53,9 @@ c1m:                ## hold 1,000,000 connections (heavy: ~12 GB RAM, a few minu
 
 testinstalled:      ## sdist -> wheel from the sdist -> fresh venv in /tmp -> the suite from outside the tree
 	PY=$(PY) bash scripts/testinstalled.sh
+
+image:              ## the container image, by podman, offline: the sdist's wheel, a Debian base when no registry answers
+	PY=$(PY) bash scripts/image.sh
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache

@@ -80,7 +80,8 @@ def test_deployment_limits_probes_and_security():
     assert c["resources"]["limits"] == {"cpu": "250m", "memory": "256Mi"}
     assert c["resources"]["requests"] == c["resources"]["limits"]       # Guaranteed QoS
     port = {p["name"]: p["containerPort"] for p in c["ports"]}
-    cmd = c["command"]
+    assert "command" not in c, "command would replace the image's tini entrypoint"
+    cmd = c["args"]
     assert cmd[:3] == ["python", "-m", "fastc1k.serve"]
     assert cmd[cmd.index("--port") + 1] == str(port["http"]) and cmd[cmd.index("--workers") + 1] == "1"
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"

@@ -1,0 +1,362 @@
+"""A real container: the fastc1k image (`make image`) run by podman with the limits of
+`--container`, and its own cgroup read for the monitor.
+
+What this host needs, each found by trying: `--runtime runc` (crun refuses hybrid
+cgroups); every rlimit given explicitly and at most the host's hard limit (root here
+lacks CAP_SYS_RESOURCE, so podman's defaults fail); `--health-cmd none` (the image's
+HEALTHCHECK would start a Python every 10 s inside the measured CPU quota, and podman
+schedules it through systemd, absent here). Everything a run creates carries the label
+fastc1k.run=<run id> and a name starting fc1k-podman-, and only those are removed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from typing import Any
+
+from .container import ContainerSpec, read_nr_throttled
+
+__all__ = ["PODMAN", "IMAGE", "CONTAINER_PORT", "NETWORKS", "PodmanServer", "PodmanError", "unavailable",
+           "plan_limits", "new_run_id", "remove_run", "conntrack_for_run"]
+
+PODMAN = ("podman", "--runtime", "runc")
+IMAGE = os.environ.get("FASTC1K_IMAGE", "fastc1k:latest")
+CONTAINER_PORT = 8080          # the image's EXPOSE and CMD
+NPROC = 1000                   # podman's default nproc rlimit fails here too: given explicitly
+LABEL = "fastc1k.run"
+NETWORKS = ("publish", "host")   # -p 127.0.0.1::8080 (bridge + DNAT + conntrack) or --network host
+CGROUP_V1 = "/sys/fs/cgroup"
+
+
+class PodmanError(RuntimeError):
+    """podman cannot do what was asked; the message is one line."""
+
+
+def podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, 124, "", f"podman {args[0]} timed out after {timeout:.0f} s")
+
+
+def _why(r: subprocess.CompletedProcess) -> str:
+    """podman's own error line (it logs systemd-timer noise on stderr before it)."""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "systemd" not in ln]
+    errs = [ln for ln in lines if ln.startswith("Error")]
+    return (errs or lines or [f"exit status {r.returncode}"])[-1].strip()
+
+
+def unavailable(image: str = IMAGE) -> str | None:
+    """Why the podman runtime cannot run here (one line), or None when it can."""
+    for tool, why in (("podman", "apt-get install podman"),
+                      ("runc", "podman's default crun refuses this host's cgroups; apt-get install runc")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed ({why})"
+    r = podman("info", "--format", "{{.Host.CgroupsVersion}}", timeout=30)
+    if r.returncode != 0:
+        return f"podman does not run here: {_why(r)}"
+    r = podman("image", "inspect", "--format", "{{.Id}}", image)
+    if r.returncode != 0:
+        return f"no image {image}: build it with `make image`"
+    return None
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _namespaced(key: str) -> bool:
+    """Whether a net.* sysctl exists in a fresh network namespace (only those can be
+    given to a container); asked of the kernel, not of a list."""
+    r = subprocess.run(["unshare", "--net", "test", "-e", "/proc/sys/" + key.replace(".", "/")],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def _host_sysctl(key: str) -> str:
+    try:
+        with open("/proc/sys/" + key.replace(".", "/")) as f:
+            return " ".join(f.read().split())
+    except OSError:
+        return "?"
+
+
+def plan_limits(spec: ContainerSpec, network: str) -> tuple[list[str], dict[str, Any], list[str]]:
+    """(podman run flags, the limits applied, one line per limit refused). A refused
+    limit is replaced by the host's maximum (nofile, cpus) or left out (a sysctl)."""
+    flags: list[str] = []
+    applied: dict[str, Any] = {}
+    refused: list[str] = []
+    ncpu = os.cpu_count() or 1
+    if spec.cpus is not None:
+        cpus = spec.cpus
+        if cpus > ncpu:
+            refused.append(f"cpus={spec.cpus:g} refused: the host's maximum is {ncpu} CPUs; {ncpu} applied")
+            cpus = float(ncpu)
+        flags += ["--cpus", f"{cpus:g}"]
+        applied["cpus"] = cpus
+    if spec.memory is not None:
+        # swap = memory: no swap, so the limit is the memory the server really has
+        flags += ["--memory", str(spec.memory), "--memory-swap", str(spec.memory)]
+        applied["memory"] = spec.memory
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = spec.nofile if spec.nofile is not None else hard
+    if nofile > hard:
+        refused.append(f"nofile={nofile} refused: the host's hard limit is {hard} (raising it needs "
+                       f"CAP_SYS_RESOURCE); {hard} applied")
+        nofile = hard
+    flags += ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={NPROC}:{NPROC}"]
+    applied["nofile"] = nofile
+    for key, value in spec.sysctls.items():
+        if network == "host":
+            refused.append(f"{key}={value} refused with --network host (the host's namespace): the host's "
+                           f"{_host_sysctl(key)} applies")
+        elif not _namespaced(key):
+            refused.append(f"{key}={value} refused: not namespaced, the host's value {_host_sysctl(key)} applies "
+                           f"(set it on the host: sysctl/apply.sh)")
+        else:
+            flags += ["--sysctl", f"{key}={value}"]
+            applied[key] = value
+    return flags, applied, refused
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PodmanServer:
+    """`python -m fastc1k.serve` in the image, under podman: the ServerProcess interface
+    (url, pid, argv, startup_line, alive, stop) plus the container's cgroup readings the
+    monitor takes (cpu_quota, memory_limit, memory_used, throttled, oom_kills, fds)."""
+
+    def __init__(self, spec: ContainerSpec, network: str = "publish", workers: int = 1,
+                 extra: list[str] | None = None, image: str = IMAGE, run_id: str | None = None,
+                 startup_timeout: float = 30.0) -> None:
+        if network not in NETWORKS:
+            raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+        self.spec = spec
+        self.network = network
+        self.image = image
+        self.run_id = run_id or new_run_id()
+        self.name = f"fc1k-podman-{self.run_id}-{network}"
+        self.startup_timeout = startup_timeout
+        self.flags, self.applied, self.refused = plan_limits(spec, network)
+        self.port = _free_port() if network == "host" else CONTAINER_PORT
+        self.server_argv = ["python", "-m", "fastc1k.serve", "--host", "0.0.0.0", "--port", str(self.port),
+                            "--workers", str(workers), "--log-level", "warning", *(extra or [])]
+        self.argv: list[str] = []
+        self.url: str | None = None
+        self.startup_line = ""
+        self.image_id = ""
+        self.container_id = ""
+        self.pid = 0
+        self.cpu_quota: float | None = self.applied.get("cpus")
+        self.memory_limit: int | None = self.applied.get("memory")
+        self.final: dict[str, Any] = {}
+        self._cg: dict[str, str] = {}
+
+    def start(self) -> "PodmanServer":
+        net = ["--network", "host"] if self.network == "host" else ["-p", f"127.0.0.1::{CONTAINER_PORT}"]
+        self.argv = [*PODMAN, "run", "-d", "--name", self.name, "--label", f"{LABEL}={self.run_id}",
+                     "--health-cmd", "none", *net, *self.flags, self.image, *self.server_argv]
+        r = podman(*self.argv[len(PODMAN):], timeout=60)
+        if r.returncode != 0:
+            podman("rm", "-f", self.name)
+            raise PodmanError(f"podman run refused the container: {_why(r)}")
+        self.container_id = r.stdout.strip().splitlines()[-1]
+        try:
+            info = json.loads(podman("inspect", self.name).stdout)[0]
+            self.image_id = info["Image"]
+            self.pid = int(info["State"]["Pid"])
+            self._cg = self._cgroup_dirs(self.pid)
+            if self.network == "host":
+                self.url = f"http://127.0.0.1:{self.port}"
+            else:
+                hp = info["NetworkSettings"]["Ports"][f"{CONTAINER_PORT}/tcp"][0]
+                self.url = f"http://{hp['HostIp']}:{hp['HostPort']}"
+            self._wait_healthy()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/api/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        self.startup_line = self.logs().strip().splitlines()[0] if self.logs().strip() else ""
+                        return
+            except OSError:
+                pass
+            if not self.alive():
+                break
+            time.sleep(0.1)
+        raise PodmanError(f"the server in {self.name} did not answer /api/health: {self.logs().strip()[-300:] or 'no output'}")
+
+    @staticmethod
+    def _cgroup_dirs(pid: int) -> dict[str, str]:
+        """controller -> the container's cgroup directory (v1: one per controller)."""
+        out = {}
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                _, ctrls, path = line.rstrip("\n").split(":", 2)
+                for c in ctrls.split(","):
+                    if c in ("cpu", "cpuacct", "memory"):
+                        out[c] = f"{CGROUP_V1}/{c}{path}"
+                    elif c == "" and os.path.exists(f"{CGROUP_V1}/cgroup.controllers"):   # pure v2
+                        out = {k: f"{CGROUP_V1}{path}" for k in ("cpu", "cpuacct", "memory", "v2")}
+        return out
+
+    def logs(self) -> str:
+        r = podman("logs", self.name, timeout=10)
+        return r.stdout + r.stderr
+
+    def alive(self) -> bool:
+        r = podman("inspect", "--format", "{{.State.Running}}", self.name, timeout=10)
+        return r.returncode == 0 and r.stdout.strip() == "true"
+
+    # -- the container's own cgroup -------------------------------------------------------------
+    def _read(self, ctrl: str, v1: str, v2: str) -> str | None:
+        d = self._cg.get(ctrl)
+        if not d:
+            return None
+        try:
+            with open(f"{d}/{v2 if 'v2' in self._cg else v1}") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def memory_used(self) -> int | None:
+        v = self._read("memory", "memory.usage_in_bytes", "memory.current")
+        return int(v) if v else None
+
+    def throttled(self) -> int | None:
+        d = self._cg.get("cpu")
+        return read_nr_throttled(f"{d}/cpu.stat") if d else None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of everything in the container (the cgroup's own account)."""
+        if "v2" in self._cg:
+            v = self._read("cpu", "", "cpu.stat")
+            return int(v.split("usage_usec")[1].split()[0]) / 1e6 if v else None
+        v = self._read("cpuacct", "cpuacct.usage", "")
+        return int(v) / 1e9 if v else None
+
+    def oom_kills(self) -> int | None:
+        """Processes the kernel killed at the memory limit (memory.oom_control's oom_kill;
+        v2: memory.events' oom_kill)."""
+        v = self._read("memory", "memory.oom_control", "memory.events")
+        if not v:
+            return None
+        for line in v.splitlines():
+            k, _, n = line.partition(" ")
+            if k == "oom_kill":
+                return int(n)
+        return None
+
+    def fds(self) -> int | None:
+        """Open fds of all the container's processes."""
+        procs = self._read("memory", "cgroup.procs", "cgroup.procs")
+        if procs is None:
+            return None
+        n = 0
+        for pid in procs.split():
+            try:
+                n += len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                pass
+        return n
+
+    def cgroup_sample(self) -> dict[str, Any]:
+        return {"cpu_s": self.cpu_seconds(), "throttled": self.throttled(), "memory": self.memory_used(),
+                "oom_kills": self.oom_kills(), "fds": self.fds()}
+
+    # -- the end -------------------------------------------------------------------------------
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Record how the container ended (OOM-killed, exit code, OOM count), then remove it."""
+        if not self.container_id and not self.pid:
+            podman("rm", "-f", self.name)
+            return None
+        if not self.final:
+            self.final = {"oom_kills": self.oom_kills()}
+            r = podman("inspect", "--format", "{{json .State}}", self.name, timeout=10)
+            if r.returncode == 0:
+                st = json.loads(r.stdout)
+                self.final.update(running=st.get("Running"), oom_killed=st.get("OOMKilled"),
+                                  exit_code=st.get("ExitCode"))
+            podman("rm", "-f", "-t", str(int(timeout)), self.name, timeout=timeout + 30)
+        return self.final.get("exit_code")
+
+
+def remove_run(run_id: str) -> list[str]:
+    """Remove every container, pod and network labelled with this run id; returns what
+    would not go."""
+    left = []
+    for kind, ls in (("container", ("ps", "-a")), ("pod", ("pod", "ps")), ("network", ("network", "ls"))):
+        for ident in podman(*ls, "-q", "--filter", f"label={LABEL}={run_id}").stdout.split():
+            rm = podman(*(("rm",) if kind == "container" else (kind, "rm")), "-f", ident)
+            if rm.returncode != 0:
+                left.append(f"{kind} {ident}: {_why(rm)}")
+    return left
+
+
+CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+
+class conntrack_for_run:
+    """Publishing a port loads a NAT table, and from then on every connection on the host
+    is tracked, up to nf_conntrack_max (past it SYNs are dropped silently). For the run
+    the max is raised to at least `need` (and restored after, unless someone else changed
+    it meanwhile); `how` says what was done, for the report."""
+
+    def __init__(self, need: int) -> None:
+        self.need = need
+        self.old: int | None = None
+        self.set_to: int | None = None
+        self.how = ""
+
+    def __enter__(self) -> "conntrack_for_run":
+        try:
+            with open(CONNTRACK_MAX) as f:
+                self.old = int(f.read())
+        except (OSError, ValueError):
+            self.how = "conntrack: no nf_conntrack_max on this host (the module is not loaded)"
+            return self
+        if self.old >= self.need:
+            self.how = f"conntrack: nf_conntrack_max {self.old} already covers {self.need} connections"
+            return self
+        try:
+            with open(CONNTRACK_MAX, "w") as f:
+                f.write(str(self.need))
+            self.set_to = self.need
+            self.how = f"conntrack: nf_conntrack_max raised {self.old} -> {self.need} for the run, then restored"
+        except OSError as exc:
+            self.how = (f"conntrack: nf_conntrack_max {self.old} could not be raised ({exc.strerror}): "
+                        f"past {self.old} tracked connections SYNs are dropped")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.set_to is None:
+            return
+        try:
+            with open(CONNTRACK_MAX) as f:
+                now = int(f.read())
+            if now == self.set_to:
+                with open(CONNTRACK_MAX, "w") as f:
+                    f.write(str(self.old))
+            else:
+                self.how += f" (not restored: someone set it to {now} meanwhile)"
+        except (OSError, ValueError):
+            pass

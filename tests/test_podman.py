@@ -1,0 +1,289 @@
+"""The image and a real container: `make image` (scripts/image.sh), the image run by podman
+with the --container limits and read through its own cgroup, and deploy/k8s run by
+`podman kube play`.
+
+Needs podman, runc and the image (`make image`; .ci/run builds it once): skipped without
+them, failed instead when FASTC1K_REQUIRE_PODMAN=1 (CI). Everything a test creates is
+named fc1k-podman-... or labelled fastc1k.run=<id>, and only that is removed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fastc1k.capacity.container import ContainerSpec
+from fastc1k.capacity.podman import (IMAGE, PODMAN, PodmanServer, new_run_id, plan_limits, podman, remove_run,
+                                     unavailable)
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_podman():
+    why = unavailable()
+    if why:
+        if os.environ.get("FASTC1K_REQUIRE_PODMAN") == "1":
+            pytest.fail(f"FASTC1K_REQUIRE_PODMAN=1 but {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture
+def run_id():
+    rid = new_run_id()
+    yield rid
+    assert remove_run(rid) == []
+
+
+def get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def cgroup_file(server: PodmanServer, ctrl: str, name: str) -> str:
+    with open(f"{server._cg[ctrl]}/{name}") as f:
+        return f.read().strip()
+
+
+def test_image_serves_health_as_a_non_root_user_under_tini(run_id):
+    name = f"fc1k-podman-{run_id}-image"
+    r = podman("run", "-d", "--name", name, "--label", f"fastc1k.run={run_id}", "-p", "127.0.0.1::8080",
+               "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1000:1000", IMAGE)
+    assert r.returncode == 0, r.stderr
+    port = json.loads(podman("inspect", name).stdout)[0]["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert get(f"http://127.0.0.1:{port}/api/health") == (200, b'{"status":"ok"}')
+            break
+        except OSError:
+            assert time.monotonic() < deadline, podman("logs", name).stderr
+            time.sleep(0.2)
+    ex = podman("exec", name, "sh", "-c", "id -u; tr '\\0' ' ' </proc/1/cmdline; echo; ulimit -n")
+    uid, pid1, nofile = ex.stdout.splitlines()
+    assert uid == "10001"
+    assert pid1.split()[:2] == ["tini", "--"] and "fastc1k.serve" in pid1
+    assert nofile == "4096"
+    # the image's HEALTHCHECK, run the way podman runs it (no systemd timer here)
+    assert podman("healthcheck", "run", name).returncode == 0
+    cfg = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
+    assert cfg["Config"]["User"] == "10001:10001"
+    assert "/api/health" in " ".join(cfg["Healthcheck"]["Test"])
+
+
+def test_limits_applied_and_read_from_the_containers_own_cgroup(run_id):
+    spec = ContainerSpec.parse("cpus=0.5,memory=256M,nofile=4096,somaxconn=8192")
+    s = PodmanServer(spec, run_id=run_id).start()
+    try:
+        assert s.applied == {"cpus": 0.5, "memory": 256 << 20, "nofile": 4096, "net.core.somaxconn": "8192"}
+        assert s.refused == []
+        assert s.url.startswith("http://127.0.0.1:") and get(s.url + "/api/health")[0] == 200
+        quota, period = (int(cgroup_file(s, "cpu", f)) for f in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        assert quota / period == 0.5
+        assert int(cgroup_file(s, "memory", "memory.limit_in_bytes")) == 256 << 20
+        assert podman("exec", s.name, "cat", "/proc/sys/net/core/somaxconn").stdout.strip() == "8192"
+        with open(f"/proc/{s.pid}/limits") as f:
+            assert any(ln.startswith("Max open files") and ln.split()[3:5] == ["4096", "4096"] for ln in f)
+        before = s.cgroup_sample()
+        conns = [socket.create_connection(("127.0.0.1", int(s.url.rsplit(":", 1)[1]))) for _ in range(50)]
+        for _ in range(20):
+            get(s.url + "/api/health")
+        after = s.cgroup_sample()
+        for c in conns:
+            c.close()
+        assert after["fds"] >= before["fds"] + 50, (before, after)   # the server's processes' fds
+        assert after["cpu_s"] > before["cpu_s"] > 0
+        assert 1 << 20 < after["memory"] < 256 << 20
+        assert after["oom_kills"] == 0 and after["throttled"] is not None
+    finally:
+        s.stop()
+    assert s.final["oom_killed"] is False and s.final["oom_kills"] == 0
+
+
+def test_a_refused_limit_is_one_line_naming_it_and_the_host_maximum():
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    spec = ContainerSpec.parse(f"cpus=0.5,nofile={hard + 1000},somaxconn=1024,net.core.netdev_max_backlog=5000")
+    flags, applied, refused = plan_limits(spec, "publish")
+    assert applied["nofile"] == hard and f"nofile={hard}:{hard}" in flags
+    assert refused[0].startswith(f"nofile={hard + 1000} refused: the host's hard limit is {hard}")
+    assert refused[1].startswith("net.core.netdev_max_backlog=5000 refused: not namespaced, the host's value")
+    assert "net.core.netdev_max_backlog" not in applied and applied["net.core.somaxconn"] == "1024"
+    # --network host: the container is in the host's namespace, no net sysctl of its own
+    _, applied, refused = plan_limits(ContainerSpec.parse("somaxconn=1024"), "host")
+    assert "net.core.somaxconn" not in applied
+    assert refused == [f"net.core.somaxconn=1024 refused with --network host (the host's namespace): the host's "
+                       f"{open('/proc/sys/net/core/somaxconn').read().strip()} applies"]
+    assert all("\n" not in line for line in refused)
+
+
+def test_the_memory_limit_ends_in_an_oom_kill_that_the_cgroup_counts(run_id):
+    """Connections holding unfinished request lines (8 KB each in a read buffer) past a
+    32 MiB limit: the kernel kills the worker, the cgroup counts it, the master restarts it."""
+    s = PodmanServer(ContainerSpec.parse("cpus=1,memory=32M"), run_id=run_id).start()
+    conns = []
+    try:
+        addr = ("127.0.0.1", int(s.url.rsplit(":", 1)[1]))
+        for i in range(6000):
+            c = socket.create_connection(addr, timeout=5)
+            c.sendall(b"GET /" + b"a" * 8000)
+            conns.append(c)
+            if i % 100 == 0 and s.oom_kills():
+                break
+        deadline = time.monotonic() + 5
+        while not s.oom_kills() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert s.oom_kills() >= 1, s.cgroup_sample()
+        assert "killed by SIGKILL" in s.logs()
+    finally:
+        for c in conns:
+            c.close()
+        s.stop()
+    assert s.final["oom_kills"] >= 1
+
+
+def run_image_sh(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "image.sh")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WORK": str(tmp_path / "ctx"), **env})
+
+
+def test_a_failed_build_prints_its_last_lines_exits_2_and_leaves_no_image(tmp_path, run_id):
+    wh = tmp_path / "wheelhouse"
+    wh.mkdir()
+    (wh / "fastc1k-0-py3-none-any.whl").write_bytes(b"not a wheel")
+    (tmp_path / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nCOPY wheelhouse /tmp/wheelhouse\n"
+                                         "RUN echo half made > /half\nRUN echo the step that breaks && exit 7\n")
+    image = f"localhost/fc1k-podman-{run_id}-broken:latest"
+    images_before = podman("images", "-a", "-q", "--no-trunc").stdout.split()
+    ctrs_before = podman("ps", "-a", "--external", "-q", "--no-trunc").stdout.split()
+    r = run_image_sh(tmp_path, IMAGE=image, DOCKERFILE=str(tmp_path / "Dockerfile"), WHEELHOUSE=str(wh))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("make image: podman build failed; its last lines:")
+    assert "the step that breaks" in r.stderr and "exit status 7" in r.stderr
+    assert podman("image", "exists", image).returncode == 1
+    assert set(podman("images", "-a", "-q", "--no-trunc").stdout.split()) <= set(images_before)
+    assert set(podman("ps", "-a", "--external", "-q", "--no-trunc").stdout.split()) <= set(ctrs_before)
+
+
+@pytest.fixture
+def netns(run_id):
+    """A network namespace of the test's own: podman inside it binds the manifest's host
+    port (podman 4.3 maps containerPort to the same hostPort) there, not on the host."""
+    name = f"fc1k-podman-{run_id}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "delete", name], check=True)
+
+
+def test_the_kubernetes_deployment_runs_under_podman_kube_play(tmp_path, run_id, netns):
+    dep = yaml.safe_load((ROOT / "deploy" / "k8s" / "deployment.yaml").read_text())
+    # podman 4.3 publishes each replica's containerPort on the same host port: the first
+    # replica binds it, the others fail (podman#15942, changed in 4.4). One replica here.
+    dep["spec"]["replicas"] = 1
+    manifest = tmp_path / "deployment.yaml"
+    manifest.write_text(yaml.safe_dump(dep))
+    # The runtime's default rlimits, which a pod inherits (podman's fail here: no CAP_SYS_RESOURCE)
+    conf = tmp_path / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=19000:19000", "nproc=1000:1000"]\n')
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+    net = f"fc1k-podman-{run_id}"
+    inns = ["nsenter", f"--net=/run/netns/{netns}"]
+    pause_before = podman("image", "exists", "localhost/podman-pause:4.3.1-0").returncode == 0
+
+    def kube(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*inns, *PODMAN, *args], capture_output=True, text=True, env=env, timeout=90)
+
+    assert kube("network", "create", "--label", f"fastc1k.run={run_id}", net).returncode == 0
+    try:
+        r = kube("kube", "play", "--network", net, str(manifest))
+        assert r.returncode == 0, r.stderr
+        ctr = "fastc1k-pod-0-fastc1k"
+        info = json.loads(podman("inspect", ctr).stdout)[0]
+        ip = json.loads(podman("pod", "inspect", "fastc1k-pod-0").stdout)
+        ip = json.loads(podman("inspect", ip["InfraContainerID"]).stdout)[0]["NetworkSettings"]["Networks"][net]
+        url = f"http://{ip['IPAddress']}:8080/api/health"
+        deadline = time.monotonic() + 20
+        while True:
+            h = subprocess.run([*inns, "curl", "-s", "-m", "2", url], capture_output=True, text=True)
+            if h.stdout == '{"status":"ok"}':
+                break
+            assert time.monotonic() < deadline, (h, podman("logs", ctr).stderr)
+            time.sleep(0.2)
+        # the manifest's limits, in the container's cgroup and namespaces
+        cg = PodmanServer._cgroup_dirs(int(info["State"]["Pid"]))
+        quota = int(Path(cg["cpu"], "cpu.cfs_quota_us").read_text()) / int(Path(cg["cpu"], "cpu.cfs_period_us").read_text())
+        assert quota == 0.25
+        assert int(Path(cg["memory"], "memory.limit_in_bytes").read_text()) == 256 << 20
+        ex = podman("exec", ctr, "sh", "-c", "id -u; cat /proc/sys/net/core/somaxconn /proc/sys/net/ipv4/tcp_fin_timeout;"
+                    " tr '\\0' ' ' </proc/1/cmdline; echo; touch /x 2>&1 || echo read-only")
+        uid, somaxconn, fin, pid1, ro = ex.stdout.splitlines()[:5]
+        assert uid == "10001"
+        version = tuple(int(x) for x in podman("version", "--format", "{{.Client.Version}}").stdout.split(".")[:2])
+        if version >= (4, 5):   # podman 4.3 ignores a pod's sysctls (podman#16711, supported from 4.5)
+            assert somaxconn == "65535" and fin == "15"
+        assert pid1.startswith("tini -- python -m fastc1k.serve")
+        assert ro == "read-only" or "Read-only" in ro
+    finally:
+        down = kube("kube", "down", str(manifest))
+        kube("network", "rm", "-f", net)
+        if not pause_before:
+            podman("rmi", "localhost/podman-pause:4.3.1-0")
+    assert down.returncode == 0, down.stderr
+    assert podman("pod", "exists", "fastc1k-pod-0").returncode == 1
+
+
+def test_docker_compose_runs_under_podman_compose(tmp_path, run_id, netns):
+    """docker-compose.yml's server service by Debian's podman-compose, in the test's own
+    network namespace (the file publishes 8080 on every address of its host)."""
+    import shutil
+    if shutil.which("podman-compose") is None:
+        if os.environ.get("FASTC1K_REQUIRE_PODMAN") == "1":
+            pytest.fail("podman-compose is not installed (apt-get install podman-compose)")
+        pytest.skip("podman-compose is not installed (apt-get install podman-compose)")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    override = tmp_path / "override.yml"   # the file's 1,048,576 fds are over this host's hard limit
+    override.write_text(yaml.safe_dump({"services": {"server": {
+        "ulimits": {"nofile": {"soft": hard, "hard": hard}, "nproc": {"soft": 1000, "hard": 1000}},
+        "labels": {"fastc1k.run": run_id}}}}))
+    project = f"fc1k-podman-{run_id}"
+    inns = ["nsenter", f"--net=/run/netns/{netns}"]
+
+    def compose(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*inns, "podman-compose", f"--podman-args={' '.join(PODMAN[1:])}", "-p", project,
+                               "-f", str(ROOT / "docker-compose.yml"), "-f", str(override), *args],
+                              capture_output=True, text=True, timeout=90, cwd=ROOT)
+
+    try:
+        r = compose("up", "-d", "server")
+        assert r.returncode == 0, r.stdout + r.stderr
+        ctr = f"{project}_server_1"
+        deadline = time.monotonic() + 20
+        while True:
+            h = subprocess.run([*inns, "curl", "-s", "-m", "2", "http://127.0.0.1:8080/api/health"],
+                               capture_output=True, text=True)
+            if h.stdout == '{"status":"ok"}':
+                break
+            assert time.monotonic() < deadline, (h, podman("logs", ctr).stderr)
+            time.sleep(0.2)
+        info = json.loads(podman("inspect", ctr).stdout)[0]
+        cg = PodmanServer._cgroup_dirs(int(info["State"]["Pid"]))
+        assert int(Path(cg["memory"], "memory.limit_in_bytes").read_text()) == 1 << 30
+        quota = int(Path(cg["cpu"], "cpu.cfs_quota_us").read_text()) / int(Path(cg["cpu"], "cpu.cfs_period_us").read_text())
+        assert quota == 2.0
+        ex = podman("exec", ctr, "sh", "-c", "cat /proc/sys/net/core/somaxconn /proc/sys/net/ipv4/tcp_fin_timeout;"
+                    " ulimit -n; id -u")
+        assert ex.stdout.split() == ["65535", "15", str(hard), "10001"]
+    finally:
+        down = compose("down")
+        podman("network", "rm", f"{project}_default")   # podman-compose 1.0.3's down leaves it
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert podman("container", "exists", f"{project}_server_1").returncode == 1
