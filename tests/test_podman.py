@@ -287,3 +287,14 @@ def test_docker_compose_runs_under_podman_compose(tmp_path, run_id, netns):
         podman("network", "rm", f"{project}_default")   # podman-compose 1.0.3's down leaves it
     assert down.returncode == 0, down.stdout + down.stderr
     assert podman("container", "exists", f"{project}_server_1").returncode == 1
+
+
+def test_podman_unusable_is_one_line_saying_why(monkeypatch):
+    assert unavailable("localhost/fc1k-podman-absent:latest") == \
+        "no image localhost/fc1k-podman-absent:latest: build it with `make image`"
+    import shutil
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda t: None if t == "runc" else which(t))
+    assert unavailable().startswith("runc is not installed (podman's default crun refuses")
+    monkeypatch.setattr(shutil, "which", lambda t: None)
+    assert unavailable() == "podman is not installed (apt-get install podman)"

@@ -16,6 +16,7 @@ import resource
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -39,10 +40,10 @@ class PodmanError(RuntimeError):
     """podman cannot do what was asked; the message is one line."""
 
 
-def podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def podman(*args: str, timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, cwd=cwd)
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(args, 124, "", f"podman {args[0]} timed out after {timeout:.0f} s")
 
@@ -164,14 +165,18 @@ class PodmanServer:
         self.memory_limit: int | None = self.applied.get("memory")
         self.final: dict[str, Any] = {}
         self._cg: dict[str, str] = {}
+        self._dir = ""
 
     def start(self) -> "PodmanServer":
         net = ["--network", "host"] if self.network == "host" else ["-p", f"127.0.0.1::{CONTAINER_PORT}"]
         self.argv = [*PODMAN, "run", "-d", "--name", self.name, "--label", f"{LABEL}={self.run_id}",
                      "--health-cmd", "none", *net, *self.flags, self.image, *self.server_argv]
-        r = podman(*self.argv[len(PODMAN):], timeout=60)
+        # conmon (podman's monitor) writes a file "oom" into its working directory when the
+        # kernel OOM-kills in the container: give it a directory of the run's own
+        self._dir = tempfile.mkdtemp(prefix=f"{self.name}-")
+        r = podman(*self.argv[len(PODMAN):], timeout=60, cwd=self._dir)
         if r.returncode != 0:
-            podman("rm", "-f", self.name)
+            self.stop()
             raise PodmanError(f"podman run refused the container: {_why(r)}")
         self.container_id = r.stdout.strip().splitlines()[-1]
         try:
@@ -286,10 +291,9 @@ class PodmanServer:
     # -- the end -------------------------------------------------------------------------------
     def stop(self, timeout: float = 5.0) -> int | None:
         """Record how the container ended (OOM-killed, exit code, OOM count), then remove it."""
-        if not self.container_id and not self.pid:
+        if not self.container_id:
             podman("rm", "-f", self.name)
-            return None
-        if not self.final:
+        elif not self.final:
             self.final = {"oom_kills": self.oom_kills()}
             r = podman("inspect", "--format", "{{json .State}}", self.name, timeout=10)
             if r.returncode == 0:
@@ -297,6 +301,8 @@ class PodmanServer:
                 self.final.update(running=st.get("Running"), oom_killed=st.get("OOMKilled"),
                                   exit_code=st.get("ExitCode"))
             podman("rm", "-f", "-t", str(int(timeout)), self.name, timeout=timeout + 30)
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
         return self.final.get("exit_code")
 
 
