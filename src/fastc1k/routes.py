@@ -7,6 +7,11 @@ Python callable with a Request and turn what it returns into a response.
 Two built-in kinds are answered by the engines themselves: DATA (`/api/data`, a JSON
 object with a counter, a timestamp in ms and the worker's pid, built in C by the C
 engine) and METRICS (`/metrics`, the Prometheus text of the engine's counters).
+
+A table may mount a WSGI app (`Routes(wsgi=app)`): every request no route matches goes
+to it (fastc1k.wsgi). The built-ins then live under an opt-in prefix (`builtin_prefix=
+"/_fastc1k"`: /_fastc1k/api/health, /_fastc1k/metrics) or not at all, so that they do not
+shadow the app's own paths.
 """
 from __future__ import annotations
 
@@ -16,11 +21,11 @@ from typing import Any, Callable, Iterable, Mapping, Union
 
 from . import responses
 
-__all__ = ["Routes", "Route", "Request", "STATIC", "HANDLER", "DATA", "METRICS", "default_routes",
+__all__ = ["Routes", "Route", "Request", "STATIC", "HANDLER", "DATA", "METRICS", "WSGI", "default_routes",
            "HandlerResult", "render_result"]
 
-STATIC, HANDLER, DATA, METRICS = 0, 1, 2, 3
-KIND_NAMES = {STATIC: "static", HANDLER: "handler", DATA: "data", METRICS: "metrics"}
+STATIC, HANDLER, DATA, METRICS, WSGI = 0, 1, 2, 3, 4
+KIND_NAMES = {STATIC: "static", HANDLER: "handler", DATA: "data", METRICS: "metrics", WSGI: "wsgi"}
 
 HEALTH_BODY = b'{"status":"ok"}'
 JSON = b"application/json"
@@ -87,12 +92,20 @@ def _check_path(path: str) -> None:
 class Routes:
     """An exact-path route table. Later additions replace earlier ones with the same path."""
 
-    def __init__(self, builtins: bool = True) -> None:
+    def __init__(self, builtins: bool = True, *, wsgi: Callable | None = None,
+                 builtin_prefix: str | None = None) -> None:
+        """The built-ins are on by default, but with `wsgi` only when builtin_prefix is given."""
         self._routes: dict[str, Route] = {}
-        if builtins:
-            self.static("/api/health", HEALTH_BODY, JSON)
-            self._add(Route("/api/data", DATA, ("GET", "HEAD"), _allow(("GET", "HEAD")), JSON))
-            self._add(Route("/metrics", METRICS, ("GET", "HEAD"), _allow(("GET", "HEAD")), PROMETHEUS))
+        self.wsgi = wsgi
+        if wsgi is not None and not callable(wsgi):
+            raise TypeError(f"the WSGI app must be callable, got {type(wsgi).__name__}")
+        prefix = (builtin_prefix or "").rstrip("/")
+        if builtin_prefix is not None:
+            _check_path(builtin_prefix)
+        if builtins and (wsgi is None or builtin_prefix is not None):
+            self.static(prefix + "/api/health", HEALTH_BODY, JSON)
+            self._add(Route(prefix + "/api/data", DATA, ("GET", "HEAD"), _allow(("GET", "HEAD")), JSON))
+            self._add(Route(prefix + "/metrics", METRICS, ("GET", "HEAD"), _allow(("GET", "HEAD")), PROMETHEUS))
 
     def _add(self, route: Route) -> Route:
         _check_path(route.path)

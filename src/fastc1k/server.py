@@ -1,5 +1,8 @@
 """Run one worker in-process: `Server(config, routes).serve_forever()` / `.stop()`.
 
+`Server(config, wsgi=app)` serves a WSGI app (PEP 3333; see fastc1k.wsgi) instead of a
+route table; `builtin_prefix="/_fastc1k"` keeps /api/health and /metrics under it.
+
 For tests and embedding. `running_server()` starts one on 127.0.0.1:0 in a thread and
 yields it (its `.address` is where it listens); both engines release the thread that
 calls `stop()` within 100 ms. The multi-process server is fastc1k.supervisor.
@@ -9,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import _compat, metrics
 from .config import ServerConfig
@@ -45,8 +48,13 @@ class Server:
 
     def __init__(self, config: ServerConfig | None = None, routes: Routes | None = None,
                  engine: str | None = None, sock: socket.socket | None = None,
-                 metrics_area: metrics.MetricsArea | None = None, slot: int = 0) -> None:
+                 metrics_area: metrics.MetricsArea | None = None, slot: int = 0, *,
+                 wsgi: Callable | None = None, builtin_prefix: str | None = None) -> None:
         self.config = config or ServerConfig()
+        if wsgi is not None:
+            if routes is not None:
+                raise ValueError("give routes or wsgi, not both (a WSGI Routes holds both: Routes(wsgi=app))")
+            routes = Routes(wsgi=wsgi, builtin_prefix=builtin_prefix)
         self.routes = routes if routes is not None else Routes()
         self.engine = _compat.load_engine(engine)
         self._own_sock = sock is None
@@ -97,12 +105,13 @@ class Server:
 
 @contextlib.contextmanager
 def running_server(config: ServerConfig | None = None, routes: Routes | None = None,
-                   engine: str | None = None, **overrides: Any) -> Iterator[Server]:
+                   engine: str | None = None, *, wsgi: Callable | None = None,
+                   builtin_prefix: str | None = None, **overrides: Any) -> Iterator[Server]:
     """A Server on 127.0.0.1:0 (unless config/overrides say otherwise), run in a thread."""
     cfg = config or ServerConfig(host="127.0.0.1", port=0)
     if overrides:
         cfg = cfg.replace(**overrides)
-    server = Server(cfg, routes, engine)
+    server = Server(cfg, routes, engine, wsgi=wsgi, builtin_prefix=builtin_prefix)
     errors: list[BaseException] = []
 
     def run() -> None:

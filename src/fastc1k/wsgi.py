@@ -1,0 +1,564 @@
+"""WSGI (PEP 3333) for both engines: the environ, start_response, framing and streaming.
+
+The engines parse a request as for any route and read its body (up to max_body, before
+the call; larger ones get 413 from the parser) - except a request that says `Expect:
+100-continue` and has sent no body byte yet: its wsgi.input is a ContinueInput, which
+answers 100 Continue and reads the body from the socket only if the app reads it (an
+app that never does gets its response out, and the connection closes after it).
+
+Then one Exchange per request:
+  run()   calls the app and iterates it until the status and headers are final (the first
+          non-empty body chunk, the end of the iterable, or a write()); it validates them
+          and decides the framing. False: answer 500 (already logged once, with the
+          traceback). After it: `status`, `head` (status line .. framing header; the engine
+          adds Date unless the app sent one, Connection and the blank line), `has_date`,
+          `keep_alive`, `body` (the first body pieces, framed) and `done`.
+  pump(fd, counters)  when not done: sends the rest itself, one iterable item (or one
+          sendfile of a wsgi.file_wrapper file) at a time, until the socket is full
+          (BLOCKED: call again on EPOLLOUT), the end (DONE) or a failure (ABORT: close
+          the connection; the head is out, so no 500 can follow). A 1 GiB response never
+          sits in memory: at most one item and its unsent tail.
+  close() calls the iterable's close(), once, whatever happened (engines call it when
+          the connection closes early too).
+
+Framing: the app's Content-Length if it gave one (a body that falls short closes the
+connection; excess is cut); else Content-Length when the whole body is known at commit
+(a list or tuple, a file_wrapper file); else chunked on HTTP/1.1 and close-delimited on
+HTTP/1.0. HEAD and 204/304 send no body. Hop-by-hop headers, CR/LF or non-latin-1 in the
+status or headers, or a malformed status line are the app's errors: 500.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import re
+import select
+import socket
+import sys
+import time
+from typing import Any, Callable
+from urllib.parse import unquote
+
+__all__ = ["Exchange", "FileWrapper", "ContinueInput", "BodyTooLarge", "base_environ", "build_environ",
+           "header_key", "DONE", "BLOCKED", "ABORT"]
+
+log = logging.getLogger("fastc1k")
+
+DONE, BLOCKED, ABORT = 0, 1, 2
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                        "trailers", "transfer-encoding", "upgrade"))
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS = re.compile(r"([1-9][0-9]{2}) [^\x00-\x1f\x7f]*")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # CTLs except HTAB (RFC 9110 5.5)
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+SENDFILE_MAX = 1 << 30
+
+
+class BodyTooLarge(Exception):
+    """ContinueInput: the body read on demand passed max_body (answered 413)."""
+
+
+class BodyTimeout(Exception):
+    """ContinueInput: the client did not send the body it announced in time (answered 408)."""
+
+
+class BadBody(Exception):
+    """ContinueInput: the body read on demand is malformed (answered 400)."""
+
+
+class AppError(Exception):
+    """The app broke the WSGI contract (bad status, header, body type ...): answered 500."""
+
+
+# --- environ ------------------------------------------------------------------------------
+_KEYS: dict[bytes, str | None] = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+
+
+def header_key(name: bytes) -> str | None:
+    """Lower-case header name -> environ key; None for names with "_" (dropped: "X_Forwarded_For"
+    would otherwise pass for X-Forwarded-For, as nginx and gunicorn reason)."""
+    key = _KEYS.get(name, "")
+    if key == "":
+        key = None if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_KEYS) < 4096:
+            _KEYS[name] = key
+    return key
+
+
+def base_environ(server_name: str, server_port: int, multiprocess: bool) -> dict[str, Any]:
+    """The keys every request of one worker shares (copied per request)."""
+    return {
+        "SCRIPT_NAME": "", "SERVER_NAME": server_name, "SERVER_PORT": str(server_port),
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False, "wsgi.multiprocess": multiprocess, "wsgi.run_once": False,
+        "wsgi.input_terminated": True, "wsgi.file_wrapper": FileWrapper,
+    }
+
+
+def build_environ(base: dict, method: str, path: str, query: str, version: str,
+                  headers: list[tuple[bytes, bytes]], body: Any, remote: tuple[str, int]) -> dict[str, Any]:
+    """One request's environ. `path` is the raw target path decoded as latin-1 (as the
+    parsers give it): PATH_INFO is it %-decoded to bytes, then as latin-1 (PEP 3333).
+    `body` is bytes (read before the call) or a ContinueInput."""
+    env = base.copy()
+    env["REQUEST_METHOD"] = method
+    env["PATH_INFO"] = unquote(path, "latin-1") if "%" in path else path
+    env["QUERY_STRING"] = query
+    env["SERVER_PROTOCOL"] = version
+    env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote[0], str(remote[1])
+    for name, value in headers:
+        key = _KEYS.get(name, "") or header_key(name)
+        if key is None:
+            continue
+        v = value.decode("latin-1")
+        if key in env:
+            env[key] += "," + v
+        else:
+            env[key] = v
+    if body.__class__ is ContinueInput:
+        env["wsgi.input"] = body
+    else:
+        # chunked bodies are decoded before the call: their decoded length is known
+        env["wsgi.input"] = io.BytesIO(body)
+        if body or "CONTENT_LENGTH" in env:
+            env["CONTENT_LENGTH"] = str(len(body))
+    return env
+
+
+def _wait(fd: int, deadline: float, events: int) -> None:
+    left = deadline - time.monotonic()
+    p = select.poll()
+    p.register(fd, events)
+    if left <= 0 or not p.poll(left * 1000):
+        raise BodyTimeout("the request body did not arrive in time")
+
+
+def peer(sock: socket.socket) -> tuple[str, int]:
+    try:
+        addr = sock.getpeername()
+        return addr[0], addr[1]
+    except (OSError, IndexError):
+        return "", 0
+
+
+# --- wsgi.input for Expect: 100-continue ---------------------------------------------------
+class ContinueInput(io.RawIOBase):
+    """wsgi.input of a request that asked `Expect: 100-continue` and sent no body yet: the
+    first read sends 100 Continue and reads the whole body (<= max_body) from the socket,
+    blocking this worker for at most header_timeout; until then the client has sent nothing.
+    Exactly the body is taken from the socket (a pipelined next request stays there)."""
+
+    def __init__(self, fd: int, length: int, chunked: bool, config: Any) -> None:
+        super().__init__()
+        self.fd, self.length, self.chunked, self.config = fd, length, chunked, config
+        self.consumed = False
+        self._data: io.BytesIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def _load(self) -> io.BytesIO:
+        if self._data is None:
+            self.consumed = True
+            self._data = io.BytesIO(self._fetch())
+        return self._data
+
+    def _fetch(self) -> bytes:
+        from ._core_py import ParseError, _ChunkState  # the reference decoder
+        deadline = time.monotonic() + self.config.header_timeout
+        with socket.socket(fileno=os.dup(self.fd)) as s:  # a dup: closing it leaves the engine's fd
+            out = memoryview(CONTINUE_100)
+            while out:
+                try:
+                    out = out[s.send(out):]
+                except BlockingIOError:
+                    _wait(self.fd, deadline, select.POLLOUT)
+            body = bytearray()
+            state = _ChunkState() if self.chunked else None
+            carry = b""  # an unfinished chunk line, already taken from the socket
+            while state is not None or len(body) < self.length:
+                try:
+                    if state is None:
+                        data = s.recv(min(self.length - len(body), 65536))
+                    else:  # peek: past the body's end may be the next request
+                        data = s.recv(65536, socket.MSG_PEEK)
+                except BlockingIOError:
+                    _wait(self.fd, deadline, select.POLLIN)
+                    continue
+                if not data:
+                    raise BodyTimeout("the client closed before sending its body")
+                if state is None:
+                    body += data
+                    continue
+                whole = carry + data
+                try:
+                    used, done = state.feed(whole, 0, self.config, body)
+                except ParseError as exc:
+                    raise (BodyTooLarge if exc.status == 413 else BadBody)(
+                        f"bad chunked body ({exc.status})") from None
+                if done:
+                    s.recv(used - len(carry))
+                    break
+                s.recv(len(data))  # all of it is this body's
+                carry = whole[used:]
+        return bytes(body)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._load().read(size)
+
+    def readinto(self, b) -> int:
+        return self._load().readinto(b)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._load().readline(size)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return self._load().readlines(hint)
+
+    def __iter__(self):
+        return iter(self._load())
+
+
+# --- wsgi.file_wrapper --------------------------------------------------------------------
+class FileWrapper:
+    """wsgi.file_wrapper: returned as is by the app, a regular file goes out with sendfile
+    from its current position; wrapped by middleware, it is a plain iterable of blocks."""
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+    def span(self) -> tuple[int, int, int] | None:
+        """(fd, offset, bytes to the end) when sendfile can send it, else None."""
+        try:
+            fd = self.filelike.fileno()
+            st = os.fstat(fd)
+            if not (st.st_mode & 0o170000 == 0o100000):  # S_ISREG
+                return None
+            off = self.filelike.tell() if hasattr(self.filelike, "tell") else os.lseek(fd, 0, os.SEEK_CUR)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None
+        return fd, off, max(0, st.st_size - off)
+
+
+# --- one request ---------------------------------------------------------------------------
+def _latin1(s: Any, what: str) -> bytes:
+    if type(s) is not str:
+        raise AppError(f"{what} must be str, got {type(s).__name__}")
+    try:
+        return s.encode("latin-1")
+    except UnicodeEncodeError:
+        raise AppError(f"{what} is not latin-1: {s!r}") from None
+
+
+class Exchange:
+    """One WSGI request and its response; see the module docstring for the protocol."""
+
+    __slots__ = ("app", "environ", "head_only", "v11", "keep_alive", "status", "status_line", "headers",
+                 "length", "has_date", "head", "body", "done", "chunked", "committed", "result", "it",
+                 "pending", "file", "left", "written", "closed")
+
+    def __init__(self, app: Callable, environ: dict, head_only: bool, v11: bool, keep_alive: bool) -> None:
+        self.app = app
+        self.environ = environ
+        self.head_only = head_only
+        self.v11 = v11
+        self.keep_alive = keep_alive
+        self.status = 0
+        self.status_line: bytes | None = None
+        self.headers: list[tuple[str, str]] | None = None
+        self.length = -1              # the app's Content-Length, -1 if none
+        self.has_date = False
+        self.head = b""
+        self.body: list[bytes] = []
+        self.done = True
+        self.chunked = False
+        self.committed = False        # headers final: a body byte was produced or written
+        self.result: Any = None
+        self.it: Any = None
+        self.pending: list[Any] = []  # framed pieces not yet sent (pump)
+        self.file: list[int] | None = None   # [in_fd, offset, count] for sendfile
+        self.left = -1                # Content-Length bytes still to send (-1: no limit)
+        self.written: list[bytes] = []
+        self.closed = False
+
+    # the app's side ------------------------------------------------------------------
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.committed:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no reference cycle (PEP 3333)
+        elif self.status_line is not None:
+            raise AppError("start_response called a second time without exc_info")
+        m = _STATUS.fullmatch(status) if type(status) is str else None
+        if m is None:
+            raise AppError(f"bad status {status!r}: want '<3 digits> <reason>'")
+        line = _latin1(status, "status")
+        if type(headers) is not list:
+            raise AppError(f"response headers must be a list, got {type(headers).__name__}")
+        length, has_date = -1, False
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2:
+                raise AppError(f"a response header must be a (name, value) tuple, got {item!r}")
+            name, value = item
+            if type(name) is not str or not _TOKEN.fullmatch(name):
+                raise AppError(f"bad response header name {name!r}")
+            _latin1(value, f"header {name}")
+            if _BAD_VALUE.search(value):
+                raise AppError(f"response header {name} holds CR, LF or another control character")
+            low = name.lower()
+            if low in HOP_BY_HOP:
+                raise AppError(f"hop-by-hop header {name!r} is the server's (PEP 3333)")
+            if low == "content-length":
+                if not value.isdigit() or not value.isascii() or length >= 0:
+                    raise AppError(f"bad or repeated Content-Length {value!r}")
+                length = int(value)
+            elif low == "date":
+                has_date = True
+        self.status, self.status_line, self.headers = int(m.group(1)), line, headers
+        self.length, self.has_date = length, has_date
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy write(): buffered in order before the iterable's items (PEP 3333 lets a
+        server buffer it); it commits the headers like a body chunk does."""
+        if self.status_line is None:
+            raise AppError("write() before start_response")
+        if type(data) is not bytes:
+            raise AppError(f"write() takes bytes, got {type(data).__name__}")
+        if data:
+            self.committed = True
+            if self.head:  # after run(): goes out with the iterable's items
+                self.pending += self._frame(data)
+            else:
+                self.written.append(data)
+
+    # the engine's side ----------------------------------------------------------------
+    def run(self) -> bool:
+        """Call the app up to final headers. False: answer 500 (logged) or see `error_status`."""
+        try:
+            self.result = result = self.app(self.environ, self.start_response)
+            chunks = self.written
+            exhausted = False
+            span = None
+            if result.__class__ is FileWrapper and not self.written:
+                span = result.span()
+            if span is not None:
+                exhausted = True
+            elif type(result) is list or type(result) is tuple:
+                for c in result:
+                    if type(c) is not bytes:
+                        raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
+                chunks = chunks + list(result) if chunks else result
+                exhausted = True
+            else:
+                self.it = it = iter(result)
+                while not self.committed:
+                    try:
+                        c = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if type(c) is not bytes:
+                        raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
+                    if c:
+                        self.committed = True
+                        chunks = chunks + [c] if chunks else [c]
+            if self.status_line is None:
+                raise AppError("the app returned without calling start_response")
+            self.committed = True
+            self._commit(chunks, exhausted, span)
+        except Exception as exc:
+            self.close()
+            if _caused_by(exc, BodyTooLarge):
+                self.status = 413
+                return False
+            if _caused_by(exc, BodyTimeout):
+                self.status = 408
+                return False
+            if _caused_by(exc, BadBody):
+                self.status = 400
+                return False
+            log.error("WSGI app %r failed on %s %s; answering 500", self.app, self.environ.get("REQUEST_METHOD"),
+                      self.environ.get("PATH_INFO"), exc_info=True)
+            self.status = 500
+            return False
+        inp = self.environ.get("wsgi.input")
+        if inp.__class__ is ContinueInput and not inp.consumed:
+            self.keep_alive = False  # the body the client may still send is not read: close
+        if self.done:
+            self.close()
+        return True
+
+    def _commit(self, chunks: list | tuple, exhausted: bool, span: tuple[int, int, int] | None) -> None:
+        status = self.status
+        no_body = self.head_only or status in (204, 304) or status < 200
+        if status < 200:
+            raise AppError(f"interim status {status} as a final response")
+        lines = [b"HTTP/1.1 ", self.status_line, b"\r\n"]
+        if not any(n.lower() == "server" for n, _ in self.headers):
+            lines.append(b"Server: fastc1k\r\n")
+        for n, v in self.headers:
+            lines += (n.encode("latin-1"), b": ", v.encode("latin-1"), b"\r\n")
+        length = self.length
+        if span is not None and length < 0:
+            length = span[2]
+            lines.append(b"Content-Length: %d\r\n" % length)
+        elif length < 0 and exhausted and status not in (204, 304):
+            length = sum(map(len, chunks))
+            lines.append(b"Content-Length: %d\r\n" % length)
+        elif length < 0 and status not in (204, 304):
+            if self.v11:
+                self.chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0: the end of the body is the close
+        self.head = b"".join(lines)
+        self.left = length
+        if no_body:
+            self.done = True
+            return
+        if span is not None:
+            count = span[2] if length < 0 else min(length, span[2])
+            self.file = [span[0], span[1], count]
+            self.left = length - count  # > 0: a file shorter than its Content-Length (abort)
+            self.done = count == 0
+            if self.done and self.left > 0:
+                self.keep_alive = False
+            return
+        body: list[bytes] = []
+        for c in chunks:
+            body += self._frame(c)
+        self.done = exhausted
+        if exhausted:
+            if self.chunked:
+                body.append(b"0\r\n\r\n")
+            elif self.left > 0:
+                self.keep_alive = False  # shorter than its Content-Length: close to mark it
+                log.warning("WSGI app %r: body shorter than its Content-Length; closing", self.app)
+        self.body = body
+
+    def _frame(self, c: bytes) -> list[bytes]:
+        if not c:
+            return []
+        if self.left >= 0:
+            if len(c) > self.left:
+                c = c[:self.left]
+                if not c:
+                    return []
+            self.left -= len(c)
+        if self.chunked:
+            return [b"%x\r\n" % len(c), c, b"\r\n"]
+        return [c]
+
+    def pump(self, fd: int, counters: Any = None, index: int = 0) -> int:
+        """Send what is left; DONE, BLOCKED (call again on EPOLLOUT) or ABORT (close)."""
+        pending = self.pending
+        while True:
+            if pending:
+                try:
+                    n = os.writev(fd, pending) if len(pending) > 1 else os.write(fd, pending[0])
+                except (BlockingIOError, InterruptedError):
+                    return BLOCKED
+                except OSError:
+                    self.close()
+                    return ABORT
+                if counters is not None:
+                    counters[index] += n
+                while n:
+                    k = len(pending[0])
+                    if n >= k:
+                        n -= k
+                        del pending[0]
+                    else:
+                        pending[0] = memoryview(pending[0])[n:]
+                        n = 0
+                if pending:
+                    return BLOCKED
+                continue
+            if self.file is not None:
+                f = self.file
+                if f[2] > 0:
+                    try:
+                        n = os.sendfile(fd, f[0], f[1], min(f[2], SENDFILE_MAX))
+                    except (BlockingIOError, InterruptedError):
+                        return BLOCKED
+                    except OSError:
+                        self.close()
+                        return ABORT
+                    if counters is not None:
+                        counters[index] += n
+                    if n == 0:  # the file shrank under us
+                        log.warning("WSGI file_wrapper: file ended early; closing the connection")
+                        self.close()
+                        return ABORT
+                    f[1] += n
+                    f[2] -= n
+                    continue
+                self.file = None
+                self.close()
+                if self.left > 0:
+                    return ABORT
+                self.done = True
+                return DONE
+            if self.done or self.it is None:
+                self.done = True
+                self.close()
+                return DONE
+            try:
+                c = next(self.it)
+                if type(c) is not bytes:
+                    raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
+            except StopIteration:
+                self.it = None
+                if self.chunked:
+                    pending.append(b"0\r\n\r\n")
+                elif self.left > 0:
+                    log.warning("WSGI app %r: body shorter than its Content-Length; closing", self.app)
+                    self.close()
+                    return ABORT
+                continue
+            except Exception:
+                log.error("WSGI app %r failed while streaming %s %s; closing the connection", self.app,
+                          self.environ.get("REQUEST_METHOD"), self.environ.get("PATH_INFO"), exc_info=True)
+                self.close()
+                return ABORT
+            pending += self._frame(c)
+
+    def close(self) -> None:
+        """Call the iterable's close() once (PEP 3333), logging what it raises."""
+        if self.closed:
+            return
+        self.closed = True
+        self.it = None
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.error("WSGI iterable's close() raised", exc_info=True)
+
+
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 8:
+        if isinstance(e, kind):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
