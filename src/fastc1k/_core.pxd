@@ -18,6 +18,10 @@ cdef class Worker:
         dict _pending                   # fd -> [Request, bytearray | None] (handler routes)
         list _refs                      # Python pieces queued in iov until the next flush
         object _exc                     # raised by run() after the loop (signals)
+        object wsgi_app                 # routes.wsgi: the app requests no route matches go to
+        dict wsgi_base                  # wsgi.base_environ(...): copied per request
+        dict _streams                   # fd -> wsgi.Exchange still streaming (F_STREAM)
+        dict _peers                     # fd -> (REMOTE_ADDR, REMOTE_PORT) of WSGI connections (F_PEER)
         int lfd, epfd, efd, max_fd
         volatile int stop_mode          # 0 run, 1 graceful, 2 now (set by stop())
         bint running, accepting, draining, quit
@@ -78,7 +82,10 @@ cdef class Worker:
     cdef int _begin_py(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, int ri) noexcept with gil
     cdef void _sink(self, int fd, const char *p, size_t n) noexcept with gil
     cdef void _drop_refs(self) noexcept with gil
-    cdef void _drop_pending(self, int fd) noexcept with gil
+    cdef void _drop_pending(self, int fd, uint16_t flags) noexcept with gil
+    cdef int _begin_wsgi(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, bint cont) noexcept with gil
+    cdef int _respond_wsgi(self, int fd, Conn *c) noexcept with gil
+    cdef int _pump(self, int fd, Conn *c) noexcept with gil
     cdef int _error(self, int fd, Conn *c, int status, bint head_only, int ri) noexcept nogil
     cdef void _count_parse_error(self, int status) noexcept nogil
     cdef int _room(self, int fd, Conn *c) noexcept nogil

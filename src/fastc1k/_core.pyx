@@ -21,8 +21,8 @@ from .core.debug cimport FC_DBG, FC_ASSERT
 import os
 import time
 
-from . import metrics, responses
-from .routes import STATIC, HANDLER, DATA, METRICS, JSON, PROMETHEUS, Request, render_result
+from . import metrics, responses, wsgi
+from .routes import STATIC, HANDLER, DATA, METRICS, WSGI, JSON, PROMETHEUS, Request, render_result
 
 __all__ = ["Worker", "parse_request", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE"]
 
@@ -33,12 +33,14 @@ CONN_STRUCT_SIZE = sizeof(Conn)
 include "core/parser.pxi"
 include "core/pool.pxi"
 include "core/timers.pxi"
+include "core/wsgi.pxi"
 
-cdef enum:  # routes.STATIC, HANDLER, DATA, METRICS (checked below)
+cdef enum:  # routes.STATIC, HANDLER, DATA, METRICS, WSGI (checked below)
     _STATIC = 0
     _HANDLER = 1
     _DATA = 2
     _METRICS = 3
+    _WSGI = 4
 
 cdef const char *CRLF = b"\r\n"
 cdef const char *CONN_CLOSE = b"Connection: close\r\n"
@@ -77,7 +79,7 @@ def _check_layout():
             raise ImportError("fastc1k._core: responses{status} layout changed")
     if responses.DATE_LEN != DATE_LEN or responses.CONN_CLOSE != CONN_CLOSE or responses.CONN_KEEP_ALIVE != CONN_KEEP_ALIVE:
         raise ImportError("fastc1k._core: responses constants changed")
-    if (STATIC, HANDLER, DATA, METRICS) != (_STATIC, _HANDLER, _DATA, _METRICS):
+    if (STATIC, HANDLER, DATA, METRICS, WSGI) != (_STATIC, _HANDLER, _DATA, _METRICS, _WSGI):
         raise ImportError("fastc1k._core: route kinds changed")
 
 _check_layout()
@@ -152,6 +154,12 @@ cdef class Worker:
         self._pending = {}
         self._refs = []
         self._exc = None
+        self._streams = {}
+        self._peers = {}
+        self.wsgi_app = routes.wsgi
+        if self.wsgi_app is not None:
+            host, port = sock.getsockname()[:2]
+            self.wsgi_base = wsgi.base_environ(host, port, config.workers > 1)
         self.lim.max_line = config.max_request_line
         self.lim.max_hdr = config.max_header_bytes
         self.lim.max_headers = config.max_headers
@@ -351,9 +359,9 @@ cdef class Worker:
                     c = &self.conns[fd]
                     if c.state == S_FREE:
                         continue
-                    if c.out_len and evs & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                    if (c.out_len or c.flags & F_STREAM) and evs & (EPOLLOUT | EPOLLERR | EPOLLHUP):
                         self._on_write(fd, c)
-                        if c.state == S_FREE or c.out_len:
+                        if c.state == S_FREE or c.out_len or c.flags & F_STREAM:
                             continue
                     if evs & (EPOLLIN | EPOLLHUP | EPOLLERR) and not (c.flags & F_PAUSED):
                         self._on_read(fd, c)
@@ -553,7 +561,7 @@ cdef class Worker:
                     break
                 rc = self._respond(fd, c)
                 restart = True
-                if c.out_len:
+                if c.out_len or c.flags & F_STREAM:
                     break
                 continue
             if pos == c.buf_len:
@@ -573,7 +581,7 @@ cdef class Worker:
             restart = True
             rc = self._dispatch(fd, c, &q, pos, <size_t>r)
             pos += r
-            if c.out_len:
+            if c.out_len or c.flags & F_STREAM:
                 break  # backpressure: the rest waits in the buffer until the client reads
         if rc < 0:
             return  # closed
@@ -585,8 +593,13 @@ cdef class Worker:
                 memmove(c.buf, c.buf + pos, c.buf_len)
         if rc == 0:
             rc = self._flush(fd, c)
-        if self.has_refs:
-            self._drop_refs()
+            if rc == 0 and c.flags & F_STREAM:
+                rc = self._pump(fd, c)
+                if rc == 0 and c.buf_len and not (c.flags & F_CLOSING):
+                    if self.has_refs:
+                        self._drop_refs()
+                    self._process(fd, c)  # the requests that waited behind the stream
+                    return
         if rc < 0:
             return
         if c.buf_len == 0:
@@ -643,7 +656,16 @@ cdef class Worker:
         if q.method_len == 4 and memcmp(q.method, b"HEAD", 4) == 0:
             c.flags |= F_HEAD
         ri = self._lookup(q.path, q.path_len)
-        if ri < 0:
+        if ri < 0 and self.wsgi_app is not None:
+            c.resp = R_WSGI
+            if q.chunked or q.content_length:
+                if q.expect_continue and q.v11 and off + hlen == c.buf_len:
+                    # the app decides: its wsgi.input sends 100 Continue when read
+                    self._begin_wsgi(fd, c, q, off, hlen, True)
+                    return self._respond(fd, c)
+                c.flags |= F_WANT_BODY
+            self._begin_wsgi(fd, c, q, off, hlen, False)
+        elif ri < 0:
             c.resp = R_404
         elif not self._allowed(ri, q.method, q.method_len):
             c.resp = R_405 | ri
@@ -720,6 +742,11 @@ cdef class Worker:
             c.flags &= ~F_KEEP
         if c.resp == R_404:
             return self._error(fd, c, 404, head_only, -1)
+        if c.resp == R_WSGI:
+            rc = self._respond_wsgi(fd, c)
+            if rc == 0 and not (c.flags & F_KEEP):
+                c.flags |= F_CLOSING
+            return rc
         if c.resp & R_405:
             return self._error(fd, c, 405, head_only, c.resp & ~R_405)
         r = &self.rt[c.resp]
@@ -848,6 +875,94 @@ cdef class Worker:
             pass  # _respond_py answers 500 when the request is missing
         return 0
 
+    cdef int _begin_wsgi(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, bint cont) noexcept with gil:
+        """A WSGI request's head: its environ now (the buffer moves on), the body later."""
+        try:
+            remote = self._peers.get(fd)
+            if remote is None:
+                remote = self._peers[fd] = wsgi.peer_fd(fd)
+                c.flags |= F_PEER
+            env = _wsgi_environ(self.wsgi_base, c.buf + off, q, hlen, remote)
+            if cont:
+                env["wsgi.input"] = wsgi.ContinueInput(fd, q.content_length, q.chunked, self.config)
+            self._pending[fd] = [env, bytearray() if c.flags & F_WANT_BODY else None]
+            c.flags |= F_PENDING_PY
+        except Exception:
+            wsgi.log.exception("cannot build the WSGI environ")  # _respond_wsgi answers 500
+        return 0
+
+    cdef int _respond_wsgi(self, int fd, Conn *c) noexcept with gil:
+        """Call the app (fastc1k.wsgi.Exchange); queue its head and first body pieces."""
+        cdef bint head_only = (c.flags & F_HEAD) != 0
+        cdef int rc, status = 500
+        cdef bytes b
+        pend = self._pending.pop(fd, None)
+        c.flags &= ~F_PENDING_PY
+        ex = None
+        try:
+            if pend is None:
+                raise RuntimeError("WSGI request lost")
+            env = pend[0]
+            wsgi.attach_body(env, bytes(pend[1]) if pend[1] is not None else b"")
+            ex = wsgi.Exchange(self.wsgi_app, env, head_only, not (c.flags & F_V10), (c.flags & F_KEEP) != 0)
+            ok = ex.run()
+            status = ex.status
+        except Exception:
+            wsgi.log.exception("WSGI request failed; answering 500")
+            ok = False
+        if not ok:
+            if status == 500:
+                self.m[I_HANDLER_ERRORS] += 1
+            return self._error(fd, c, status, head_only, -1)
+        if not ex.keep_alive:
+            c.flags &= ~F_KEEP
+        pieces = ex.body
+        if len(pieces) > 4:
+            pieces = [b"".join(pieces)]
+        if self.niov + 12 > IOV_CAP or self.arena_used + 128 > ARENA_CAP:
+            rc = self._flush(fd, c)
+            if rc < 0:
+                ex.close()
+                return rc
+        b = ex.head
+        self._refs.append(b)
+        self._refs.append(pieces)
+        self.has_refs = True
+        self._add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), False)
+        if not ex.has_date:
+            self._add(self.date, DATE_LEN, False)
+        self._add_conn(c)
+        self._add(CRLF, 2, True)
+        for b in pieces:
+            self._add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), False)
+        self.m[self.status_ctr[status] if 0 <= status < 600 else I_RESP_OTHER] += 1
+        if not ex.done:
+            self._streams[fd] = ex
+            c.flags |= F_STREAM
+        elif self.niov + 8 > IOV_CAP // 2 or self.out_total > 65536:
+            return -1 if self._flush(fd, c) < 0 else 0  # do not pile up Python objects
+        return 0
+
+    cdef int _pump(self, int fd, Conn *c) noexcept with gil:
+        """Stream more of fd's WSGI response. 0 done, 1 the socket is full (EPOLLOUT armed),
+        -1 closed (a failed or cut-short response)."""
+        cdef uint64_t before = self.m[I_BYTES_OUT]
+        ex = self._streams.get(fd)
+        r = ex.pump(fd, self._slot, I_BYTES_OUT) if ex is not None else wsgi.ABORT
+        if r == wsgi.BLOCKED:
+            self._interest(fd, c, True)
+            if self.m[I_BYTES_OUT] != before or c.tkind != T_SEND:
+                t_set(self.conns, self.tl, fd, T_SEND, self.now)  # progress restarts the send timer
+            return 1
+        self._streams.pop(fd, None)
+        c.flags &= ~F_STREAM
+        if r == wsgi.ABORT:
+            self._close(fd, c)
+            return -1
+        if c.tkind == T_SEND:
+            t_clear(self.conns, self.tl, fd)
+        return 0
+
     cdef void _sink(self, int fd, const char *p, size_t n) noexcept with gil:
         pend = self._pending.get(fd)
         if pend is not None and pend[1] is not None:
@@ -857,8 +972,16 @@ cdef class Worker:
         self._refs.clear()
         self.has_refs = False
 
-    cdef void _drop_pending(self, int fd) noexcept with gil:
-        self._pending.pop(fd, None)
+    cdef void _drop_pending(self, int fd, uint16_t flags) noexcept with gil:
+        """Forget fd's Python state: a pending request, a stream (its close() is called), a peer."""
+        if flags & F_PENDING_PY:
+            self._pending.pop(fd, None)
+        if flags & F_STREAM:
+            ex = self._streams.pop(fd, None)
+            if ex is not None:
+                ex.close()
+        if flags & F_PEER:
+            self._peers.pop(fd, None)
 
     cdef void _count_parse_error(self, int status) noexcept nogil:
         cdef int i = I_PE_BAD_REQUEST
@@ -981,25 +1104,29 @@ cdef class Worker:
         return 1
 
     cdef void _on_write(self, int fd, Conn *c) noexcept nogil:
-        cdef ssize_t w = write(fd, c.out, c.out_len)
+        cdef ssize_t w
         cdef size_t total
-        if w < 0:
-            if errno != EAGAIN and errno != EINTR:
-                self._close(fd, c)
-            return
-        self.m[I_BYTES_OUT] += w
-        c.out += w
-        c.out_len -= w
         if c.out_len:
-            if w:
-                t_set(self.conns, self.tl, fd, T_SEND, self.now)  # progress restarts the send timer
-            return
-        if c.flags & F_OUT_OWNED:
-            memcpy(&total, c.out, sizeof(size_t))
-            free(c.out - total)
-            c.flags &= ~F_OUT_OWNED
-        c.out = NULL
-        t_clear(self.conns, self.tl, fd)
+            w = write(fd, c.out, c.out_len)
+            if w < 0:
+                if errno != EAGAIN and errno != EINTR:
+                    self._close(fd, c)
+                return
+            self.m[I_BYTES_OUT] += w
+            c.out += w
+            c.out_len -= w
+            if c.out_len:
+                if w:
+                    t_set(self.conns, self.tl, fd, T_SEND, self.now)  # progress restarts the send timer
+                return
+            if c.flags & F_OUT_OWNED:
+                memcpy(&total, c.out, sizeof(size_t))
+                free(c.out - total)
+                c.flags &= ~F_OUT_OWNED
+            c.out = NULL
+            t_clear(self.conns, self.tl, fd)
+        if c.flags & F_STREAM and self._pump(fd, c) != 0:
+            return  # still streaming (EPOLLOUT stays armed), or closed
         if c.flags & F_CLOSING:
             self._linger(fd, c)
             return
@@ -1034,7 +1161,7 @@ cdef class Worker:
         self._buf_put(c)
         if c.flags & F_PENDING_PY:
             c.flags &= ~F_PENDING_PY
-            self._drop_pending(fd)
+            self._drop_pending(fd, F_PENDING_PY)
         c.state = S_LINGER
         c.flags &= ~F_CLOSING
         self._interest(fd, c, False)
@@ -1047,8 +1174,8 @@ cdef class Worker:
         if c.flags & F_OUT_OWNED:
             memcpy(&total, c.out + c.out_len, sizeof(size_t))
             free(c.out + c.out_len - total)
-        if c.flags & F_PENDING_PY:
-            self._drop_pending(fd)
+        if c.flags & (F_PENDING_PY | F_STREAM | F_PEER):
+            self._drop_pending(fd, c.flags)
         close(fd)  # also leaves the epoll set
         self.m[I_CLOSED] += 1
         self.nopen -= 1

@@ -41,7 +41,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import unquote
 
-__all__ = ["Exchange", "FileWrapper", "ContinueInput", "BodyTooLarge", "base_environ", "build_environ",
+__all__ = ["Exchange", "FileWrapper", "ContinueInput", "BodyTooLarge", "base_environ", "build_environ", "attach_body",
            "header_key", "DONE", "BLOCKED", "ABORT"]
 
 log = logging.getLogger("fastc1k")
@@ -101,13 +101,13 @@ def build_environ(base: dict, method: str, path: str, query: str, version: str,
                   headers: list[tuple[bytes, bytes]], body: Any, remote: tuple[str, int]) -> dict[str, Any]:
     """One request's environ. `path` is the raw target path decoded as latin-1 (as the
     parsers give it): PATH_INFO is it %-decoded to bytes, then as latin-1 (PEP 3333).
-    `body` is bytes (read before the call) or a ContinueInput."""
+    `body` is a ContinueInput, or None: attach_body() gives the body read before the call."""
     env = base.copy()
     env["REQUEST_METHOD"] = method
     env["PATH_INFO"] = unquote(path, "latin-1") if "%" in path else path
     env["QUERY_STRING"] = query
     env["SERVER_PROTOCOL"] = version
-    env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote[0], str(remote[1])
+    env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote
     for name, value in headers:
         key = _KEYS.get(name, "") or header_key(name)
         if key is None:
@@ -117,14 +117,18 @@ def build_environ(base: dict, method: str, path: str, query: str, version: str,
             env[key] += "," + v
         else:
             env[key] = v
-    if body.__class__ is ContinueInput:
+    if body is not None:
         env["wsgi.input"] = body
-    else:
-        # chunked bodies are decoded before the call: their decoded length is known
+    return env
+
+
+def attach_body(env: dict, body: bytes) -> None:
+    """wsgi.input over a body read before the call (chunked ones decoded: their length is
+    known, so CONTENT_LENGTH says it)."""
+    if "wsgi.input" not in env:
         env["wsgi.input"] = io.BytesIO(body)
         if body or "CONTENT_LENGTH" in env:
             env["CONTENT_LENGTH"] = str(len(body))
-    return env
 
 
 def _wait(fd: int, deadline: float, events: int) -> None:
@@ -135,12 +139,22 @@ def _wait(fd: int, deadline: float, events: int) -> None:
         raise BodyTimeout("the request body did not arrive in time")
 
 
-def peer(sock: socket.socket) -> tuple[str, int]:
+def peer_fd(fd: int) -> tuple[str, str]:
+    """The remote address of a connected socket the caller owns (it stays open)."""
+    s = socket.socket(fileno=fd)
+    try:
+        return peer(s)
+    finally:
+        s.detach()
+
+
+def peer(sock: socket.socket) -> tuple[str, str]:
+    """(REMOTE_ADDR, REMOTE_PORT)."""
     try:
         addr = sock.getpeername()
-        return addr[0], addr[1]
+        return addr[0], str(addr[1])
     except (OSError, IndexError):
-        return "", 0
+        return "", ""
 
 
 # --- wsgi.input for Expect: 100-continue ---------------------------------------------------
@@ -166,7 +180,7 @@ class ContinueInput(io.RawIOBase):
         return self._data
 
     def _fetch(self) -> bytes:
-        from ._core_py import ParseError, _ChunkState  # the reference decoder
+        from ._core_py.parser import ChunkDecoder, ParseError  # the reference decoder
         deadline = time.monotonic() + self.config.header_timeout
         with socket.socket(fileno=os.dup(self.fd)) as s:  # a dup: closing it leaves the engine's fd
             out = memoryview(CONTINUE_100)
@@ -176,7 +190,7 @@ class ContinueInput(io.RawIOBase):
                 except BlockingIOError:
                     _wait(self.fd, deadline, select.POLLOUT)
             body = bytearray()
-            state = _ChunkState() if self.chunked else None
+            state = ChunkDecoder() if self.chunked else None
             carry = b""  # an unfinished chunk line, already taken from the socket
             while state is not None or len(body) < self.length:
                 try:
@@ -268,7 +282,7 @@ class Exchange:
 
     __slots__ = ("app", "environ", "head_only", "v11", "keep_alive", "status", "status_line", "headers",
                  "length", "has_date", "head", "body", "done", "chunked", "committed", "result", "it",
-                 "pending", "file", "left", "written", "closed")
+                 "pending", "file", "left", "written", "closed", "input")
 
     def __init__(self, app: Callable, environ: dict, head_only: bool, v11: bool, keep_alive: bool) -> None:
         self.app = app
@@ -293,6 +307,7 @@ class Exchange:
         self.left = -1                # Content-Length bytes still to send (-1: no limit)
         self.written: list[bytes] = []
         self.closed = False
+        self.input = environ.get("wsgi.input")  # as given (middleware may wrap the environ's)
 
     # the app's side ------------------------------------------------------------------
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
@@ -397,7 +412,7 @@ class Exchange:
                       self.environ.get("PATH_INFO"), exc_info=True)
             self.status = 500
             return False
-        inp = self.environ.get("wsgi.input")
+        inp = self.input
         if inp.__class__ is ContinueInput and not inp.consumed:
             self.keep_alive = False  # the body the client may still send is not read: close
         if self.done:
@@ -524,7 +539,7 @@ class Exchange:
                 if type(c) is not bytes:
                     raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
             except StopIteration:
-                self.it = None
+                self.close()  # before the last bytes go: the client may act on them at once
                 if self.chunked:
                     pending.append(b"0\r\n\r\n")
                 elif self.left > 0:

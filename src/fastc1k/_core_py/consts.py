@@ -31,6 +31,8 @@ F_REJECTED = 1 << 8         # answered 503 at accept: not counted as active
 F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
 F_TRAILER_BAD = 1 << 10     # (C only until the chunk table: the trailer line is malformed)
 F_PENDING_PY = 1 << 11      # a handler request waits for its body
+F_STREAM = 1 << 12          # a WSGI response is still streaming (conn.ex; pumped when writable)
+F_PEER = 1 << 13            # (C only: Worker._peers holds the remote address; Python: conn.peer)
 
 # timer lists (one per length; all deadlines in a list have the same offset)
 T_NONE = 0
@@ -42,6 +44,7 @@ T_KINDS = 5
 
 # the answer chosen at the head, given after the body (Conn.resp)
 R_404 = 0xFFFF
+R_WSGI = 0xFFFE             # the WSGI app (checked before R_405's bit)
 R_405 = 0x8000              # | route index
 
 # metrics slot word indices (the C engine's I_* enums, checked against the same layout)

@@ -10,12 +10,12 @@ import selectors
 import socket
 import time
 
-from .. import metrics, responses
+from .. import metrics, responses, wsgi
 from ..config import ServerConfig
 from ..routes import HANDLER, JSON, Request, Routes
 from .consts import (ACCEPT_BATCH, EMFILE_PAUSE_MS, F_CHUNKED, F_CLOSING, F_FRESH, F_HEAD, F_KEEP,
-                     F_PAUSED, F_PENDING_PY, F_REJECTED, F_V10, F_WANT_BODY, LINGER_MS,
-                     MAX_WAIT_MS, R_404, R_405, S_BODY, S_FREE, S_HEAD, S_LINGER, SCRATCH_SIZE, T_HEADER,
+                     F_PAUSED, F_PENDING_PY, F_REJECTED, F_STREAM, F_V10, F_WANT_BODY, LINGER_MS,
+                     MAX_WAIT_MS, R_404, R_405, R_WSGI, S_BODY, S_FREE, S_HEAD, S_LINGER, SCRATCH_SIZE, T_HEADER,
                      T_IDLE, T_KINDS, T_LINGER, T_SEND)
 from .consts import (I_ACCEPT_PAUSED, I_ACCEPTED, I_ACTIVE, I_BYTES_IN, I_CLOSED, I_ENGINE, I_LAG_BUCKET0,
                      I_LAG_MAX, I_LOOP_EVENTS, I_LOOP_WAITS, I_PARSE_ERROR, I_PE_BAD_REQUEST, I_PID,
@@ -32,7 +32,7 @@ __all__ = ["Worker", "Conn"]
 class Conn:
     """One client connection (core/types.pxi Conn, plus what C keeps elsewhere)."""
     __slots__ = ("sock", "fd", "buf", "out", "out_len", "body_left", "flags", "resp", "state",
-                 "tkind", "deadline", "chunk", "req", "body")
+                 "tkind", "deadline", "chunk", "req", "body", "ex", "peer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -49,6 +49,8 @@ class Conn:
         self.chunk: ChunkDecoder | None = None
         self.req: Request | None = None     # a handler's request (C: Worker._pending)
         self.body: bytearray | None = None  # its body, when the handler wants it
+        self.ex: wsgi.Exchange | None = None  # a WSGI response still streaming (C: Worker._streams)
+        self.peer: tuple[str, str] | None = None  # (REMOTE_ADDR, REMOTE_PORT) once a WSGI request asked
 
 
 class Worker(Writer):
@@ -83,6 +85,10 @@ class Worker(Writer):
         self.pid = os.getpid()
         self._build_routes(routes)
         self._build_errors()
+        self.wsgi_app = routes.wsgi
+        if self.wsgi_app is not None:
+            host, port = sock.getsockname()[:2]
+            self.wsgi_base = wsgi.base_environ(host, port, config.workers > 1)
 
     def _build_routes(self, routes: Routes) -> None:
         self._routes_py = list(routes)
@@ -174,9 +180,9 @@ class Worker(Writer):
                     c = conns.get(fd)
                     if c is None:
                         continue  # closed earlier in this batch
-                    if c.out_len and evs & EV_WRITE:
+                    if (c.out_len or c.flags & F_STREAM) and evs & EV_WRITE:
                         self._on_write(c)
-                        if c.state == S_FREE or c.out_len:
+                        if c.state == S_FREE or c.out_len or c.flags & F_STREAM:
                             continue
                     if evs & EV_READ and not c.flags & F_PAUSED:
                         self._on_read(c)
@@ -352,7 +358,7 @@ class Worker(Writer):
                     break
                 rc = self._respond(c)
                 restart = True
-                if c.out_len:
+                if c.out_len or c.flags & F_STREAM:
                     break
                 continue
             if pos == len(buf):
@@ -373,7 +379,7 @@ class Worker(Writer):
             restart = True
             rc = self._dispatch(c, head, end == len(buf))
             pos = end
-            if c.out_len:
+            if c.out_len or c.flags & F_STREAM:
                 break  # backpressure: the rest waits in the buffer until the client reads
         if rc < 0:
             return  # closed
@@ -383,6 +389,11 @@ class Worker(Writer):
             del buf[:pos]
         if rc == 0:
             rc = self._flush(c)
+            if rc == 0 and c.flags & F_STREAM:
+                rc = self._pump(c)
+                if rc == 0 and buf and not c.flags & F_CLOSING:
+                    self._process(c)  # the requests that waited behind the stream
+                    return
         if rc < 0:
             return
         if not buf:
@@ -430,7 +441,16 @@ class Worker(Writer):
         if q.method == "HEAD":
             c.flags |= F_HEAD
         ri = self._lookup(q.path)
-        if ri < 0:
+        if ri < 0 and self.wsgi_app is not None:
+            c.resp = R_WSGI
+            if q.chunked or q.length:
+                if q.expect_continue and not c.flags & F_V10 and at_end:
+                    # the app decides: its wsgi.input sends 100 Continue when read
+                    self._begin_wsgi(c, q, True)
+                    return self._respond(c)
+                c.flags |= F_WANT_BODY
+            self._begin_wsgi(c, q, False)
+        elif ri < 0:
             c.resp = R_404
         elif not self._allowed(ri, q.method):
             c.resp = R_405 | ri
@@ -465,6 +485,16 @@ class Worker(Writer):
         c.body = bytearray() if c.flags & F_WANT_BODY else None
         c.flags |= F_PENDING_PY
 
+    def _begin_wsgi(self, c: Conn, q: Head, cont: bool) -> None:
+        """A WSGI request's head: its environ now (C builds it in core/wsgi.pxi), the body later."""
+        if c.peer is None:
+            c.peer = wsgi.peer(c.sock)
+        c.req = wsgi.build_environ(self.wsgi_base, q.method, q.path, q.query, q.version, q.headers,
+                                   wsgi.ContinueInput(c.fd, q.length, q.chunked, self.cfg) if cont else None,
+                                   c.peer)
+        c.body = bytearray() if c.flags & F_WANT_BODY else None
+        c.flags |= F_PENDING_PY
+
     def _count_parse_error(self, status: int) -> None:
         self.m[I_PARSE_ERROR.get(status, I_PE_BAD_REQUEST)] += 1
 
@@ -486,6 +516,9 @@ class Worker(Writer):
             m[I_ACTIVE] = self.served
         c.state = S_FREE
         c.req = c.body = c.out = None
+        if c.ex is not None:  # a WSGI response cut short: its iterable is still closed
+            c.ex.close()
+            c.ex = None
 
     def _sweep(self) -> None:
         m, tl, now = self.m, self.tl, self.now

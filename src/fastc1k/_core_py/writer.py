@@ -10,10 +10,10 @@ import selectors
 import socket
 import time
 
-from .. import metrics, responses
+from .. import metrics, responses, wsgi
 from ..routes import DATA, METRICS, PROMETHEUS, STATIC, render_result
-from .consts import (F_CLOSING, F_HEAD, F_KEEP, F_PAUSED, F_PENDING_PY, F_V10, IOV_CAP, R_404, R_405,
-                     S_LINGER, T_LINGER, T_SEND)
+from .consts import (F_CLOSING, F_HEAD, F_KEEP, F_PAUSED, F_PENDING_PY, F_STREAM, F_V10, IOV_CAP, R_404,
+                     R_405, R_WSGI, S_LINGER, T_LINGER, T_SEND)
 from .consts import I_BYTES_OUT, I_HANDLER_ERRORS, I_RESP_200
 from .timers import t_clear, t_set
 
@@ -59,6 +59,11 @@ class Writer:
             c.flags &= ~F_KEEP
         if c.resp == R_404:
             return self._error(c, 404, head_only, -1)
+        if c.resp == R_WSGI:
+            rc = self._respond_wsgi(c)
+            if rc == 0 and not c.flags & F_KEEP:
+                c.flags |= F_CLOSING
+            return rc
         if c.resp & R_405:
             return self._error(c, 405, head_only, c.resp & ~R_405)
         r = self._routes_py[c.resp]
@@ -135,6 +140,57 @@ class Writer:
             return -1 if self._flush(c) < 0 else 0  # do not pile up large pieces
         return 0
 
+    def _respond_wsgi(self, c) -> int:
+        """Call the app (fastc1k.wsgi.Exchange); queue its head and first body pieces."""
+        head_only = bool(c.flags & F_HEAD)
+        env, c.req = c.req, None
+        c.flags &= ~F_PENDING_PY
+        wsgi.attach_body(env, bytes(c.body) if c.body is not None else b"")
+        c.body = None
+        ex = wsgi.Exchange(self.wsgi_app, env, head_only, not c.flags & F_V10, bool(c.flags & F_KEEP))
+        if not ex.run():
+            if ex.status == 500:
+                self.m[I_HANDLER_ERRORS] += 1
+            return self._error(c, ex.status, head_only, -1)
+        if not ex.keep_alive:
+            c.flags &= ~F_KEEP
+        rc = self._room(c)
+        if rc != 0:
+            ex.close()
+            return rc
+        self._add(ex.head)
+        if not ex.has_date:
+            self._add(self.date)
+        self._add_conn(c)
+        self._add(CRLF)
+        self.iov += ex.body
+        self._count_status(ex.status)
+        if not ex.done:
+            c.ex = ex
+            c.flags |= F_STREAM
+        elif len(self.iov) + 8 > IOV_CAP // 2:
+            return -1 if self._flush(c) < 0 else 0
+        return 0
+
+    def _pump(self, c) -> int:
+        """Stream more of c's WSGI response. 0 done, 1 the socket is full (watched for
+        writing), -1 closed (a failed or cut-short response)."""
+        before = self.m[I_BYTES_OUT]
+        r = c.ex.pump(c.fd, self.m, I_BYTES_OUT)
+        if r == wsgi.BLOCKED:
+            self._interest(c, True)
+            if self.m[I_BYTES_OUT] != before or c.tkind != T_SEND:
+                t_set(self.tl, c, T_SEND, self.now)  # progress restarts the send timer
+            return 1
+        c.ex = None
+        c.flags &= ~F_STREAM
+        if r == wsgi.ABORT:
+            self._close(c)
+            return -1
+        if c.tkind == T_SEND:
+            t_clear(self.tl, c)
+        return 0
+
     def _error(self, c, status: int, head_only: bool, ri: int) -> int:
         """Queue an engine error response. 404/405 keep the connection; others close it."""
         if status not in responses.KEEPS_CONNECTION:
@@ -182,23 +238,27 @@ class Writer:
         return 1
 
     def _on_write(self, c) -> None:
-        """The socket drained: send more of the kept tail; once all is sent, read again."""
-        try:
-            w = c.sock.send(c.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(c)
-            return
-        self.m[I_BYTES_OUT] += w
-        c.out = c.out[w:]
-        c.out_len -= w
+        """The socket drained: send more of the kept tail (then of a WSGI stream); once all
+        is sent, read again."""
         if c.out_len:
-            if w:
-                t_set(self.tl, c, T_SEND, self.now)  # progress restarts the send timer
-            return
-        c.out = None
-        t_clear(self.tl, c)
+            try:
+                w = c.sock.send(c.out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close(c)
+                return
+            self.m[I_BYTES_OUT] += w
+            c.out = c.out[w:]
+            c.out_len -= w
+            if c.out_len:
+                if w:
+                    t_set(self.tl, c, T_SEND, self.now)  # progress restarts the send timer
+                return
+            c.out = None
+            t_clear(self.tl, c)
+        if c.flags & F_STREAM and self._pump(c) != 0:
+            return  # still streaming (still watched for writing), or closed
         if c.flags & F_CLOSING:
             self._linger(c)
             return

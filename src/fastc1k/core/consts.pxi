@@ -33,6 +33,8 @@ cdef enum:
     F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
     F_TRAILER_BAD = 1 << 10     # the current trailer line is malformed (400 at its end)
     F_PENDING_PY = 1 << 11      # a handler request waits in Worker._pending
+    F_STREAM = 1 << 12          # a WSGI response is still streaming (Worker._streams; pump on EPOLLOUT)
+    F_PEER = 1 << 13            # Worker._peers holds this connection's remote address
 
 # timer lists (one per length; all deadlines in a list have the same offset)
 cdef enum:
@@ -62,6 +64,7 @@ cdef enum:
 # response kinds stored in Conn.resp's high bits while a body is read
 cdef enum:
     R_404 = 0xFFFF
+    R_WSGI = 0xFFFE             # the WSGI app (checked before R_405's bit)
     R_405 = 0x8000              # | route index
 
 # metrics slot word indices: fastc1k.metrics.IDX, checked at import (_check_layout)

@@ -1,0 +1,74 @@
+# WSGI environ from a parsed head, in C (included by _core.pyx; the rules: fastc1k.wsgi).
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_SetItem
+from cpython.object cimport PyObject
+
+cdef dict _HEADER_KEYS = wsgi._KEYS     # lower-case name bytes -> environ key (or None: dropped)
+cdef object _header_key = wsgi.header_key
+cdef object _unquote = wsgi.unquote
+cdef str _GET = "GET"
+cdef str _V11 = "HTTP/1.1"
+cdef str _V10 = "HTTP/1.0"
+
+
+cdef inline str _latin1(const char *p, size_t n):
+    return PyUnicode_DecodeLatin1(p, <Py_ssize_t>n, NULL)
+
+
+cdef dict _wsgi_environ(dict base, const char *buf, Req *q, size_t hlen, tuple remote):
+    """`buf` is the request's first byte; the same keys as wsgi.build_environ, but the body's."""
+    cdef dict env = PyDict_Copy(base)
+    cdef const char *p
+    cdef const char *end
+    cdef const char *nl
+    cdef const char *colon
+    cdef const char *v
+    cdef const char *ve
+    cdef const char *tend = q.target + q.target_len
+    cdef char low[128]
+    cdef size_t i, nn
+    cdef PyObject *k
+    env["REQUEST_METHOD"] = _GET if q.method_len == 3 and memcmp(q.method, b"GET", 3) == 0 \
+        else _latin1(q.method, q.method_len)
+    path = _latin1(q.path, q.path_len)
+    env["PATH_INFO"] = _unquote(path, "latin-1") if memchr(q.path, 37, q.path_len) != NULL else path
+    if q.path >= q.target and q.path + q.path_len < tend:
+        env["QUERY_STRING"] = _latin1(q.path + q.path_len + 1, <size_t>(tend - q.path - q.path_len - 1))
+    else:
+        env["QUERY_STRING"] = ""
+    env["SERVER_PROTOCOL"] = _V11 if q.v11 else _V10
+    env["REMOTE_ADDR"] = remote[0]
+    env["REMOTE_PORT"] = remote[1]
+    p = buf + q.hdr_start
+    end = buf + hlen - 2                    # the final CRLF
+    while p < end:
+        nl = <const char *>memchr(p, 10, <size_t>(end - p))
+        if nl == NULL:
+            break
+        colon = <const char *>memchr(p, 58, <size_t>(nl - p))
+        if colon == NULL:                   # cannot happen: the parser checked every line
+            p = nl + 1
+            continue
+        nn = <size_t>(colon - p)
+        if nn <= sizeof(low):
+            for i in range(nn):
+                low[i] = p[i] + 32 if 65 <= p[i] <= 90 else p[i]
+            name = PyBytes_FromStringAndSize(low, nn)
+        else:
+            name = PyBytes_FromStringAndSize(p, nn).lower()
+        k = PyDict_GetItem(_HEADER_KEYS, name)
+        key = <object>k if k != NULL else _header_key(name)
+        if key is not None:
+            v = colon + 1
+            ve = nl - 1                     # the CR
+            while v < ve and (v[0] == 32 or v[0] == 9):
+                v += 1
+            while ve > v and (ve[-1] == 32 or ve[-1] == 9):
+                ve -= 1
+            value = _latin1(v, <size_t>(ve - v))
+            k = PyDict_GetItem(env, key)
+            if k != NULL:
+                value = <object>k + "," + value
+            PyDict_SetItem(env, key, value)
+        p = nl + 1
+    return env

@@ -1,0 +1,484 @@
+"""WSGI (PEP 3333) on both engines: environ, start_response, framing, streaming, errors,
+Expect: 100-continue, limits, wsgi.file_wrapper, wsgiref.validate, Flask and Falcon."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from wsgiref.validate import validator
+
+import h11
+import pytest
+
+import wsgi_apps
+from fastc1k import Routes
+
+BIG_N = 4096  # x 64 KiB = 256 MiB
+
+
+def _with_health(app):
+    """The fixture's liveness probe (GET /api/health with a Content-Length) for any app."""
+    def outer(environ, start_response):
+        if environ["PATH_INFO"] == "/api/health":
+            return wsgi_apps.plain(environ, start_response)
+        return app(environ, start_response)
+    return outer
+
+
+@pytest.fixture
+def wsgi_server(make_server):
+    """make(app, validate=True): a server with `app` (wrapped in wsgiref.validate) mounted."""
+    def make(app=wsgi_apps.plain, validate=True, builtin_prefix=None, **overrides):
+        app = _with_health(validator(app) if validate else app)
+        return make_server(Routes(wsgi=app, builtin_prefix=builtin_prefix), **overrides)
+    return make
+
+
+@pytest.fixture
+def data_file(tmp_path, monkeypatch):
+    path = tmp_path / "payload.bin"
+    data = os.urandom(3 << 20) + b"tail"
+    path.write_bytes(data)
+    monkeypatch.setattr(wsgi_apps, "FILE_PATH", str(path))
+    return data
+
+
+class H11:
+    """A strict client (h11 parses every response: chunked, Content-Length, HEAD)."""
+
+    def __init__(self, address, timeout=10.0):
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.conn = h11.Connection(h11.CLIENT)
+
+    def request(self, method="GET", target="/", headers=(), body=b"", chunked=False):
+        if self.conn.our_state is h11.DONE:
+            self.conn.start_next_cycle()
+        hdrs = [("Host", "t"), *headers]
+        if chunked:
+            hdrs.append(("Transfer-Encoding", "chunked"))
+        elif body:
+            hdrs.append(("Content-Length", str(len(body))))
+        out = self.conn.send(h11.Request(method=method, target=target, headers=hdrs))
+        if chunked:
+            for i in range(0, len(body), 1000):
+                out += self.conn.send(h11.Data(data=body[i:i + 1000]))
+        elif body:
+            out += self.conn.send(h11.Data(data=body))
+        out += self.conn.send(h11.EndOfMessage())
+        self.sock.sendall(out)
+        return self.response()
+
+    def response(self):
+        resp, data = None, bytearray()
+        while True:
+            ev = self.conn.next_event()
+            if ev is h11.NEED_DATA:
+                self.conn.receive_data(self.sock.recv(65536))
+            elif isinstance(ev, h11.Response):
+                resp = ev
+            elif isinstance(ev, h11.Data):
+                data += ev.data
+            elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        headers = {k.decode().lower(): v.decode("latin-1") for k, v in resp.headers}
+        return resp.status_code, headers, bytes(data)
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def get(server, target, method="GET", **kw):
+    with H11(server.address) as c:
+        return c.request(method, target, **kw)
+
+
+def raw(server, data: bytes, timeout=5.0) -> bytes:
+    """Send bytes, read until the server closes."""
+    with socket.create_connection(server.address, timeout=timeout) as s:
+        s.sendall(data)
+        out = bytearray()
+        while chunk := s.recv(65536):
+            out += chunk
+        return bytes(out)
+
+
+# --- environ -----------------------------------------------------------------------------
+def test_environ_has_every_required_key(wsgi_server):
+    srv = wsgi_server()
+    status, _, body = get(srv, "/env?a=1&b=%20", method="POST", body=b"xyz",
+                          headers=[("Content-Type", "text/x-test"), ("X-Multi", "one"), ("X-Multi", "two"),
+                                   ("X_Spoof", "dropped"), ("User-Agent", "t/1")])
+    assert status == 200
+    env = json.loads(body)
+    assert env["REQUEST_METHOD"] == "POST" and env["SCRIPT_NAME"] == "" and env["PATH_INFO"] == "/env"
+    assert env["QUERY_STRING"] == "a=1&b=%20"
+    assert env["CONTENT_TYPE"] == "text/x-test" and env["CONTENT_LENGTH"] == "3"
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == (srv.address[0], str(srv.address[1]))
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["REMOTE_ADDR"] == "127.0.0.1" and int(env["REMOTE_PORT"]) > 0
+    assert env["http"]["HTTP_X_MULTI"] == "one,two"
+    assert env["http"]["HTTP_USER_AGENT"] == "t/1" and env["http"]["HTTP_HOST"] == "t"
+    assert not any("SPOOF" in k for k in env["http"]), "a header name with '_' must not become a key"
+    assert "HTTP_CONTENT_TYPE" not in env["http"] and "HTTP_CONTENT_LENGTH" not in env["http"]
+    assert env["wsgi.version"] == [1, 0] and env["wsgi.url_scheme"] == "http"
+    assert (env["wsgi.multithread"], env["wsgi.multiprocess"], env["wsgi.run_once"]) == (False, False, False)
+    assert env["wsgi.input_terminated"] is True
+    assert env["input"] and env["errors"] and env["file_wrapper"]
+
+
+def test_path_info_is_percent_decoded_latin1(wsgi_server):
+    srv = wsgi_server()
+    resp = raw(srv, b"GET /caf%C3%A9/x%2Fy?q=%C3%A9 HTTP/1.0\r\n\r\n")
+    assert b"404" in resp.split(b"\r\n", 1)[0]
+    # the app's 404 page does not echo: ask /env under a decoded name
+    status, _, body = get(srv, "/%65nv?q=%C3%A9")
+    env = json.loads(body)
+    assert status == 200 and env["PATH_INFO"] == "/env" and env["QUERY_STRING"] == "q=%C3%A9"
+
+    def echo_path(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain; charset=latin-1")])
+        return [environ["PATH_INFO"].encode("latin-1")]
+    srv2 = wsgi_server(echo_path)
+    assert get(srv2, "/caf%C3%A9/x%2Fy")[2] == "/caf\u00c3\u00a9/x/y".encode("latin-1")
+    assert get(srv2, "http://host.example/abs%41?z")[2] == b"/absA"
+
+
+def test_http10_environ_and_no_body_content_length_absent(wsgi_server):
+    srv = wsgi_server()
+    resp = raw(srv, b"GET /env HTTP/1.0\r\n\r\n")
+    env = json.loads(resp.split(b"\r\n\r\n", 1)[1])
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.0" and env["CONTENT_LENGTH"] is None
+
+
+# --- framing -------------------------------------------------------------------------------
+def test_list_gets_content_length_and_generator_is_chunked(wsgi_server):
+    srv = wsgi_server(validate=False)
+    with H11(srv.address) as c:
+        status, h, body = c.request("GET", "/list")
+        assert (status, body, h.get("content-length")) == (200, b"hello world", "11")
+        assert "transfer-encoding" not in h and h["server"] == "fastc1k" and "date" in h
+        status, h, body = c.request("GET", "/gen")  # same connection: keep-alive
+        assert (status, body, h.get("transfer-encoding")) == (200, b"one two three", "chunked")
+        assert "content-length" not in h
+
+
+def test_http10_generator_is_close_delimited(wsgi_server):
+    srv = wsgi_server(validate=False)
+    resp = raw(srv, b"GET /gen HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    head, body = resp.split(b"\r\n\r\n", 1)
+    assert b"Connection: close" in head and b"chunked" not in head and b"Content-Length" not in head
+    assert body == b"one two three"
+
+
+def test_http10_keep_alive_with_known_length(wsgi_server):
+    srv = wsgi_server(validate=False)
+    with socket.create_connection(srv.address, timeout=5) as s:
+        s.sendall(b"GET /list HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        time.sleep(0.2)
+        data = s.recv(65536)
+        assert b"Connection: keep-alive" in data and data.endswith(b"\r\n\r\nhello world")
+        s.sendall(b"GET /list HTTP/1.0\r\n\r\n")
+        rest = b""
+        while chunk := s.recv(65536):
+            rest += chunk
+        assert b"Connection: close" in rest and rest.endswith(b"hello world")
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_head_sends_the_get_headers_without_body(wsgi_server, validate):
+    srv = wsgi_server(validate=validate)
+    with H11(srv.address) as c:
+        for path in ("/list", "/gen", "/length"):
+            status, h, body = c.request("HEAD", path)
+            _, got, _ = c.request("GET", path)
+            h.pop("date"), got.pop("date")
+            assert (status, body, h) == (200, b"", got)
+        assert c.request("GET", "/list")[2] == b"hello world"  # the connection is still in sync
+
+
+def test_content_length_from_app_is_kept_short_body_closes(wsgi_server):
+    srv = wsgi_server(validate=False)
+    wsgi_apps.CLOSED.clear()
+    _, h, body = get(srv, "/length")
+    assert (h["content-length"], body) == ("5", b"12345")
+    with socket.create_connection(srv.address, timeout=5) as s:
+        s.sendall(b"GET /short HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.endswith(b"\r\n\r\n12345"), "a body short of its Content-Length ends with the close"
+    assert "/short" in wsgi_apps.CLOSED
+
+
+def test_204_has_no_body_and_no_framing(wsgi_server):
+    srv = wsgi_server()
+    status, h, body = get(srv, "/empty")
+    assert (status, body) == (204, b"") and "transfer-encoding" not in h
+
+
+def test_write_callable_output_comes_first(wsgi_server):
+    srv = wsgi_server()
+    wsgi_apps.CLOSED.clear()
+    assert get(srv, "/write")[2] == b"written then iterated"
+    assert wsgi_apps.CLOSED == ["/write"]
+
+
+def split_responses(data: bytes) -> list[tuple[int, bytes]]:
+    """Every response in `data` (read until the close), framed by h11, in order."""
+    out = []
+    while data:
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/", headers=[("Host", "t")]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(data)
+        conn.receive_data(b"")
+        status, body = 0, bytearray()
+        while True:
+            ev = conn.next_event()
+            if isinstance(ev, h11.Response):
+                status = ev.status_code
+            elif isinstance(ev, h11.Data):
+                body += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+        out.append((status, bytes(body)))
+        data = conn.trailing_data[0]
+    return out
+
+
+def test_pipelined_requests_around_a_stream_keep_order(wsgi_server, data_file):
+    srv = wsgi_server(validate=False)
+    req = b"GET /gen HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\n\r\n" \
+          b"GET /big?2 HTTP/1.1\r\nHost: t\r\n\r\nGET /file HTTP/1.1\r\nHost: t\r\n\r\n" \
+          b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    got = split_responses(raw(srv, req))
+    assert [b for _, b in got] == [b"one two three", b"hello world", wsgi_apps.BIG * 2,
+                                   open(wsgi_apps.FILE_PATH, "rb").read(), b"hello world"]
+
+
+# --- errors ----------------------------------------------------------------------------------
+def _errors_logged(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "fastc1k"]
+
+
+@pytest.mark.parametrize("path", ["/raise", "/gen-fail-early", "/bad/non-latin1", "/bad/crlf", "/bad/hop",
+                                  "/bad/te", "/bad/status", "/bad/status-digits", "/bad/not-tuple",
+                                  "/bad/bytes-header", "/bad/twice", "/str-body", "/no-start", "/exc-info-late"])
+def test_app_errors_are_500_logged_once_and_the_worker_goes_on(wsgi_server, caplog, path):
+    srv = wsgi_server(validate=False)
+    caplog.set_level(logging.ERROR, logger="fastc1k")
+    wsgi_apps.CLOSED.clear()
+    with H11(srv.address) as c:
+        status, h, body = c.request("GET", path)
+    assert status == 500 and b"never sent" not in body and b"Injected" not in body
+    errs = _errors_logged(caplog)
+    assert len(errs) == 1 and errs[0].exc_info is not None, [r.getMessage() for r in errs]
+    assert get(srv, "/list")[0] == 200
+    if path == "/gen-fail-early":
+        assert wsgi_apps.CLOSED == [path]
+    assert srv.counters()["handler_errors"] == 1
+
+
+def test_exc_info_before_the_body_replaces_the_status(wsgi_server):
+    srv = wsgi_server(validate=False)
+    status, _, body = get(srv, "/exc-info")
+    assert (status, body) == (503, b"replaced")
+
+
+def test_failure_mid_stream_closes_the_connection_and_calls_close(wsgi_server, caplog):
+    srv = wsgi_server(validate=False)
+    caplog.set_level(logging.ERROR, logger="fastc1k")
+    wsgi_apps.CLOSED.clear()
+    data = raw(srv, b"GET /gen-fail HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200") and b"5\r\nfirst\r\n" in data and not data.endswith(b"0\r\n\r\n")
+    assert wsgi_apps.CLOSED == ["/gen-fail"]
+    assert len(_errors_logged(caplog)) == 1
+
+
+def test_client_gone_mid_stream_calls_close(wsgi_server):
+    srv = wsgi_server(validate=False)
+    wsgi_apps.CLOSED.clear()
+    with socket.create_connection(srv.address) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /big?4096 HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.recv(1000)
+        time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while "/big" not in wsgi_apps.CLOSED and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert wsgi_apps.CLOSED == ["/big"]
+
+
+# --- request bodies ------------------------------------------------------------------------------
+def test_chunked_request_body_is_decoded(wsgi_server):
+    srv = wsgi_server()
+    body = os.urandom(50_000)
+    status, _, out = get(srv, "/echo", method="POST", body=body, chunked=True)
+    got = json.loads(out)
+    assert status == 200 and got["len"] == len(body) and got["md5"] == hashlib.md5(body).hexdigest()
+    assert got["content_length"] == str(len(body))
+
+
+def test_body_over_max_body_is_413(wsgi_server):
+    srv = wsgi_server(max_body=1000)
+    assert b" 413 " in raw(srv, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n")[:20]
+    chunked = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + b"3e8\r\n" + b"x" * 1000 \
+        + b"\r\n1\r\nx\r\n0\r\n\r\n"
+    assert b" 413 " in raw(srv, chunked)[:20]
+    assert get(srv, "/echo", method="POST", body=b"x" * 1000)[0] == 200
+
+
+def _expect(srv, path: str, body: bytes, chunked: bool = False):
+    s = socket.create_connection(srv.address, timeout=5)
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(body)
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n%s\r\n\r\n" % (path.encode(), framing))
+    return s
+
+
+def test_expect_100_continue_when_the_app_reads_the_body(wsgi_server):
+    srv = wsgi_server()
+    body = b"b" * 5000
+    for chunked in (False, True):
+        with _expect(srv, "/echo", body, chunked) as s:
+            first = s.recv(100)
+            assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(b"1388\r\n" + body + b"\r\n0\r\n\r\n" if chunked else body)
+            s.sendall(b"GET /list HTTP/1.1\r\nHost: t\r\n\r\n")  # pipelined after the body
+            data = b""
+            while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"0\r\n\r\n"):
+                data += s.recv(65536)
+        assert json.loads(data.split(b"\r\n\r\n")[1].split(b"HTTP/1.1")[0])["len"] == 5000
+        assert data.endswith(b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n")
+
+
+def test_expect_100_continue_not_sent_when_the_app_does_not_read(wsgi_server):
+    srv = wsgi_server()
+    with _expect(srv, "/unread", b"x" * 100) as s:
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in data
+    assert b"Connection: close" in data  # the body it may still send is not read
+
+
+# --- file_wrapper, streaming, memory ---------------------------------------------------------------
+def test_file_wrapper_is_sent_with_sendfile(wsgi_server, data_file, monkeypatch):
+    srv = wsgi_server(validate=False)
+    calls = []
+    real = os.sendfile
+
+    def counting(*a):
+        calls.append(a[3])
+        return real(*a)
+    monkeypatch.setattr(os, "sendfile", counting)
+    status, h, body = get(srv, "/file")
+    assert status == 200 and body == data_file and h["content-length"] == str(len(data_file))
+    assert calls and "transfer-encoding" not in h
+    status, h, body = get(srv, "/file", method="HEAD")
+    assert (status, body, h["content-length"]) == (200, b"", str(len(data_file)))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_large_stream_to_a_slow_client_stays_out_of_memory(wsgi_server):
+    """256 MiB streamed to a client that first stalls, then reads slowly: the server's
+    memory (this process: the server runs in a thread) stays flat."""
+    srv = wsgi_server(validate=False, send_timeout=30.0)
+    base, peak = _rss(), [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.005)
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    total = 0
+    try:
+        with socket.create_connection(srv.address, timeout=30) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            s.sendall(b"GET /big?%d HTTP/1.1\r\nHost: t\r\n\r\n" % BIG_N)
+            time.sleep(0.5)  # stalled: the server must stop iterating
+            head = s.recv(4096)
+            total = len(head.split(b"\r\n\r\n", 1)[1])
+            buf = bytearray(1 << 20)
+            want = BIG_N * len(wsgi_apps.BIG)
+            while total < want:
+                n = s.recv_into(buf)
+                assert n, "closed early"
+                total += n
+    finally:
+        stop.set()
+        t.join()
+    assert total == BIG_N * len(wsgi_apps.BIG)
+    assert peak[0] - base < 48 << 20, f"RSS grew {(peak[0] - base) >> 20} MiB while streaming 256 MiB"
+
+
+# --- built-ins, validate ---------------------------------------------------------------------------
+def test_builtins_only_under_the_prefix(wsgi_server):
+    srv = wsgi_server(builtin_prefix="/_fastc1k")
+    assert get(srv, "/_fastc1k/api/health")[2] == b'{"status":"ok"}'
+    assert b"fastc1k_requests_total" in get(srv, "/_fastc1k/metrics")[2]
+    assert get(srv, "/metrics")[2] == b"no such path\n"  # the app's, not ours
+    plain = wsgi_server()
+    assert get(plain, "/metrics")[0] == 404
+
+
+# --- Flask and Falcon ------------------------------------------------------------------------------
+def test_flask_app_end_to_end(wsgi_server, data_file, caplog):
+    srv = wsgi_server(wsgi_apps.make_flask(), validate=False)  # werkzeug reads as validate forbids
+    with H11(srv.address) as c:
+        assert c.request("GET", "/")[::2] == (200, b"flask hello")
+        status, h, body = c.request("GET", "/items/42?q=x")
+        assert status == 200 and h["content-type"] == "application/json" and json.loads(body) == {"id": 42, "q": "x"}
+        assert c.request("GET", "/nope")[0] == 404
+        assert c.request("DELETE", "/")[0] == 405
+        payload = json.dumps({"a": [1, 2, 3]}).encode()
+        status, _, body = c.request("POST", "/json", [("Content-Type", "application/json")], payload)
+        assert json.loads(body) == {"got": {"a": [1, 2, 3]}, "n": 1}
+        status, _, body = c.request("POST", "/form", [("Content-Type", "application/x-www-form-urlencoded")],
+                                    b"name=fast&n=1")
+        assert json.loads(body) == {"name": "fast", "n": "1"}
+        blob = os.urandom(100_000)
+        status, _, body = c.request("POST", "/upload", [("Content-Type", "application/octet-stream")], blob,
+                                    chunked=True)
+        assert json.loads(body) == {"len": len(blob), "md5": hashlib.md5(blob).hexdigest()}
+        status, h, body = c.request("GET", "/download")
+        assert status == 200 and body == data_file
+        status, h, body = c.request("GET", "/stream")
+        assert body == b"".join(b"line %d\n" % i for i in range(100)) and h["transfer-encoding"] == "chunked"
+        status, h, body = c.request("HEAD", "/")
+        assert (status, body, h["content-length"]) == (200, b"", "11")
+        caplog.set_level(logging.CRITICAL, logger="fastc1k_test_flask")
+        assert c.request("GET", "/boom")[0] == 500  # Flask's own 500 page
+        assert c.request("GET", "/")[2] == b"flask hello"
+
+
+def test_falcon_app_end_to_end(wsgi_server, data_file):
+    srv = wsgi_server(wsgi_apps.make_falcon(), validate=False)
+    with H11(srv.address) as c:
+        status, _, body = c.request("GET", "/things/x?q=1")
+        assert status == 200 and json.loads(body) == {"name": "x", "q": "1"}
+        status, _, body = c.request("POST", "/things/y", [("Content-Type", "application/json")], b'{"k": 2}')
+        assert status == 201 and json.loads(body) == {"name": "y", "got": {"k": 2}}
+        status, _, body = c.request("POST", "/things/z", [("Content-Type", "application/json")], b'{"k": 3}',
+                                    chunked=True)
+        assert status == 201 and json.loads(body) == {"name": "z", "got": {"k": 3}}
+        assert c.request("GET", "/stream")[2] == b"a" * 1000 + b"b" * 1000
+        assert c.request("GET", "/download")[2] == data_file
+        assert c.request("HEAD", "/things/x")[::2] == (200, b"")
+        assert c.request("GET", "/nowhere")[0] == 404
+        assert c.request("GET", "/boom")[0] == 500

@@ -1,0 +1,235 @@
+"""WSGI apps the tests serve: a plain PEP 3333 app (one path per behaviour), and Flask and
+Falcon example apps. Importable by path (`--wsgi wsgi_apps:plain`) for the CLI tests."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+CLOSED: list[str] = []   # paths whose iterable's close() was called (in-process servers)
+BIG = b"z" * 65536       # one block, yielded again and again: a stream that costs no memory
+
+
+class Closing:
+    """An iterable with close(): records that the server called it."""
+
+    def __init__(self, path: str, chunks, fail_at: int = -1) -> None:
+        self.path, self.chunks, self.fail_at = path, chunks, fail_at
+
+    def __iter__(self):
+        for i, c in enumerate(self.chunks):
+            if i == self.fail_at:
+                raise RuntimeError("stream failure (expected by the test)")
+            yield c
+
+    def close(self) -> None:
+        CLOSED.append(self.path)
+
+
+def _json(start_response, obj, status="200 OK"):
+    body = json.dumps(obj).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+ENV_KEYS = ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
+            "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT", "wsgi.version",
+            "wsgi.url_scheme", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
+            "wsgi.input_terminated")
+
+
+def plain(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/api/health":  # the test fixtures' liveness probe
+        return _json(start_response, {"status": "ok"})
+    if path == "/env":
+        out = {k: environ.get(k) for k in ENV_KEYS}
+        out["http"] = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
+        out["input"] = hasattr(environ["wsgi.input"], "read")
+        out["errors"] = hasattr(environ["wsgi.errors"], "write")
+        out["file_wrapper"] = callable(environ.get("wsgi.file_wrapper"))
+        return _json(start_response, out)
+    if path == "/echo":
+        cl = environ.get("CONTENT_LENGTH")
+        body = environ["wsgi.input"].read(int(cl) if cl else -1)  # validate wants one argument
+        return _json(start_response, {"len": len(body), "md5": hashlib.md5(body).hexdigest(),
+                                      "content_length": environ.get("CONTENT_LENGTH")})
+    if path == "/list":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello ", b"world"]
+    if path == "/gen":
+        return Closing(path, [b"one ", b"", b"two ", b"three"]) if _start(start_response) else None
+    if path == "/gen-fail":
+        return Closing(path, [b"first", b"second"], fail_at=1) if _start(start_response) else None
+    if path == "/gen-fail-early":
+        return Closing(path, [b"never"], fail_at=0) if _start(start_response) else None
+    if path == "/write":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written ")
+        return Closing(path, [b"then ", b"iterated"])
+    if path == "/exc-info":
+        try:
+            raise ValueError("before any body")
+        except ValueError:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"replaced"]
+    if path == "/exc-info-late":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"committed")
+        try:
+            raise ValueError("after the body began (expected by the test)")
+        except ValueError:
+            start_response("500 Oops", [], sys.exc_info())  # must re-raise
+        return [b"unreachable"]
+    if path == "/raise":
+        raise RuntimeError("app failure (expected by the test)")
+    if path.startswith("/bad/"):
+        bad = {
+            "non-latin1": ("200 OK", [("X-Name", "\u20ac")]),
+            "crlf": ("200 OK", [("X-Evil", "a\r\nInjected: 1")]),
+            "hop": ("200 OK", [("Connection", "close")]),
+            "te": ("200 OK", [("Transfer-Encoding", "chunked")]),
+            "status": ("200", []),
+            "status-digits": ("20 OK", []),
+            "not-tuple": ("200 OK", [["X-A", "b"]]),
+            "bytes-header": ("200 OK", [(b"X-A", "b")]),
+            "twice": None,
+        }[path[5:]]
+        if bad is None:
+            start_response("200 OK", [])
+            start_response("200 OK", [])
+        else:
+            start_response(*bad)
+        return [b"never sent"]
+    if path == "/str-body":
+        start_response("200 OK", [])
+        return ["not bytes"]
+    if path == "/no-start":
+        return [b"no start_response"]
+    if path == "/length":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return Closing(path, [b"12", b"345"])
+    if path == "/short":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+        return Closing(path, [b"12", b"345"])
+    if path == "/empty":
+        start_response("204 No Content", [])
+        return []
+    if path == "/file":
+        f = open(FILE_PATH, "rb")
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](f, 8192)
+    if path == "/big":
+        n = int(environ["QUERY_STRING"] or "1")
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(n * len(BIG)))])
+        return Closing(path, (BIG for _ in range(n)))
+    if path == "/unread":
+        return _json(start_response, {"read": False}, "401 Unauthorized")
+    if path == "/version":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [VERSION.encode()]
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"no such path\n"]
+
+
+def _start(start_response) -> bool:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return True
+
+
+FILE_PATH = os.environ.get("FASTC1K_TEST_FILE", "")
+VERSION = "v1"
+
+
+# --- Flask ------------------------------------------------------------------------------------
+def make_flask():
+    import flask
+
+    app = flask.Flask("fastc1k_test_flask")
+
+    @app.get("/")
+    def index():
+        return "flask hello"
+
+    @app.get("/items/<int:item>")
+    def item(item):
+        return flask.jsonify(id=item, q=flask.request.args.get("q"))
+
+    @app.post("/json")
+    def post_json():
+        data = flask.request.get_json()
+        return flask.jsonify(got=data, n=len(data))
+
+    @app.post("/form")
+    def form():
+        return flask.jsonify(dict(flask.request.form))
+
+    @app.post("/upload")
+    def upload():
+        body = flask.request.get_data()
+        return flask.jsonify(len=len(body), md5=hashlib.md5(body).hexdigest())
+
+    @app.get("/download")
+    def download():
+        return flask.send_file(FILE_PATH, mimetype="application/octet-stream")
+
+    @app.get("/stream")
+    def stream():
+        return flask.Response((b"line %d\n" % i for i in range(100)), mimetype="text/plain")
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("flask view failure (expected by the test)")
+
+    return app
+
+
+# --- Falcon -----------------------------------------------------------------------------------
+def make_falcon():
+    import falcon
+
+    class Things:
+        def on_get(self, req, resp, name):
+            resp.media = {"name": name, "q": req.get_param("q")}
+
+        on_head = on_get  # falcon does not map HEAD to GET itself
+
+        def on_post(self, req, resp, name):
+            resp.media = {"name": name, "got": req.get_media()}
+            resp.status = falcon.HTTP_201
+
+    class Stream:
+        def on_get(self, req, resp):
+            resp.content_type = "text/plain"
+            resp.stream = iter([b"a" * 1000, b"b" * 1000])
+
+    class Download:
+        def on_get(self, req, resp):
+            resp.content_type = "application/octet-stream"
+            resp.stream = open(FILE_PATH, "rb")
+
+    class Boom:
+        def on_get(self, req, resp):
+            raise RuntimeError("falcon resource failure (expected by the test)")
+
+    app = falcon.App()
+    app.add_route("/things/{name}", Things())
+    app.add_route("/stream", Stream())
+    app.add_route("/download", Download())
+    app.add_route("/boom", Boom())
+    return app
+
+
+_MADE: dict = {}
+
+
+def __getattr__(name):  # lazy: `--wsgi wsgi_apps:flask_app` imports Flask only then
+    makers = {"flask_app": make_flask, "falcon_app": make_falcon}
+    if name not in makers:
+        raise AttributeError(name)
+    if name not in _MADE:
+        _MADE[name] = makers[name]()
+    return _MADE[name]
