@@ -3,7 +3,7 @@
 Every ServerConfig field is a flag (`--max-body 1M`) and an environment variable
 (`FASTC1K_MAX_BODY=1M`), both derived from config.FIELDS; a flag beats the environment,
 which beats the default. Options that are not ServerConfig fields (`--engine`, `--app`,
-`--listen`, `--pin`, `--log-level`) have environment variables too.
+`--wsgi`, `--builtin-prefix`, `--listen`, `--pin`, `--log-level`) have environment variables too.
 
 Exit codes: 0 stopped by a signal; 1 an unexpected failure (or, for `stats`, the server
 could not be reached); 2 bad input - unknown flag, bad value, unknown engine, app that
@@ -29,14 +29,15 @@ from .config import FD_RESERVE, FIELDS, ConfigError, ServerConfig
 from .routes import Routes
 from .supervisor import LISTEN_MODES, ListenError, Supervisor
 
-__all__ = ["main", "build_parser", "load_app", "config_table", "readme_with_table", "parse_metrics", "stats_table",
+__all__ = ["main", "build_parser", "load_app", "load_wsgi", "config_table", "readme_with_table", "parse_metrics", "stats_table",
            "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
 PROG = "fastc1k.serve"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 ENV_PREFIX = "FASTC1K_"
 # CLI options that are not ServerConfig fields, and their environment variables.
-_EXTRA_ENV = {"engine": "FASTC1K_ENGINE", "app": "FASTC1K_APP", "listen": "FASTC1K_LISTEN",
+_EXTRA_ENV = {"engine": "FASTC1K_ENGINE", "app": "FASTC1K_APP", "wsgi": "FASTC1K_WSGI",
+              "builtin_prefix": "FASTC1K_BUILTIN_PREFIX", "listen": "FASTC1K_LISTEN",
               "pin": "FASTC1K_PIN", "log_level": "FASTC1K_LOG_LEVEL"}
 
 
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "`python -m fastc1k.serve stats --help` shows the live stats viewer.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Signals to the master: TERM/INT graceful stop (twice: immediate), QUIT immediate stop, "
-                       "HUP rolling reload (re-imports --app), TTIN/TTOU add/remove a worker.\n"
+                       "HUP rolling reload (re-imports --app or --wsgi), TTIN/TTOU add/remove a worker.\n"
                        "Exit codes: 0 stopped by a signal, 1 unexpected failure, 2 bad input "
                        "(flag, value, app, address in use, permission denied).")
     g = p.add_argument_group("server settings (ServerConfig; sizes take k/M/G, durations ms/s/m)")
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--app", metavar="MODULE:NAME", default=None,
                    help="routes to serve: a fastc1k.Routes object or a callable returning one "
                         "(NAME defaults to 'routes'); default: the built-in routes [env FASTC1K_APP]")
+    o.add_argument("--wsgi", metavar="MODULE:NAME", default=None,
+                   help="serve a WSGI (PEP 3333) app: every path no built-in route takes goes to it "
+                        "(NAME defaults to 'application') [env FASTC1K_WSGI]")
+    o.add_argument("--builtin-prefix", metavar="PATH", default=None,
+                   help="with --wsgi: serve /api/health, /api/data and /metrics under PATH (e.g. /_fastc1k); "
+                        "default: none, the app has every path [env FASTC1K_BUILTIN_PREFIX]")
     o.add_argument("--listen", choices=LISTEN_MODES, default=None,
                    help="reuseport: one SO_REUSEPORT socket per worker; shared: one socket for all; "
                         "auto: reuseport where available [default auto; env FASTC1K_LISTEN]")
@@ -135,12 +142,12 @@ def resolve_config(args: argparse.Namespace, env: dict | None = None) -> ServerC
         raise UsageError(f"{exc}" + (f" (from {source})" if source else "")) from None
 
 
-def load_app(spec: str, reload: bool = False) -> Routes:
-    """'module:name' -> the Routes it names (or that calling it returns). Errors: UsageError."""
+def _import_attr(spec: str, flag: str, default: str, reload: bool) -> Any:
+    """'module:name' -> the object it names (the module re-imported on reload). Errors: UsageError."""
     module_name, _, attr = spec.partition(":")
-    attr = attr or "routes"
+    attr = attr or default
     if not module_name or not re.fullmatch(r"[A-Za-z_][\w.]*", module_name) or not attr.isidentifier():
-        raise UsageError(f"--app must be MODULE:NAME (e.g. myapp:routes), got {spec!r}")
+        raise UsageError(f"{flag} must be MODULE:NAME (e.g. myapp:{default}), got {spec!r}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: apps in the current directory
     try:
@@ -157,9 +164,14 @@ def load_app(spec: str, reload: bool = False) -> Routes:
             where = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
         raise UsageError(f"cannot import app module {module_name!r}: {type(exc).__name__}: {exc}{where}") from None
     try:
-        obj = getattr(module, attr)
+        return getattr(module, attr)
     except AttributeError:
         raise UsageError(f"app module {module_name!r} has no attribute {attr!r}") from None
+
+
+def load_app(spec: str, reload: bool = False) -> Routes:
+    """'module:name' -> the Routes it names (or that calling it returns). Errors: UsageError."""
+    obj = _import_attr(spec, "--app", "routes", reload)
     if not isinstance(obj, Routes) and callable(obj):
         try:
             obj = obj()
@@ -169,6 +181,17 @@ def load_app(spec: str, reload: bool = False) -> Routes:
         raise UsageError(f"app {spec!r} must be a fastc1k.Routes or a callable returning one, "
                          f"got {type(obj).__name__}")
     return obj
+
+
+def load_wsgi(spec: str, builtin_prefix: str | None = None, reload: bool = False) -> Routes:
+    """'module:name' -> Routes serving the WSGI app it names. Errors: UsageError."""
+    app = _import_attr(spec, "--wsgi", "application", reload)
+    if not callable(app):
+        raise UsageError(f"WSGI app {spec!r} is not callable (got {type(app).__name__})")
+    try:
+        return Routes(wsgi=app, builtin_prefix=builtin_prefix)
+    except ValueError as exc:
+        raise UsageError(f"--builtin-prefix: {exc}") from None
 
 
 def config_table() -> str:
@@ -338,8 +361,18 @@ def serve_main(argv: Sequence[str]) -> int:
         except EngineError as exc:
             raise UsageError(str(exc)) from None
     app = args.app or env.get("FASTC1K_APP") or None
-    routes = load_app(app) if app else Routes()
-    reload_routes = (lambda: load_app(app, reload=True)) if app else None
+    wsgi = args.wsgi or env.get("FASTC1K_WSGI") or None
+    prefix = args.builtin_prefix or env.get("FASTC1K_BUILTIN_PREFIX") or None
+    if app and wsgi:
+        raise UsageError("--app and --wsgi are exclusive: serve a route table or a WSGI app")
+    if prefix and not wsgi:
+        raise UsageError("--builtin-prefix applies to --wsgi only")
+    if wsgi:
+        routes = load_wsgi(wsgi, prefix)
+        reload_routes = lambda: load_wsgi(wsgi, prefix, reload=True)  # noqa: E731
+    else:
+        routes = load_app(app) if app else Routes()
+        reload_routes = (lambda: load_app(app, reload=True)) if app else None
     if args.stats is not None and args.stats <= 0:
         raise UsageError(f"--stats must be > 0 seconds, got {args.stats:g}")
     sup = Supervisor(config, routes, None, listen=listen, pin=pin, reload_routes=reload_routes,
