@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from fastc1k.capacity.container import ContainerSpec
+from fastc1k.host.cgroup import Cgroup
 from fastc1k.capacity.podman import (IMAGE, PODMAN, PodmanServer, new_run_id, plan_limits, podman, remove_run,
                                      unavailable)
 
@@ -47,11 +48,6 @@ def run_id():
 def get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.status, r.read()
-
-
-def cgroup_file(server: PodmanServer, ctrl: str, name: str) -> str:
-    with open(f"{server._cg[ctrl]}/{name}") as f:
-        return f.read().strip()
 
 
 def test_image_serves_health_as_a_non_root_user_under_tini(run_id):
@@ -87,9 +83,7 @@ def test_limits_applied_and_read_from_the_containers_own_cgroup(run_id):
         assert s.applied == {"cpus": 0.5, "memory": 256 << 20, "nofile": 4096, "net.core.somaxconn": "8192"}
         assert s.refused == []
         assert s.url.startswith("http://127.0.0.1:") and get(s.url + "/api/health")[0] == 200
-        quota, period = (int(cgroup_file(s, "cpu", f)) for f in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
-        assert quota / period == 0.5
-        assert int(cgroup_file(s, "memory", "memory.limit_in_bytes")) == 256 << 20
+        assert s.cgroup.quota() == (0.5, 256 << 20)
         assert podman("exec", s.name, "cat", "/proc/sys/net/core/somaxconn").stdout.strip() == "8192"
         with open(f"/proc/{s.pid}/limits") as f:
             assert any(ln.startswith("Max open files") and ln.split()[3:5] == ["4096", "4096"] for ln in f)
@@ -219,10 +213,7 @@ def test_the_kubernetes_deployment_runs_under_podman_kube_play(tmp_path, run_id,
             assert time.monotonic() < deadline, (h, podman("logs", ctr).stderr)
             time.sleep(0.2)
         # the manifest's limits, in the container's cgroup and namespaces
-        cg = PodmanServer._cgroup_dirs(int(info["State"]["Pid"]))
-        quota = int(Path(cg["cpu"], "cpu.cfs_quota_us").read_text()) / int(Path(cg["cpu"], "cpu.cfs_period_us").read_text())
-        assert quota == 0.25
-        assert int(Path(cg["memory"], "memory.limit_in_bytes").read_text()) == 256 << 20
+        assert Cgroup.of_process(int(info["State"]["Pid"])).quota() == (0.25, 256 << 20)
         ex = podman("exec", ctr, "sh", "-c", "id -u; cat /proc/sys/net/core/somaxconn /proc/sys/net/ipv4/tcp_fin_timeout;"
                     " tr '\\0' ' ' </proc/1/cmdline; echo; touch /x 2>&1 || echo read-only")
         uid, somaxconn, fin, pid1, ro = ex.stdout.splitlines()[:5]
@@ -275,10 +266,7 @@ def test_docker_compose_runs_under_podman_compose(tmp_path, run_id, netns):
             assert time.monotonic() < deadline, (h, podman("logs", ctr).stderr)
             time.sleep(0.2)
         info = json.loads(podman("inspect", ctr).stdout)[0]
-        cg = PodmanServer._cgroup_dirs(int(info["State"]["Pid"]))
-        assert int(Path(cg["memory"], "memory.limit_in_bytes").read_text()) == 1 << 30
-        quota = int(Path(cg["cpu"], "cpu.cfs_quota_us").read_text()) / int(Path(cg["cpu"], "cpu.cfs_period_us").read_text())
-        assert quota == 2.0
+        assert Cgroup.of_process(int(info["State"]["Pid"])).quota() == (2.0, 1 << 30)
         ex = podman("exec", ctr, "sh", "-c", "cat /proc/sys/net/core/somaxconn /proc/sys/net/ipv4/tcp_fin_timeout;"
                     " ulimit -n; id -u")
         assert ex.stdout.split() == ["65535", "15", str(hard), "10001"]

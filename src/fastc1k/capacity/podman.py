@@ -22,7 +22,9 @@ import urllib.request
 import uuid
 from typing import Any
 
-from .container import ContainerSpec, read_nr_throttled
+from ..host import sysctl
+from ..host.cgroup import Cgroup
+from .container import ContainerSpec
 
 __all__ = ["PODMAN", "IMAGE", "CONTAINER_PORT", "NETWORKS", "PodmanServer", "PodmanError", "unavailable",
            "plan_limits", "new_run_id", "remove_run", "conntrack_for_run"]
@@ -33,7 +35,6 @@ CONTAINER_PORT = 8080          # the image's EXPOSE and CMD
 NPROC = 1000                   # podman's default nproc rlimit fails here too: given explicitly
 LABEL = "fastc1k.run"
 NETWORKS = ("publish", "host")   # -p 127.0.0.1::8080 (bridge + DNAT + conntrack) or --network host
-CGROUP_V1 = "/sys/fs/cgroup"
 
 
 class PodmanError(RuntimeError):
@@ -74,22 +75,6 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _namespaced(key: str) -> bool:
-    """Whether a net.* sysctl exists in a fresh network namespace (only those can be
-    given to a container); asked of the kernel, not of a list."""
-    r = subprocess.run(["unshare", "--net", "test", "-e", "/proc/sys/" + key.replace(".", "/")],
-                       capture_output=True)
-    return r.returncode == 0
-
-
-def _host_sysctl(key: str) -> str:
-    try:
-        with open("/proc/sys/" + key.replace(".", "/")) as f:
-            return " ".join(f.read().split())
-    except OSError:
-        return "?"
-
-
 def plan_limits(spec: ContainerSpec, network: str) -> tuple[list[str], dict[str, Any], list[str]]:
     """(podman run flags, the limits applied, one line per limit refused). A refused
     limit is replaced by the host's maximum (nofile, cpus) or left out (a sysctl)."""
@@ -119,9 +104,9 @@ def plan_limits(spec: ContainerSpec, network: str) -> tuple[list[str], dict[str,
     for key, value in spec.sysctls.items():
         if network == "host":
             refused.append(f"{key}={value} refused with --network host (the host's namespace): the host's "
-                           f"{_host_sysctl(key)} applies")
-        elif not _namespaced(key):
-            refused.append(f"{key}={value} refused: not namespaced, the host's value {_host_sysctl(key)} applies "
+                           f"{sysctl.read(key)} applies")
+        elif not sysctl.namespaced(key):
+            refused.append(f"{key}={value} refused: not namespaced, the host's value {sysctl.read(key)} applies "
                            f"(set it on the host: sysctl/apply.sh)")
         else:
             flags += ["--sysctl", f"{key}={value}"]
@@ -164,7 +149,7 @@ class PodmanServer:
         self.cpu_quota: float | None = self.applied.get("cpus")
         self.memory_limit: int | None = self.applied.get("memory")
         self.final: dict[str, Any] = {}
-        self._cg: dict[str, str] = {}
+        self.cgroup: Cgroup | None = None
         self._dir = ""
 
     def start(self) -> "PodmanServer":
@@ -183,7 +168,7 @@ class PodmanServer:
             info = json.loads(podman("inspect", self.name).stdout)[0]
             self.image_id = info["Image"]
             self.pid = int(info["State"]["Pid"])
-            self._cg = self._cgroup_dirs(self.pid)
+            self.cgroup = Cgroup.of_process(self.pid)
             if self.network == "host":
                 self.url = f"http://127.0.0.1:{self.port}"
             else:
@@ -210,20 +195,6 @@ class PodmanServer:
             time.sleep(0.1)
         raise PodmanError(f"the server in {self.name} did not answer /api/health: {self.logs().strip()[-300:] or 'no output'}")
 
-    @staticmethod
-    def _cgroup_dirs(pid: int) -> dict[str, str]:
-        """controller -> the container's cgroup directory (v1: one per controller)."""
-        out = {}
-        with open(f"/proc/{pid}/cgroup") as f:
-            for line in f:
-                _, ctrls, path = line.rstrip("\n").split(":", 2)
-                for c in ctrls.split(","):
-                    if c in ("cpu", "cpuacct", "memory"):
-                        out[c] = f"{CGROUP_V1}/{c}{path}"
-                    elif c == "" and os.path.exists(f"{CGROUP_V1}/cgroup.controllers"):   # pure v2
-                        out = {k: f"{CGROUP_V1}{path}" for k in ("cpu", "cpuacct", "memory", "v2")}
-        return out
-
     def logs(self) -> str:
         r = podman("logs", self.name, timeout=10)
         return r.stdout + r.stderr
@@ -233,51 +204,26 @@ class PodmanServer:
         return r.returncode == 0 and r.stdout.strip() == "true"
 
     # -- the container's own cgroup -------------------------------------------------------------
-    def _read(self, ctrl: str, v1: str, v2: str) -> str | None:
-        d = self._cg.get(ctrl)
-        if not d:
-            return None
-        try:
-            with open(f"{d}/{v2 if 'v2' in self._cg else v1}") as f:
-                return f.read()
-        except OSError:
-            return None
-
     def memory_used(self) -> int | None:
-        v = self._read("memory", "memory.usage_in_bytes", "memory.current")
-        return int(v) if v else None
+        return self.cgroup.memory_used() if self.cgroup else None
 
     def throttled(self) -> int | None:
-        d = self._cg.get("cpu")
-        return read_nr_throttled(f"{d}/cpu.stat") if d else None
+        return self.cgroup.throttled() if self.cgroup else None
 
     def cpu_seconds(self) -> float | None:
         """CPU time of everything in the container (the cgroup's own account)."""
-        if "v2" in self._cg:
-            v = self._read("cpu", "", "cpu.stat")
-            return int(v.split("usage_usec")[1].split()[0]) / 1e6 if v else None
-        v = self._read("cpuacct", "cpuacct.usage", "")
-        return int(v) / 1e9 if v else None
+        return self.cgroup.cpu_seconds() if self.cgroup else None
 
     def oom_kills(self) -> int | None:
-        """Processes the kernel killed at the memory limit (memory.oom_control's oom_kill;
-        v2: memory.events' oom_kill)."""
-        v = self._read("memory", "memory.oom_control", "memory.events")
-        if not v:
-            return None
-        for line in v.splitlines():
-            k, _, n = line.partition(" ")
-            if k == "oom_kill":
-                return int(n)
-        return None
+        """Processes the kernel killed at the container's memory limit."""
+        return self.cgroup.oom_kills() if self.cgroup else None
 
     def fds(self) -> int | None:
         """Open fds of all the container's processes."""
-        procs = self._read("memory", "cgroup.procs", "cgroup.procs")
-        if procs is None:
+        if not self.cgroup:
             return None
         n = 0
-        for pid in procs.split():
+        for pid in self.cgroup.pids():
             try:
                 n += len(os.listdir(f"/proc/{pid}/fd"))
             except OSError:
@@ -318,7 +264,7 @@ def remove_run(run_id: str) -> list[str]:
     return left
 
 
-CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+CONNTRACK_MAX = "net.netfilter.nf_conntrack_max"
 
 
 class conntrack_for_run:
@@ -334,35 +280,29 @@ class conntrack_for_run:
         self.how = ""
 
     def __enter__(self) -> "conntrack_for_run":
-        try:
-            with open(CONNTRACK_MAX) as f:
-                self.old = int(f.read())
-        except (OSError, ValueError):
+        self.old = sysctl.read_int(CONNTRACK_MAX)
+        if self.old is None:
             self.how = "conntrack: no nf_conntrack_max on this host (the module is not loaded)"
-            return self
-        if self.old >= self.need:
+        elif self.old >= self.need:
             self.how = f"conntrack: nf_conntrack_max {self.old} already covers {self.need} connections"
-            return self
-        try:
-            with open(CONNTRACK_MAX, "w") as f:
-                f.write(str(self.need))
-            self.set_to = self.need
-            self.how = f"conntrack: nf_conntrack_max raised {self.old} -> {self.need} for the run, then restored"
-        except OSError as exc:
-            self.how = (f"conntrack: nf_conntrack_max {self.old} could not be raised ({exc.strerror}): "
-                        f"past {self.old} tracked connections SYNs are dropped")
+        else:
+            try:
+                sysctl.write(CONNTRACK_MAX, str(self.need))
+                self.set_to = self.need
+                self.how = f"conntrack: nf_conntrack_max raised {self.old} -> {self.need} for the run, then restored"
+            except OSError as exc:
+                self.how = (f"conntrack: nf_conntrack_max {self.old} could not be raised ({exc.strerror or exc}): "
+                            f"past {self.old} tracked connections SYNs are dropped")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.set_to is None:
             return
-        try:
-            with open(CONNTRACK_MAX) as f:
-                now = int(f.read())
-            if now == self.set_to:
-                with open(CONNTRACK_MAX, "w") as f:
-                    f.write(str(self.old))
-            else:
-                self.how += f" (not restored: someone set it to {now} meanwhile)"
-        except (OSError, ValueError):
-            pass
+        now = sysctl.read_int(CONNTRACK_MAX)
+        if now == self.set_to:
+            try:
+                sysctl.write(CONNTRACK_MAX, str(self.old))
+            except OSError:
+                self.how += " (could not be restored)"
+        else:
+            self.how += f" (not restored: someone set it to {now} meanwhile)"

@@ -122,6 +122,17 @@ class Cgroup:
             raise
         return cg
 
+    @classmethod
+    def of_process(cls, pid: int, root: str = ROOT) -> "Cgroup":
+        """The group another process is in (a container's, made by its runtime), to read:
+        `remove` leaves it alone (nothing of it is in `dirs`)."""
+        cg = cls(f"pid-{pid}", root)
+        for c in ("cpu", "cpuacct", "memory"):
+            path = own_path(None if cg.version == "v2" else c, f"/proc/{pid}/cgroup")
+            if path is not None:
+                cg._dir[c] = root + path.rstrip("/") if cg.version == "v2" else f"{root}/{c}{path.rstrip('/')}"
+        return cg
+
     def _mk(self, d: str) -> str:
         os.makedirs(d, exist_ok=True)
         self.dirs.append(d)
@@ -210,6 +221,32 @@ class Cgroup:
     def oom_kills(self) -> int | None:
         """Processes the memory limit's OOM killer killed in the group."""
         return _field(_read(self._file("memory", "memory.oom_control", "memory.events")), "oom_kill")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of every process the group has held (cpuacct.usage; v2: cpu.stat usage_usec)."""
+        if self.version == "v2":
+            us = _field(_read(self._file("cpu", "", "cpu.stat")), "usage_usec")
+            return None if us is None else us / 1e6
+        t = _read(self._file("cpuacct", "cpuacct.usage", ""))
+        return int(t) / 1e9 if t and t.strip().isdigit() else None
+
+    def quota(self) -> tuple[float | None, int | None]:
+        """(CPU quota in cores, memory limit in bytes) as the group has them; None: none."""
+        if self.version == "v2":
+            q, _, per = (_read(self._file("cpu", "", "cpu.max")) or "max").partition(" ")
+            cpus = int(q) / int(per) if q.strip().isdigit() and per.strip().isdigit() else None
+            m = (_read(self._file("memory", "", "memory.max")) or "max").strip()
+            return cpus, int(m) if m.isdigit() else None
+        q, per = (_read(self._file("cpu", f, "")) for f in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        cpus = int(q) / int(per) if q and per and int(q) > 0 else None
+        m = _read(self._file("memory", "memory.limit_in_bytes", ""))
+        return cpus, int(m) if m and int(m) < UNLIMITED else None
+
+    def pids(self) -> list[int]:
+        """The processes in the group now."""
+        t = _read(self._file("memory", "cgroup.procs", "cgroup.procs")) or \
+            _read(self._file("cpu", "cgroup.procs", "cgroup.procs")) or ""
+        return [int(x) for x in t.split()]
 
     def remove(self, tries: int = 50) -> list[str]:
         """Thaw, then rmdir each directory (retried while the kernel finishes reaping the

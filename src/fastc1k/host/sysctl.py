@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-__all__ = ["read", "read_int", "write", "apply", "apply_in", "host_values", "port_range", "DEFAULT_PORT_RANGE", "INHERITED"]
+__all__ = ["read", "read_int", "write", "apply", "apply_in", "host_values", "port_range", "namespaced",
+           "DEFAULT_PORT_RANGE", "INHERITED"]
 
 DEFAULT_PORT_RANGE = (32768, 60999)
 # Per-namespace TCP settings a tuned host may have changed: a new namespace starts from
@@ -91,3 +92,9 @@ def apply_in(netns: str, values: dict[str, str], quiet: tuple[str, ...] = ()) ->
         if r.returncode != 0 and k not in quiet:
             notes.append(f"sysctl {k}={v} not set in {netns}: {r.stderr.strip()}")
     return notes
+
+
+def namespaced(key: str) -> bool:
+    """Whether a net.* sysctl exists in a fresh network namespace (only those can be set
+    for a container); asked of the kernel, not of a list."""
+    return subprocess.run(["unshare", "--net", "test", "-e", _path(key)], capture_output=True).returncode == 0
