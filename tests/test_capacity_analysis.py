@@ -99,6 +99,9 @@ def samples(n=25, **over):
     ({"rss": lambda i: (95 << 20) if i >= 7 else (10 << 20)}, "memory", 350),
     ({"listen_overflows": lambda i: 3 if i >= 9 else 0}, "listen_overflows", 450),
     ({"cgroup_memory": lambda i: (92 << 20) if i >= 6 else (20 << 20)}, "memory", 300),
+    # the kernel killed a worker at the limit: that failure, not the memory that led to it
+    ({"cgroup_memory": lambda i: (92 << 20) if i >= 6 else (20 << 20), "oom_kills": lambda i: int(i >= 6)},
+     "oom_kill", 300),
 ])
 def test_first_bottleneck(over, name, clients):
     b = A.first_bottleneck(samples(**over), TH)

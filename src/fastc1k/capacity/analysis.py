@@ -268,7 +268,7 @@ def first_bottleneck(samples: Sequence[Mapping[str, Any]], th: Thresholds) -> di
 
     A sample is a dict with t, clients, and (each optional) cpu_used, cpu_wait (cores
     queued for a CPU) / cpu_allowed (cores), rss / mem_limit (bytes), fds / fd_limit (per process: the fullest one), and
-    listen_overflows (cumulative since the run started). CPU must stay over its threshold
+    listen_overflows (cumulative since the run started), oom_kills (since the start). CPU must stay over its threshold
     for two consecutive (averaged) samples: one 100 ms sample can be a scheduling artefact."""
     hot_cpu = 0
     hot_start: Mapping[str, Any] = {}
@@ -303,6 +303,10 @@ def first_bottleneck(samples: Sequence[Mapping[str, Any]], th: Thresholds) -> di
             what = "cgroup memory (RSS, page cache, kernel)" if cg is not None and cg >= (rss or 0) else "server RSS"
             hit.append(("memory", f"{what} {mem / 2**20:.1f} MiB of {lim / 2**20:.1f} MiB limit "
                                   f"({mem / lim:.0%} >= {th.memory:.0%})"))
+        if s.get("oom_kills"):   # past the limit, not near it: the kernel killed a process
+            hit.append(("oom_kill", f"OOM kill: the kernel killed {s['oom_kills']} process(es) at the memory limit"
+                                    + (f" of {lim / 2**20:.0f} MiB" if lim else "")
+                                    + f" (the cgroup's oom_kill count: {s['oom_kills']})"))
         fds, fl = s.get("fds"), s.get("fd_limit")
         if fds is not None and fl and fds >= th.fds * fl:
             hit.append(("fds", f"server process holds {fds} fds of its limit {fl} ({fds / fl:.0%} >= {th.fds:.0%})"))
@@ -321,6 +325,8 @@ def first_bottleneck(samples: Sequence[Mapping[str, Any]], th: Thresholds) -> di
 
 
 def _pressure(name: str, s: Mapping[str, Any]) -> float:
+    if name == "oom_kill":
+        return 2.0
     if name == "cpu":
         return 1.0
     if name == "memory":

@@ -83,12 +83,15 @@ class Monitor:
         self._threads: list[threading.Thread] = []
         self.base_netstat = proc.netstat()
         self.notes: list[str] = []
+        self._base_ooms = 0
         self.own_netns = False    # set by the runner: the kernel counters are then the run's alone
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Monitor":
         self.t0 = time.monotonic()
         self.base_netstat = proc.netstat()
+        ooms = getattr(self.container, "oom_kills", None)
+        self._base_ooms = (ooms() if ooms else None) or 0
         self._threads = [threading.Thread(target=self._loop, name="capacity-monitor", daemon=True)]
         if self.metrics_url:
             self._threads.append(threading.Thread(target=self._metrics_loop, name="capacity-metrics", daemon=True))
@@ -204,6 +207,14 @@ class Monitor:
             t = thr()
             if t is not None:
                 s["cpu_throttled"] = t
+        ooms = getattr(self.container, "oom_kills", None)
+        if ooms is not None:
+            n = ooms()
+            if n is not None:   # processes the memory limit's OOM killer took since the start
+                s["oom_kills"] = n - self._base_ooms
+        # the whole host's busy CPU seconds (cumulative): with the requests served, what a
+        # request costs the machine, the load generator and the kernel's packet path included
+        s["host_busy_s"] = round(proc.host_busy_seconds()[0], 3)
         if self._latest_metrics:
             s["server"] = dict(self._latest_metrics)
         return s
