@@ -198,8 +198,7 @@ def _machine_touches(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 # Not yet moved onto the host layer, with the reason (empty when done).
-PENDING = {"src/fastc1k/capacity/kernel_lb.py": "the kernel balancer (issue 15) was landed while the host layer "
-           "was; it moves to host.net (enter, in_netns, netns_names, ip(netns=...)) next"}
+PENDING: dict[str, str] = {}
 
 
 def test_nothing_outside_the_host_layer_touches_cgroups_or_runs_ip():

@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 
 from fastc1k.capacity import kernel_lb as K
+from fastc1k.host import net
 from fastc1k.capacity.health import HealthChecker, ProbeSpec, probe_once
 from fastc1k.serve import parse_metrics
 
@@ -83,7 +84,7 @@ def test_probe_fails_on_refused_and_on_silence():
 def test_sweep_removes_only_dead_runs_of_its_own_prefix(monkeypatch):
     names = ["fc1k-kbal-111-1-node", "fc1k-kbal-222-1-r0", "fc1k-other-111-1-node", "fc1k-kbal-x-node"]
     tables = "table ip nat\ntable ip fc1k_kbal_111_1\ntable ip fc1k_kbal_222_1\ntable ip fc1k_other_111_1\n"
-    monkeypatch.setattr(K, "_netns_list", lambda: names)
+    monkeypatch.setattr(net, "netns_names", lambda: names)
     deleted = []
 
     def run(argv, **kw):
@@ -91,7 +92,7 @@ def test_sweep_removes_only_dead_runs_of_its_own_prefix(monkeypatch):
         return subprocess.CompletedProcess(argv, 0, tables if argv[:3] == ["nft", "list", "tables"] else "", "")
     monkeypatch.setattr(K.subprocess, "run", run)
     assert K.sweep(alive=lambda pid: pid == 222) == ["fc1k-kbal-111-1-node", "fc1k_kbal_111_1"]
-    assert deleted == ["fc1k-kbal-111-1-node", "ip", "fc1k_kbal_111_1"]
+    assert deleted == ["fc1k-kbal-111-1-node", "ip", "fc1k_kbal_111_1"]   # ip netns del; nft list; nft delete
 
 
 # --------------------------------------------------------------------------- with root
@@ -100,31 +101,33 @@ def _metrics(ns: str, ip: str) -> dict[str, float]:
     def get() -> str:
         with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=3) as r:
             return r.read().decode()
-    return parse_metrics(K.in_netns(ns, get))["total"]
+    return parse_metrics(net.in_netns(ns, get))["total"]
 
 
 class _Service:
     """A node, n replicas (fastc1k.serve in their namespaces) and the balancer's rules."""
 
-    def __init__(self, n: int, pick: str = "inc") -> None:
+    def __init__(self, n: int, pick: str | None = "inc") -> None:
         self.net = K.ServiceNet().setup()
         self.procs: list[subprocess.Popen] = []
         self.eps, self.ns = [], []
         try:
             for i in range(n):
-                ns, ip = self.net.attach(i)
+                assert self.net.attach(i, {"net.core.somaxconn": "4096"}) == []
+                ns, ip = self.net.replica_ns_name(i), self.net.replica_ip(i)
                 self.ns.append(ns)
                 self.eps.append(K.Endpoint(f"r{i}", ip, 8080))
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "fastc1k.serve", "--host", ip, "--port", "8080", "--workers", "1",
                      "--log-level", "warning"], env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.DEVNULL,
-                    preexec_fn=lambda ns=ns: K.enter_netns(ns), start_new_session=True))
+                    preexec_fn=lambda ns=ns: net.enter(ns), start_new_session=True))
             for ns, ep in zip(self.ns, self.eps):
                 deadline = time.monotonic() + 20
-                while K.in_netns(self.net.node, lambda ep=ep: probe_once(ep.ip, ep.port, "/api/health", 1)):
+                while net.in_netns(self.net.node, lambda ep=ep: probe_once(ep.ip, ep.port, "/api/health", 1)):
                     assert time.monotonic() < deadline, f"{ep.name} did not start"
                     time.sleep(0.1)
-            self.lb = K.KernelBalancer(self.net, self.eps, pick).start()
+            if pick:
+                self.lb = K.KernelBalancer(self.net, self.eps, pick).start()
         except BaseException:
             self.close()
             raise
@@ -186,7 +189,7 @@ def test_two_replicas_share_the_connections_then_a_silent_one_leaves_the_rules_a
             hc.stop()
     finally:
         assert svc.close() == []
-    assert not [ns for ns in K._netns_list() if ns.startswith(node.rsplit("-", 1)[0])]
+    assert not [ns for ns in net.netns_names() if ns.startswith(node.rsplit("-", 1)[0])]
     assert subprocess.run(["ip", "link", "show", host_if], capture_output=True).returncode != 0
     assert table not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
 
@@ -211,20 +214,48 @@ def test_sigterm_tears_the_namespaces_down():
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": SRC})
     node = p.stdout.readline().strip()
-    assert node in K._netns_list()
+    assert node in net.netns_names()
     p.send_signal(signal.SIGTERM)
     assert p.wait(10) == 143
     run = node.rsplit("-", 1)[0]
-    assert not [ns for ns in K._netns_list() if ns.startswith(run)]
+    assert not [ns for ns in net.netns_names() if ns.startswith(run)]
 
 
-def test_perf_samples_are_counted_per_window_as_idle_busy_or_netfilter():
+def test_perf_samples_are_counted_per_window_and_netfilter_by_whose_task():
     from fastc1k.capacity.kcpu import count_samples
-    script = ("       0   10.100000:  ffffffff821f4dab pv_native_safe_halt\n"
-              "    4242   10.200000:  ffffffff81a0 __nf_conntrack_find_get\n"
-              "    4242   10.300000:  ffffffff81a1 nft_do_chain\n"
-              "    4242   10.400000:  ffffffff81a2 tcp_ack\n"
-              "    4242   11.500000:  ffffffff81a3 nf_nat_ipv4_manip_pkt\n"
-              "    4242   12.500000:  7f00 _PyEval_EvalFrameDefault\n")
-    got = count_samples(script, {"a": (10.0, 11.0), "b": (11.0, 12.0)})
-    assert got == {"a": {"idle": 1, "busy": 1, "netfilter": 2}, "b": {"idle": 0, "busy": 0, "netfilter": 1}}
+    script = ("         swapper     0/0     10.100000:  ffffffff821f4dab pv_native_safe_halt\n"
+              "          python  4242/4243  10.200000:  ffffffff81a0 __nf_conntrack_find_get\n"
+              "          python  4242/4242  10.300000:  ffffffff81a1 nft_do_chain\n"
+              "     ksoftirqd/1    22/22    10.350000:  ffffffff81a1 nf_conntrack_in\n"
+              "  dask worker [n   777/777   10.380000:  ffffffff81a1 nf_conntrack_in\n"
+              "          python  4242/4242  10.400000:  ffffffff81a2 tcp_ack\n"
+              "          python  4242/4242  11.500000:  ffffffff81a3 nf_nat_ipv4_manip_pkt\n"
+              "          python  4242/4242  12.500000:  7f00 _PyEval_EvalFrameDefault\n")
+    got = count_samples(script, {"a": (10.0, 11.0), "b": (11.0, 12.0)}, mine={4242})
+    assert got["a"] == {"all": 6, "idle": 1, "nf_mine": 2, "nf_softirqd": 1, "nf_others": 1}
+    assert got["b"] == {"all": 1, "idle": 0, "nf_mine": 1, "nf_softirqd": 0, "nf_others": 0}
+
+
+@needs_root
+def test_kernel_service_reports_endpoints_like_a_balancer_and_takes_back_what_it_set():
+    from fastc1k.capacity.kservice import KernelService
+    svc = _Service(2, pick=None)
+    before = K._read_int(K.CONNTRACK_MAX)
+    ks = KernelService(svc.net, svc.eps, "random", ProbeSpec(), conntrack_max=before + 7).start()
+    try:
+        assert ks.wait_healthy(5) and K._read_int(K.CONNTRACK_MAX) == before + 7
+        assert len(_through_service(ks.url, 8)) == 8
+        sv = ks.servers()
+        assert {k: v["status"] for k, v in sv.items()} == {"r0": "UP", "r1": "UP"}
+        assert sum(v["requests"] for v in sv.values()) == 8   # connections, counted by the rules
+        os.killpg(svc.procs[0].pid, signal.SIGKILL)
+        t = time.monotonic()
+        while ks.servers()["r0"]["status"] != "DOWN" and time.monotonic() - t < 3:
+            time.sleep(0.02)
+        assert ks.servers()["r0"]["status"] == "DOWN" and time.monotonic() - t < ProbeSpec().worst_removal_s() + 0.5
+        w = ks.sampler.window(t - 5, time.monotonic())
+        assert w and w["peak"] >= 1 and w["max"] == before + 7 and w["drops"] == 0
+    finally:
+        ks.stop()
+        svc.close()
+    assert K._read_int(K.CONNTRACK_MAX) == before and not ks.notes

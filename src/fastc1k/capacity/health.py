@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .kernel_lb import Endpoint, enter_netns
+from ..host import net
+from .kernel_lb import Endpoint
 
 __all__ = ["ProbeSpec", "HealthChecker", "probe_once"]
 
@@ -138,7 +139,7 @@ class HealthChecker:
     def _loop(self, ep: Endpoint) -> None:
         try:
             if self.netns:
-                enter_netns(self.netns)   # this thread only
+                net.enter(self.netns)   # this thread only
         except OSError as exc:
             self.errors.append(f"{ep.name}: {exc}")
             return

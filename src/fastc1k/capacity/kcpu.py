@@ -1,16 +1,23 @@
 """The kernel balancer's CPU: no process to read it from, so it is sampled.
 
 The Service's work (rule evaluation, DNAT, conntrack lookups and confirmations) runs in
-softirq context, in whatever task the packet interrupts; this kernel is built without
-IRQ_TIME_ACCOUNTING, so /proc/stat's softirq column is itself tick-sampled and every
-softirq tick is also charged to the interrupted task (a replica, the load generator).
-So: `perf record -a -e cpu-clock` samples every CPU at `freq` Hz, and the samples whose
-kernel symbol is netfilter code (nf_*, nft_*, the conntrack and NAT helpers) are the
-balancer's CPU: samples / freq seconds. Two things keep that figure the balancer's own:
-the host namespace does not track the run's client connections (kernel_lb's notrack
-table, so the only conntrack on the run's packets is the node's), and the netfilter rate
-of other processes' traffic, measured in a quiet window before the load, is subtracted.
-What remains is stated with its sampling error (one sample is 1/freq s).
+softirq context; this kernel is built without IRQ_TIME_ACCOUNTING, so /proc/stat's
+softirq column is itself tick-sampled and each softirq tick is also charged to the task
+it interrupted. So: `perf record -a -e cpu-clock` samples every CPU at `freq` Hz, and a
+sample whose kernel symbol is netfilter code (nf_*, nft_*, the conntrack and NAT
+helpers) counts `1/freq` s of netfilter CPU.
+
+Whose? On this shared host every loopback connection of every process is conntracked
+too (any NAT rule in the host namespace, e.g. podman's, turns conntrack on there), so
+netfilter samples are attributed by the task they landed in. Veth and loopback packets
+are processed in softirqs raised and run by the task that sent them (on its way out of
+the send), so the node's work on the run's packets lands in the run's own processes: the
+load generator (requests) and the replicas (replies). Those samples are the balancer's;
+samples in ksoftirqd (softirqs deferred under load, anyone's) are shared out in the
+proportion of the attributed ones; the rest are other processes' traffic, reported
+beside it. The host does not conntrack the run's client connections (kernel_lb's notrack
+table), so the run's netfilter samples are the node's work. One sample is 1/freq s:
+the error is about sqrt(samples)/freq.
 """
 from __future__ import annotations
 
@@ -20,36 +27,72 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from typing import Any
+import threading
+from typing import Any, Callable, Iterable
 
-__all__ = ["NETFILTER", "NetfilterProfile", "classify", "count_samples"]
+__all__ = ["NETFILTER", "NetfilterProfile", "PidTracker", "count_samples"]
 
 NETFILTER = re.compile(r"^(__)?(nf_|nft_|nf_ct_|ipv4_conntrack|ipv4_confirm|hash_conntrack|tcp_in_window|"
                        r"ctnetlink|nat_)")
-_LINE = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+[0-9a-f]+\s+(\S+)")
+_LINE = re.compile(r"^\s*(.*?)\s+(\d+)/(\d+)\s+(\d+\.\d+):\s+[0-9a-f]+\s+(\S+)")
 
 
-def classify(tid: int, sym: str) -> str:
-    if tid == 0:
-        return "idle"
-    return "netfilter" if NETFILTER.match(sym) else "busy"
-
-
-def count_samples(script: str, windows: dict[str, tuple[float, float]]) -> dict[str, dict[str, int]]:
-    """`perf script -F tid,time,ip,sym` text -> per window {idle, busy, netfilter} sample
-    counts (busy excludes netfilter)."""
-    out = {name: {"idle": 0, "busy": 0, "netfilter": 0} for name in windows}
+def count_samples(script: str, windows: dict[str, tuple[float, float]], mine: Iterable[int]
+                  ) -> dict[str, dict[str, int]]:
+    """`perf script -F comm,pid,tid,time,ip,sym` text -> per window sample counts: all,
+    idle, and netfilter split by whose task it landed in (mine: pids of the run;
+    softirqd: ksoftirqd; others)."""
+    own = set(mine)
+    keys = ("all", "idle", "nf_mine", "nf_softirqd", "nf_others")
+    out = {name: dict.fromkeys(keys, 0) for name in windows}
     spans = sorted(windows.items(), key=lambda kv: kv[1][0])
     for line in script.splitlines():
         m = _LINE.match(line)
         if not m:
             continue
-        t = float(m.group(2))
-        kind = classify(int(m.group(1)), m.group(3))
+        comm, pid, t, sym = m.group(1), int(m.group(2)), float(m.group(4)), m.group(5)
         for name, (a, b) in spans:
-            if a <= t < b:
-                out[name][kind] += 1
+            if not a <= t < b:
+                continue
+            c = out[name]
+            c["all"] += 1
+            if pid == 0:
+                c["idle"] += 1
+            elif NETFILTER.match(sym):
+                c["nf_mine" if pid in own else "nf_softirqd" if comm.startswith("ksoftirqd") else "nf_others"] += 1
     return out
+
+
+class PidTracker:
+    """Every pid of the run (this process and its descendants) seen while it runs: the
+    load generator's processes come and go with the stages."""
+
+    def __init__(self, interval: float = 0.2, extra: Callable[[], Iterable[int]] | None = None) -> None:
+        self.pids: set[int] = {os.getpid()}
+        self.interval, self.extra = interval, extra
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, name="pid-tracker", daemon=True)
+
+    def start(self) -> "PidTracker":
+        self._t.start()
+        return self
+
+    def _loop(self) -> None:
+        import psutil
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                self.pids.update(p.pid for p in me.children(recursive=True))
+                if self.extra:
+                    self.pids.update(self.extra())
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval)
+
+    def stop(self) -> set[int]:
+        self._stop.set()
+        self._t.join(2)
+        return set(self.pids)
 
 
 class NetfilterProfile:
@@ -88,33 +131,28 @@ class NetfilterProfile:
             self.proc.stderr.close()
         self.proc = None
 
-    def windows(self, windows: dict[str, tuple[float, float]], baseline: str | None = None
-                ) -> dict[str, dict[str, Any]]:
-        """Per window: netfilter CPU seconds (less the baseline window's rate, when named)
-        and the sampling error; empty with `why_not` set when perf did not run."""
+    def windows(self, windows: dict[str, tuple[float, float]], mine: Iterable[int]) -> dict[str, dict[str, Any]]:
+        """Per window: the run's netfilter CPU seconds (its own tasks' samples, plus its
+        share of ksoftirqd's), others' netfilter CPU, the sampling error; empty with
+        `why_not` set when perf did not run."""
         if self.why_not:
             return {}
-        r = subprocess.run([self.perf, "script", "-i", self.data, "-F", "tid,time,ip,sym"],
+        r = subprocess.run([self.perf, "script", "-i", self.data, "-F", "comm,pid,tid,time,ip,sym"],
                            capture_output=True, text=True)
         if r.returncode != 0:
             self.why_not = f"perf script failed: {r.stderr.strip()[-300:]}"
             return {}
-        counts = count_samples(r.stdout, windows)
-        base_rate = 0.0
-        if baseline and baseline in windows:
-            a, b = windows[baseline]
-            base_rate = counts[baseline]["netfilter"] / self.freq / max(1e-9, b - a)
         out = {}
-        for name, (a, b) in windows.items():
-            c = counts[name]
-            raw = c["netfilter"] / self.freq
-            out[name] = {"samples": sum(c.values()), "netfilter_samples": c["netfilter"],
-                         "netfilter_cpu_s": round(raw, 4),
-                         "others_cpu_s": round(base_rate * (b - a), 4) if name != baseline else None,
-                         "balancer_cpu_s": round(max(0.0, raw - base_rate * (b - a)), 4) if name != baseline
-                         else None,
-                         "error_cpu_s": round((max(1, c["netfilter"]) ** 0.5) / self.freq, 4),
-                         "busy_cpu_s": round((c["busy"] + c["netfilter"]) / self.freq, 4)}
+        for name, c in count_samples(r.stdout, windows, mine).items():
+            attributed = c["nf_mine"] + c["nf_others"]
+            share = c["nf_mine"] / attributed if attributed else 0.0
+            mine_n = c["nf_mine"] + share * c["nf_softirqd"]
+            out[name] = {"samples": c["all"], "netfilter_samples": c["nf_mine"] + c["nf_softirqd"] + c["nf_others"],
+                         "balancer_cpu_s": round(mine_n / self.freq, 4),
+                         "others_cpu_s": round((c["nf_others"] + (1 - share) * c["nf_softirqd"]) / self.freq, 4),
+                         "softirqd_samples": c["nf_softirqd"],
+                         "error_cpu_s": round(max(1.0, mine_n) ** 0.5 / self.freq, 4),
+                         "busy_cpu_s": round((c["all"] - c["idle"]) / self.freq, 4)}
         return out
 
     def cleanup(self) -> None:

@@ -15,15 +15,14 @@ IPVS (kube-proxy's other kernel mode) is not built into this kernel, so it is no
 
 Everything made here is named with PREFIX (namespaces `fc1k-kbal-<pid>-...`, the nft
 table `fc1k_kbal_<pid>_<n>` inside the node and one of that name in the host, which only
-exempts the run's client connections from the host's conntrack) and removed by `ServiceNet.teardown`, which the
-owner calls on exit, Ctrl-C and SIGTERM; `sweep` removes what a killed run left behind.
-It all needs root: `require_root` says so in one line.
+exempts the run's client connections from the host's conntrack) and removed by
+`ServiceNet.teardown`, which the owner calls on exit, Ctrl-C and SIGTERM; `sweep` removes
+what a killed run left behind. Namespaces, veths and sysctls go through the host layer
+(host.net, host.sysctl). It all needs root: `require_root` says so in one line.
 """
 from __future__ import annotations
 
 import atexit
-import ctypes
-import ctypes.util
 import json
 import os
 import subprocess
@@ -31,14 +30,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ..host import net, sysctl
+
 __all__ = ["PREFIX", "NeedsRoot", "require_root", "Endpoint", "ruleset", "service_rule", "ServiceNet",
-           "KernelBalancer", "Conntrack", "in_netns", "sweep", "PICKS", "host_notrack_rules"]
+           "KernelBalancer", "Conntrack", "nft", "sweep", "PICKS", "host_notrack_rules"]
 
 PREFIX = "fc1k-kbal"
 NET = "10.233"            # the node's /24 blocks: 10.233.B.0/24, B free on the host
 SERVICE_PORT = 80
 PICKS = ("random", "inc")  # numgen modes: kube-proxy's (random), or round robin (inc)
-CLONE_NEWNET = 0x40000000
 
 
 class NeedsRoot(RuntimeError):
@@ -101,57 +101,28 @@ def host_notrack_rules(table: str, vip: str) -> str:
 
 # --------------------------------------------------------------------------- namespaces
 
-def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread (or a child before exec) into namespace `name`."""
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc().setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def in_netns(name: str, fn: Callable[[], Any]) -> Any:
-    """fn() run in a thread of its own that entered namespace `name` (the caller's
-    namespace is left as it was); its result or exception comes back."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            enter_netns(name)
-            box["v"] = fn()
-        except BaseException as exc:   # handed back to the caller
-            box["e"] = exc
-    t = threading.Thread(target=body, name=f"netns-{name}", daemon=True)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]
-    return box.get("v")
-
-
-def _run(*argv: str, stdin: str | None = None) -> str:
-    r = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+def nft(*argv: str, stdin: str | None = None, netns: str | None = None) -> str:
+    """Runs `nft ARGV` (inside the named namespace when given); its stdout, or OSError."""
+    r = subprocess.run(["nft", *argv], input=stdin, capture_output=True, text=True,
+                       preexec_fn=(lambda: net.enter(netns)) if netns else None)
     if r.returncode != 0:
-        raise OSError(f"{' '.join(argv[:6])}{' ...' if len(argv) > 6 else ''}: {r.stderr.strip() or r.returncode}")
+        raise OSError(f"nft {' '.join(argv)}{f' in {netns}' if netns else ''}: {r.stderr.strip() or r.returncode}")
     return r.stdout
 
 
-def _netns_list() -> list[str]:
+def _quietly(fn: Callable[..., Any], *argv: str, **kw: Any) -> str | None:
+    """fn(*argv): None when it worked, else its error (for teardown, which goes on)."""
     try:
-        return sorted(os.listdir("/var/run/netns"))
-    except OSError:
-        return []
+        fn(*argv, **kw)
+        return None
+    except OSError as exc:
+        return str(exc)
 
 
 def sweep(alive: Callable[[int], bool] | None = None) -> list[str]:
-    """Removes the namespaces (and with them their veths and nft tables) of runs of this
-    module whose process is gone; returns their names. Never touches another prefix."""
+    """Removes the namespaces (and with them their veths and nft tables) and host tables
+    of runs of this module whose process is gone; returns their names. Never touches
+    another prefix."""
     def _alive(pid: int) -> bool:
         try:
             os.kill(pid, 0)
@@ -162,18 +133,19 @@ def sweep(alive: Callable[[int], bool] | None = None) -> list[str]:
             return True
     alive = alive or _alive
     gone = []
-    for ns in _netns_list():
+    for ns in net.netns_names():
         parts = ns.split("-")
-        if not ns.startswith(PREFIX + "-") or len(parts) < 4 or not parts[2].isdigit():
-            continue
-        if not alive(int(parts[2])):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if ns.startswith(PREFIX + "-") and len(parts) >= 4 and parts[2].isdigit() and not alive(int(parts[2])):
+            _quietly(net.ip, "netns", "del", ns)
             gone.append(ns)
-    tables = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True, text=True).stdout.split()
+    try:
+        tables = nft("list", "tables", "ip").split()
+    except OSError:
+        tables = []
     for t in tables:
         parts = t.split("_")
         if t.startswith("fc1k_kbal_") and len(parts) == 4 and parts[2].isdigit() and not alive(int(parts[2])):
-            subprocess.run(["nft", "delete", "table", "ip", t], capture_output=True)
+            _quietly(nft, "delete", "table", "ip", t)
             gone.append(t)
     return gone
 
@@ -184,8 +156,8 @@ _live: list["ServiceNet"] = []   # torn down at exit, whatever happened
 
 @atexit.register
 def _teardown_all() -> None:
-    for net in list(_live):
-        net.teardown()
+    for sn in list(_live):
+        sn.teardown()
 
 
 class ServiceNet:
@@ -202,9 +174,9 @@ class ServiceNet:
         self.table = f"fc1k_kbal_{self.run.replace('-', '_')}"
         self.host_if = f"kb{os.getpid() % 100000}x{self.run.split('-')[1]}"[:15]
         self.block: int | None = None
-        self.replica_ns: list[str] = []
-        self.made: list[str] = []   # namespaces, in order
+        self.made: list[net.NetNs] = []   # in order
         self.host_table = False
+        self.host_veth = False
 
     @property
     def host_ip(self) -> str:
@@ -214,82 +186,75 @@ class ServiceNet:
     def vip(self) -> str:
         return f"{NET}.{self.block}.2"
 
-    def _free_block(self) -> int:
-        out = _run("ip", "-4", "-o", "addr")
-        used = {int(w.split(".")[2]) for w in out.split() if w.startswith(NET + ".")}
-        free = [b for b in range(1, 255) if b not in used]
-        if not free:
-            raise OSError(f"no free {NET}.B.0/24 block on this host")
-        return free[os.getpid() % len(free)]
-
-    def _ns(self, name: str) -> None:
-        _run("ip", "netns", "add", name)
-        self.made.append(name)
+    def _ns(self, name: str) -> net.NetNs:
+        ns = net.NetNs(name)
+        self.made.append(ns)
+        return ns.add()
 
     def setup(self) -> "ServiceNet":
         _live.append(self)
         try:
-            self.block = self._free_block()
+            self.block = net.free_block(NET, os.getpid())
             self._ns(self.node)
-            x = ("ip", "-n", self.node)
-            _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", "eth0", "netns", self.node)
-            _run("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
-            _run("ip", "link", "set", self.host_if, "up")
-            _run(*x, "addr", "add", f"{self.vip}/30", "dev", "eth0")
-            _run(*x, "link", "set", "eth0", "up")
-            _run(*x, "link", "set", "lo", "up")
+            net.ip("link", "add", self.host_if, "type", "veth", "peer", "name", "eth0", "netns", self.node)
+            self.host_veth = True
+            net.ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+            net.ip("link", "set", self.host_if, "up")
+            net.ip("addr", "add", f"{self.vip}/30", "dev", "eth0", netns=self.node)
+            net.ip("link", "set", "eth0", "up", netns=self.node)
             # the node routes between the host and the replicas (its own sysctl, not the host's)
-            _run("ip", "netns", "exec", self.node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-            _run("nft", "-f", "-", stdin=host_notrack_rules(self.table, self.vip))
+            notes = sysctl.apply_in(self.node, {"net.ipv4.ip_forward": "1"})
+            if notes:
+                raise OSError("; ".join(notes))
+            nft("-f", "-", stdin=host_notrack_rules(self.table, self.vip))
             self.host_table = True
         except BaseException:
             self.teardown()
             raise
         return self
 
-    def attach(self, i: int, sysctls: dict[str, str] | None = None) -> tuple[str, str]:
-        """Replica i's namespace, joined to the node: returns (namespace, its address)."""
+    def replica_ns_name(self, i: int) -> str:
+        return f"{PREFIX}-{self.run}-r{i}"
+
+    def replica_ip(self, i: int) -> str:
+        return f"{NET}.{self.block}.{4 * i + 6}"
+
+    def attach(self, i: int, sysctls: dict[str, str] | None = None) -> list[str]:
+        """Makes replica i's namespace (`replica_ns_name(i)`, address `replica_ip(i)`),
+        joined to the node, with the host's TCP settings and then `sysctls` set; returns
+        notes for those of `sysctls` that did not apply."""
         assert self.block is not None
         if not 0 <= i < 62:
             raise ValueError("at most 62 replicas behind one node")
-        ns = f"{PREFIX}-{self.run}-r{i}"
-        self._ns(ns)
-        self.replica_ns.append(ns)
-        node_ip, rep_ip = f"{NET}.{self.block}.{4 * i + 5}", f"{NET}.{self.block}.{4 * i + 6}"
-        x = ("ip", "-n", self.node)
-        _run(*x, "link", "add", f"r{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-        _run(*x, "addr", "add", f"{node_ip}/30", "dev", f"r{i}")
-        _run(*x, "link", "set", f"r{i}", "up")
-        y = ("ip", "-n", ns)
-        _run(*y, "addr", "add", f"{rep_ip}/30", "dev", "eth0")
-        _run(*y, "link", "set", "eth0", "up")
-        _run(*y, "link", "set", "lo", "up")
-        _run(*y, "route", "add", "default", "via", node_ip)
-        if sysctls:
-            _run("ip", "netns", "exec", ns, "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items()))
-        return ns, rep_ip
+        ns = self._ns(self.replica_ns_name(i))
+        node_ip, rep_ip = f"{NET}.{self.block}.{4 * i + 5}", self.replica_ip(i)
+        net.ip("link", "add", f"r{i}", "type", "veth", "peer", "name", "eth0", "netns", ns.name, netns=self.node)
+        net.ip("addr", "add", f"{node_ip}/30", "dev", f"r{i}", netns=self.node)
+        net.ip("link", "set", f"r{i}", "up", netns=self.node)
+        net.ip("addr", "add", f"{rep_ip}/30", "dev", "eth0", netns=ns.name)
+        net.ip("link", "set", "eth0", "up", netns=ns.name)
+        net.ip("route", "add", "default", "via", node_ip, netns=ns.name)
+        return ns.set_sysctls(sysctls or {})
 
     def nft(self, script: str) -> str:
         """Runs an nft script in the node namespace, as one transaction."""
-        return _run("ip", "netns", "exec", self.node, "nft", "-f", "-", stdin=script)
+        return nft("-f", "-", stdin=script, netns=self.node)
 
     def teardown(self) -> list[str]:
-        """Deletes every namespace made (their veths and the nft table go with them);
-        returns what would not go."""
-        left = []
+        """Deletes every namespace made (their veths and the nft table go with them) and
+        the host's table; returns what would not go."""
         for ns in reversed(self.made):
-            r = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
-            if r.returncode != 0 and ns in _netns_list():
-                left.append(f"{ns}: {r.stderr.strip()}")
+            ns.delete()
+        left = [f"namespace {ns.name}" for ns in self.made if ns.name in net.netns_names()]
         self.made.clear()
-        self.replica_ns.clear()
         if self.host_table:
-            r = subprocess.run(["nft", "delete", "table", "ip", self.table], capture_output=True, text=True)
-            if r.returncode != 0:
-                left.append(f"host table {self.table}: {r.stderr.strip()}")
+            err = _quietly(nft, "delete", "table", "ip", self.table)
+            if err:
+                left.append(f"host table {self.table}: {err}")
             self.host_table = False
-        # deleting the node's namespace destroys the veth pair; this only covers a failed setup
-        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        if self.host_veth:   # gone with the node's namespace, unless that failed
+            _quietly(net.ip, "link", "del", self.host_if)
+            self.host_veth = False
         if self in _live:
             _live.remove(self)
         return left
@@ -329,7 +294,7 @@ class KernelBalancer:
             self.active = [ep.name for ep in keep]
 
     def listing(self) -> dict[str, Any]:
-        return json.loads(_run("ip", "netns", "exec", self.net.node, "nft", "-j", "list", "table", "ip", self.table))
+        return json.loads(nft("-j", "list", "table", "ip", self.table, netns=self.net.node))
 
     def counters(self) -> dict[str, int]:
         """{endpoint: connections DNATed to it so far} from the endpoint chains' counters."""
@@ -353,8 +318,7 @@ class KernelBalancer:
         return names
 
     def stop(self) -> None:
-        subprocess.run(["ip", "netns", "exec", self.net.node, "nft", "delete", "table", "ip", self.table],
-                       capture_output=True)
+        _quietly(nft, "delete", "table", "ip", self.table, netns=self.net.node)
 
 
 def _gotos(obj: Any) -> list[str]:
@@ -434,4 +398,4 @@ class Conntrack:
         return out
 
     def read(self) -> dict[str, int]:
-        return in_netns(self.node, self.read_here)
+        return net.in_netns(self.node, self.read_here)
