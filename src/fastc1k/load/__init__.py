@@ -20,7 +20,8 @@ Python API (the capacity suite's)::
                     requests=None,          # mix: [(method, path, body, weight)]
                     max_connections=None,   # size the process count for later set_connections
                     reconnect_delay=0.1, headers={})
-    farm = LoadFarm(spec).start()
+    farm = LoadFarm(spec).start()   # executor=cluster.DaskExecutor("tcp://HOST:8786"): on a
+                                    # Dask cluster's workers; on_lost="continue" | "stop"
     farm.set_connections(500)       # ramp the client count up or down while running
     farm.set_rate(20000)            # open loop only
     rows = farm.timeline()          # complete per-second rows so far
@@ -30,6 +31,7 @@ Python API (the capacity suite's)::
     res.summary; res.histogram; res.service_histogram; res.timeline; res.fine_timeline; res.to_json()
     res.write_hdr_log("run.hlog")   # per-second histograms, standard HdrHistogram log format
     res = run(spec)                 # fixed duration, same Result
+    farm.lost                       # farm processes lost so far (a machine gone mid-run)
 
 Timeline row keys: t, duration, requests, ok, errors {class: n}, sent, p50_us, p99_us,
 p999_us, max_us, service_p50_us, service_p99_us, connections_open, connects_ok,
@@ -37,8 +39,14 @@ connects_failed, intended (sends due that second, open loop), achieved_rate (res
 late_sends (sent > 1 ms after due), generator_late (due times the loop itself noticed
 late), client_cpu (cores used by the load processes), client_cpu_wait (largest share of
 the second a load process spent runnable but waiting for a CPU: > 0.2 means the host starved
-the generator), complete. 100 ms row keys (fine_timeline): t, duration, requests, ok,
-errors, error_count, p50_us, p99_us, max_us, complete.
+the generator), lost_processes and lost_connections (load lost with a machine), complete.
+100 ms row keys (fine_timeline): t, duration, requests, ok, errors, error_count, p50_us,
+p99_us, max_us, complete.
+
+The summary's ``workers`` lists every load process (machine, worker, requests, connections,
+intended and achieved rate, cpu, cpu_wait, bottleneck, lost; the requests add up to the
+total), ``lost`` the processes lost mid-run, ``executor`` "local" or "dask" (then also
+``scheduler`` and each worker's ``clock_offsets``).
 
 Latency is in microseconds. ``latency``/``histogram`` is measured from the intended send
 time (open loop; closed loop: the actual send), ``service_time``/``service_histogram``

@@ -9,6 +9,7 @@ import time
 
 from .._cli import ArgumentParser, UsageError
 from .farm import LoadFarm, LoadSpec
+from .cluster import ClusterError
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(us|ms|s|m|h)?\s*$")
 _DUR_UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -57,6 +58,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", default=None, help="write the full result as JSON here")
     p.add_argument("--hdr-log", default=None, help="write per-second histograms (HdrHistogram log format)")
     p.add_argument("-q", "--quiet", action="store_true", help="no live line each second")
+    c = p.add_argument_group("load from many machines (pip install 'fastc1k[cluster]')")
+    c.add_argument("--cluster", default=None, metavar="tcp://HOST:8786",
+                   help="run the load processes on this Dask scheduler's workers "
+                        "(--processes: in all; default one per worker core)")
+    c.add_argument("--on-lost", choices=("continue", "stop"), default=None,
+                   help="a load machine lost mid-run: go on with the others (cluster default) or stop")
+    c.add_argument("--max-clock-offset", type=duration, default=0.05,
+                   help="refuse workers whose clocks differ from this one by more (default 50ms)")
     return p
 
 
@@ -92,7 +101,47 @@ def summary_text(s: dict) -> str:
                + (f", {cpu:.2f} us/request (user {s['client_cpu_user_us_per_request']:.2f})" if cpu else ""))
     out.append(("  GENERATOR WAS THE BOTTLENECK: " if s["generator_bottleneck"] else "  generator: ")
                + s["generator_bottleneck_why"])
+    if s["processes"] > 1 or s["executor"] != "local":
+        out.append(workers_text(s))
     return "\n".join(out)
+
+
+def workers_text(s: dict) -> str:
+    """The per-process table, grouped by machine, with each machine's subtotal."""
+    out = ["  load processes by machine:",
+           f"    {'machine / worker':<34} {'requests':>12} {'conns':>7} {'intended/s':>11} "
+           f"{'achieved/s':>11} {'cpu':>5} {'wait':>5}"]
+    by = {}
+    for r in s["workers"]:
+        by.setdefault(r["machine"], []).append(r)
+    for machine, rows in by.items():
+        out.append(f"    {machine:<34} {sum(r['requests'] for r in rows):>12,} "
+                   f"{sum(r['connections'] for r in rows):>7,}")
+        for r in rows:
+            intended = "-" if r["intended_rate"] is None else f"{r['intended_rate']:,.0f}"
+            flags = " BOTTLENECK" * r["bottleneck"] + " LOST" * r["lost"]
+            out.append(f"      {r['worker'] + ' #' + str(r['process']):<32} {r['requests']:>12,} "
+                       f"{r['connections']:>7,} {intended:>11} {r['achieved_rate']:>11,.0f} "
+                       f"{r['cpu']:>5.2f} {r['cpu_wait']:>5.2f}{flags}")
+    for lost in s["lost"]:
+        out.append(f"  LOST from second {lost['t']}: process {lost['process']} on {lost['machine']} "
+                   f"({lost['connections']:,} connections): {lost['why']}")
+    if s.get("clock_offsets"):
+        out.append("  clock offsets: " + ", ".join(
+            f"{a} {c['offset_ms']:+.1f} ms (+/- {c['error_ms']:.1f})"
+            for a, c in s["clock_offsets"].items()))
+    return "\n".join(out)
+
+
+def executor(a):
+    if not a.cluster:
+        return None
+    try:
+        from .cluster import DaskExecutor
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ClusterError("--cluster needs Dask distributed: pip install 'fastc1k[cluster]'") from None
+    return DaskExecutor(a.cluster, processes=a.processes, max_clock_offset=a.max_clock_offset)
 
 
 def main(argv=None) -> int:
@@ -134,14 +183,16 @@ def _main(p: argparse.ArgumentParser, argv) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        farm = LoadFarm(spec).start()
+        farm = LoadFarm(spec, executor=executor(a), on_lost=a.on_lost).start()
+    except (ClusterError, ValueError) as e:     # unreachable, refused, or a plan that does not fit
+        p.error(str(e))
     except (OSError, RuntimeError) as e:
         sys.stderr.write(f"{p.prog}: error: {e}\n")
         return 1
     seen = 0
-    end = time.monotonic() + spec.duration
+    end = farm.started_ns / 1e9 + spec.duration     # second 0 may begin a little later
     try:
-        while not stop and not farm.errors and time.monotonic() < end:
+        while not stop and not farm.errors and farm.running and time.monotonic() < end:
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
             rows = farm.timeline()
             if not a.quiet:
@@ -150,8 +201,10 @@ def _main(p: argparse.ArgumentParser, argv) -> int:
             seen = len(rows)
     finally:
         res = farm.stop()
-    if farm.errors:
-        sys.stderr.write(f"{p.prog}: a load process failed:\n{farm.errors[0]}")
+    lost = {x["why"] for x in res.summary["lost"]}
+    crashed = [e for e in farm.errors if e not in lost]
+    if crashed:
+        sys.stderr.write(f"{p.prog}: a load process failed:\n{crashed[0]}")
         return 1
     print(summary_text(res.summary), flush=True)
     if "json_out" in outs:
@@ -160,4 +213,4 @@ def _main(p: argparse.ArgumentParser, argv) -> int:
     if "hdr_log" in outs:
         outs["hdr_log"].close()
         res.write_hdr_log(a.hdr_log)
-    return 0
+    return 1 if farm.errors else 0     # a process lost under --on-lost stop

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import resource
 import signal
@@ -174,6 +173,30 @@ def build_requests(spec: LoadSpec):
 
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def share(total: int, limits: list) -> list[int]:
+    """``total`` connections over processes as evenly as their limits allow (None: no
+    limit): a process whose machine holds less gets its limit, the rest share the others.
+    ValueError with the numbers when the limits together hold less than ``total``."""
+    out = [0] * len(limits)
+    free = [i for i, lim in enumerate(limits) if lim is None or lim > 0]
+    left = total
+    while left and free:
+        part = _split(left, len(free))
+        full = [i for i, p in zip(free, part) if limits[i] is not None and out[i] + p >= limits[i]]
+        if not full:
+            for i, p in zip(free, part):
+                out[i] += p
+            return out
+        for i in full:              # fill the smallest first, then share the rest again
+            left -= limits[i] - out[i]
+            out[i] = limits[i]
+        free = [i for i in free if i not in full]
+    if left > 0:
+        raise ValueError(f"{total:,} connections exceed the {sum(limits):,} these "
+                         f"{len(limits)} load processes can hold")
+    return out
 
 
 def _rates(rate, conns: list[int], nproc: int) -> list:
@@ -348,14 +371,31 @@ class _Fine:
 
 
 class LoadFarm:
-    """Start, steer and stop a load run. See ``fastc1k.load`` for the API summary."""
+    """Start, steer and stop a load run. See ``fastc1k.load`` for the API summary.
 
-    def __init__(self, spec: LoadSpec, mp_context: str = "fork"):
+    ``executor`` places the farm processes: ``procs.ProcessExecutor`` (this host, the
+    default) or ``cluster.DaskExecutor`` (a Dask cluster's workers). ``on_lost``: a farm
+    process lost mid-run "stop"s the run (an error) or the run "continue"s with the others;
+    either way the report marks the seconds and connections lost. Default: the executor's.
+    """
+
+    def __init__(self, spec: LoadSpec, mp_context: str = "fork", executor=None, on_lost=None):
+        if executor is None:
+            from .procs import ProcessExecutor
+            executor = ProcessExecutor(mp_context)
+        if on_lost not in (None, "stop", "continue"):
+            raise ValueError("on_lost is 'stop' or 'continue'")
         self.spec = spec
-        self.nproc = spec.process_count()
-        self._ctx = multiprocessing.get_context(mp_context)
-        self._procs = []
-        self._pipes = []
+        self._ex = executor
+        self._on_lost = on_lost or executor.on_lost
+        try:
+            self._places = executor.place(spec)
+        except BaseException:
+            executor.close()
+            raise
+        self.nproc = len(self._places)
+        self._limits = [p["limit"] for p in self._places]
+        self._launched = False
         self._caps = []
         self._lock = threading.Lock()
         self._rows: dict[int, _Row] = {}
@@ -364,11 +404,13 @@ class LoadFarm:
         self._last = {}            # worker -> last cumulative counters
         self._last_cpu = {}
         self._cpu_total = {}       # worker -> (utime, stime) since start
+        self._seen = {}            # worker -> seconds it has reported
         self._finals = set()
+        self._lost = {}            # worker -> {"t": first second missing, "why", "connections"}
         self._errors = []
         self._reader = None
         self._stopped = None
-        self._conns = _split(spec.connections, self.nproc)
+        self._conns = share(spec.connections, self._limits)
         self._rate = spec.rate
         self.started_ns = None
         self.started_wall = None
@@ -377,63 +419,55 @@ class LoadFarm:
     # -- lifecycle
 
     def start(self) -> "LoadFarm":
-        if self._procs:
+        if self._launched:
             raise RuntimeError("already started")
+        self._launched = True
         spec = self.spec
         rates = _rates(spec.rate, self._conns, self.nproc)
         ramp_total = spec.connections / spec.ramp if spec.ramp > 0 else 0.0
-        offset = 0
+        cfgs, offset = [], {}
+        for i, place in enumerate(self._places):
+            # each machine rotates its own source addresses
+            src_offset = offset.get(place["machine"], 0)
+            offset[place["machine"]] = src_offset + self._conns[i]
+            cfgs.append(dict(host=spec._addr[0], port=spec._addr[1], requests=spec._requests,
+                             mix=spec._mix, pipeline=spec.pipeline, connections=self._conns[i],
+                             rate=rates[i],
+                             ramp_rate=ramp_total * self._conns[i] / max(spec.connections, 1),
+                             connect_timeout=spec.connect_timeout,
+                             request_timeout=spec.request_timeout,
+                             reconnect_delay=spec.reconnect_delay, sources=place["sources"],
+                             src_offset=src_offset))
         try:
-            for i in range(self.nproc):
-                ours, theirs = self._ctx.Pipe(duplex=True)
-                cfg = dict(host=spec._addr[0], port=spec._addr[1], requests=spec._requests,
-                           mix=spec._mix, pipeline=spec.pipeline, connections=self._conns[i],
-                           rate=rates[i], ramp_rate=ramp_total / self.nproc,
-                           connect_timeout=spec.connect_timeout,
-                           request_timeout=spec.request_timeout,
-                           reconnect_delay=spec.reconnect_delay, sources=spec._sources,
-                           src_offset=offset)
-                offset += self._conns[i]
-                p = self._ctx.Process(target=_worker_main, args=(theirs, cfg), daemon=True,
-                                      name=f"fastc1k-load-{i}")
-                p.start()
-                theirs.close()
-                self._procs.append(p)
-                self._pipes.append(ours)
-            for i, pipe in enumerate(self._pipes):
-                if not pipe.poll(15):
-                    raise RuntimeError(f"load worker {i} did not start")
-                msg = pipe.recv()
-                if msg[0] == "error":
-                    raise RuntimeError(f"load worker {i} failed: {msg[1]}")
-                self._caps.append(msg[2])
-            from ._client import monotonic_ns
-            self.started_ns = monotonic_ns() + 20_000_000
-            self.started_wall = time.time() + 0.02
-            for pipe in self._pipes:
-                pipe.send(("start", self.started_ns))
+            caps = self._ex.launch(cfgs)
+            self._caps = [cap if lim is None else min(cap, lim)
+                          for cap, lim in zip(caps, self._limits)]
+            self.started_ns, self.started_wall = self._ex.start()
         except BaseException:
-            self._kill()
+            self._ex.close()
             raise
         self._reader = threading.Thread(target=self._read_loop, name="fastc1k-load-reader",
                                         daemon=True)
         self._reader.start()
         return self
 
+    def _live_caps(self) -> list[int]:
+        return [0 if w in self._lost else cap for w, cap in enumerate(self._caps)]
+
     def set_connections(self, n: int) -> None:
         """Change the client count while running (with the spec's ramp rate, if any)."""
         if not isinstance(n, int) or n < 0:
             raise ValueError("connections must be a non-negative integer")
-        if n > sum(self._caps):
-            raise ValueError(f"{n} connections exceed this farm's {sum(self._caps)} slots "
-                             f"({self.nproc} processes); set max_connections or processes")
-        split = _split(n, self.nproc)
-        if any(s > c for s, c in zip(split, self._caps)):
-            raise ValueError(f"{n} connections do not fit the per-process slots {self._caps}")
+        caps = self._live_caps()
+        if n > sum(caps):
+            raise ValueError(f"{n} connections exceed this farm's {sum(caps)} slots "
+                             f"({self.nproc - len(self._lost)} processes); set max_connections "
+                             f"or processes")
+        split = share(n, caps)
         rates = _rates(self._rate, split, self.nproc)
         self._conns = split
-        for pipe, c, r in zip(self._pipes, split, rates):
-            pipe.send(("conns", c, r))
+        self._ex.send({w: ("conns", c, r) for w, (c, r) in enumerate(zip(split, rates))
+                       if w not in self._lost})
 
     def set_rate(self, rate: float) -> None:
         """Change the total rate (open loop only)."""
@@ -442,22 +476,18 @@ class LoadFarm:
         if not rate >= 0:
             raise ValueError("rate must be >= 0")
         self._rate = float(rate)
-        for pipe, r in zip(self._pipes, _rates(self._rate, self._conns, self.nproc)):
-            pipe.send(("rate", r))
+        rates = _rates(self._rate, self._conns, self.nproc)
+        self._ex.send({w: ("rate", r) for w, r in enumerate(rates) if w not in self._lost})
 
     def stop(self) -> Result:
         """Stop the workers, collect their last partial second, and return the Result."""
         if self._stopped is not None:
             return self._stopped
-        if not self._procs:
+        if not self._launched:
             raise RuntimeError("not started")
-        for pipe in self._pipes:
-            try:
-                pipe.send(("stop",))
-            except OSError:
-                pass
+        self._ex.send({w: ("stop",) for w in range(self.nproc) if w not in self._lost})
         self._reader.join(timeout=10)
-        self._kill()
+        self._ex.close()
         self._stopped = self._result()
         return self._stopped
 
@@ -465,45 +495,48 @@ class LoadFarm:
         return self.start()
 
     def __exit__(self, *exc):
-        if self._procs and self._stopped is None:
+        if self._launched and self._stopped is None:
             self.stop()
 
-    def _kill(self):
-        for p in self._procs:
-            p.join(timeout=2)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=2)
-        for pipe in self._pipes:
-            pipe.close()
+    @property
+    def running(self) -> bool:
+        """False once every farm process has stopped, failed or been lost."""
+        return self._reader is not None and self._reader.is_alive()
 
     # -- collecting
 
     def _read_loop(self):
-        from multiprocessing.connection import wait
-        live = dict(enumerate(self._pipes))
-        index = {id(p): i for i, p in live.items()}
+        live = set(range(self.nproc))
         while live:
-            for pipe in wait(list(live.values()), timeout=1.0):
-                w = index[id(pipe)]
-                try:
-                    msg = pipe.recv()
-                except (EOFError, OSError):
-                    live.pop(w, None)
-                    if w not in self._finals:
-                        self._procs[w].join(1.0)
-                        self._errors.append(f"load worker {w} (pid {self._procs[w].pid}) died, "
-                                            f"exit code {self._procs[w].exitcode}")
+            for w, msg in self._ex.poll(1.0):
+                if w not in live:
                     continue
-                if msg[0] == "error":
+                if msg[0] == "lost":
+                    live.discard(w)
+                    self._lose(w, msg[1])
+                elif msg[0] == "error":
                     self._errors.append(msg[1])
-                    live.pop(w, None)
+                    live.discard(w)
                 elif msg[0] == "fine":
                     self._take_fine(w, msg)
                 elif msg[0] in ("tick", "final"):
                     self._take(w, msg)
                     if msg[0] == "final":
-                        live.pop(w, None)
+                        live.discard(w)
+
+    def _lose(self, w, why):
+        with self._lock:
+            self._lost[w] = {"t": self._seen.get(w, 0), "why": why,
+                             "connections": self._last.get(w, {}).get("connections_open", 0),
+                             "rate": _rates(self._rate, self._conns, self.nproc)[w]}
+            for row in self._rows.values():
+                row.cache = None
+        if self._on_lost == "stop":
+            self._errors.append(why)
+
+    def _expected(self, k: int) -> int:
+        # processes that owe a report for second k: all but those lost before it
+        return self.nproc - sum(1 for lost in self._lost.values() if lost["t"] <= k)
 
     def _take(self, w, msg):
         kind, k, cnt, status, (hc, maxc, hs, maxs), utime, stime, wait, now_ns = msg
@@ -540,6 +573,7 @@ class LoadFarm:
             self._last[("st", w)] = dict(status)
             self._last_cpu[w] = (utime, stime, wait)
             self._cpu_total[w] = (utime, stime, wait)
+            self._seen[w] = k + 1
 
     def _take_fine(self, w, msg):
         _, j, cnt, status, hc, maxc, now_ns = msg
@@ -572,7 +606,7 @@ class LoadFarm:
             out = []
             for j in sorted(self._fine):
                 row = self._fine[j]
-                if row.reports < self.nproc and not partial:
+                if row.reports < self._expected(j // 10) and not partial:
                     continue
                 p = hist.stats(row.hc, row.maxc, (50.0, 99.0))["p"]
                 errors = {n: row.cnt[n] for n in ERROR_CLASSES if row.cnt.get(n)}
@@ -583,7 +617,7 @@ class LoadFarm:
                             "requests": row.cnt.get("done", 0), "ok": row.cnt.get("ok", 0),
                             "errors": errors, "error_count": sum(errors.values()),
                             "p50_us": p[50.0], "p99_us": p[99.0], "max_us": row.maxc,
-                            "complete": row.reports >= self.nproc})
+                            "complete": row.reports >= self._expected(j // 10)})
             return out
 
     def _row_dict(self, row: _Row) -> dict:
@@ -610,9 +644,12 @@ class LoadFarm:
             "generator_late": row.cnt.get("generator_late", 0),
             "client_cpu": round((row.cpu_u + row.cpu_s) / dur, 3),
             "client_cpu_wait": round(row.wait / dur, 3),
-            "complete": row.reports >= self.nproc,
+            "lost_processes": self.nproc - self._expected(row.t),
+            "lost_connections": sum(lost["connections"] for lost in self._lost.values()
+                                    if lost["t"] <= row.t),
+            "complete": row.reports >= self._expected(row.t),
         }
-        if row.reports >= self.nproc:
+        if d["complete"]:
             row.cache = d
         return d
 
@@ -621,7 +658,8 @@ class LoadFarm:
         worker's report are left out unless partial=True."""
         with self._lock:
             rows = [self._rows[k] for k in sorted(self._rows)]
-            return [self._row_dict(r) for r in rows if partial or r.reports >= self.nproc]
+            return [self._row_dict(r) for r in rows
+                    if partial or r.reports >= self._expected(r.t)]
 
     def histogram_between(self, t0: float, t1: float, service: bool = False):
         """Merged corrected (or service) latency histogram of the seconds t0 <= t < t1."""
@@ -636,6 +674,38 @@ class LoadFarm:
                     hist.merge_sparse(counts, (row.hs if service else row.hc).items())
                     vmax = max(vmax, row.maxs if service else row.maxc)
         return counts, vmax
+
+    def _worker_table(self, duration: float) -> list[dict]:
+        """One row per farm process, in machine order: what it did and whether it kept up.
+        The rows' requests add up to the summary's."""
+        out = []
+        with self._lock:
+            for w, place in enumerate(self._places):
+                cnt = self._last.get(w, {})
+                u, s, wait = self._cpu_total.get(w, (0.0, 0.0, 0.0))
+                secs = duration if w not in self._lost else max(self._lost[w]["t"], 1e-9)
+                secs = secs or 1e-9
+                cpu, waited = (u + s) / secs, wait / secs
+                late = cnt.get("generator_late", 0) / (cnt.get("scheduled", 0) or 1)
+                rate = _rates(self._rate, self._conns, self.nproc)[w]
+                out.append({
+                    "machine": place["machine"], "worker": place["worker"], "process": w,
+                    "requests": cnt.get("done", 0), "connections": cnt.get("connections_open", 0),
+                    "intended_rate": None if rate is None else round(rate, 1),
+                    "achieved_rate": round(cnt.get("done", 0) / secs, 1),
+                    "cpu": round(cpu, 3), "cpu_wait": round(waited, 3),
+                    "bottleneck": bool(cpu >= BOTTLENECK_CPU or waited >= BOTTLENECK_WAIT or (
+                        late > BOTTLENECK_LATE and cpu >= BOTTLENECK_CPU / 2)),
+                    "lost": w in self._lost,
+                })
+        out.sort(key=lambda r: (r["machine"], r["worker"], r["process"]))
+        return out
+
+    @property
+    def lost(self) -> list[dict]:
+        """Farm processes lost so far: process, t (first second missing), why, connections."""
+        with self._lock:
+            return [{"process": w, **lost} for w, lost in sorted(self._lost.items())]
 
     @property
     def errors(self) -> list[str]:
@@ -707,17 +777,23 @@ class LoadFarm:
                        f"(the host is oversubscribed)")
         if self.spec.rate is not None:
             late = total.get("generator_late", 0)
-            share = late / (total.get("scheduled", 0) or 1)
-            if share > BOTTLENECK_LATE:
+            late_share = late / (total.get("scheduled", 0) or 1)
+            if late_share > BOTTLENECK_LATE:
                 if busiest >= BOTTLENECK_CPU / 2:
-                    why.append(f"the load loop itself noticed {share:.1%} of due sends late")
+                    why.append(f"the load loop itself noticed {late_share:.1%} of due sends late")
                 else:
                     # little CPU used: the loop woke late because the machine is busy
-                    note = (f"; {share:.1%} of due sends were noticed > 1 ms late with the "
+                    note = (f"; {late_share:.1%} of due sends were noticed > 1 ms late with the "
                             f"load processes mostly idle: the host's scheduler, not their work")
         summary["generator_bottleneck"] = bool(why)
         summary["generator_bottleneck_why"] = "; ".join(why) if why else (
             f"kept up: busiest load process at {busiest:.0%} of a core{note}")
+        summary["workers"] = self._worker_table(duration)
+        with self._lock:
+            summary["lost"] = [{"process": w, "machine": self._places[w]["machine"],
+                                "worker": self._places[w]["worker"], **lost}
+                               for w, lost in sorted(self._lost.items())]
+        summary.update(self._ex.info())
         return Result(self.spec, summary, h, hs, rows, farm=self, fine_timeline=self.fine_timeline(partial=True))
 
 
@@ -729,7 +805,7 @@ def run(spec: LoadSpec, on_second=None) -> Result:
     farm = LoadFarm(spec).start()
     try:
         seen = 0
-        end = time.monotonic() + spec.duration
+        end = farm.started_ns / 1e9 + spec.duration     # second 0 may begin a little later
         while True:
             left = end - time.monotonic()
             if left <= 0:
@@ -740,7 +816,7 @@ def run(spec: LoadSpec, on_second=None) -> Result:
                 for row in rows[seen:]:
                     on_second(row)
                 seen = len(rows)
-            if farm.errors:
+            if farm.errors or not farm.running:
                 break
     finally:
         res = farm.stop()
