@@ -36,6 +36,7 @@ import uuid
 from multiprocessing.connection import Connection, wait
 from urllib.parse import urlsplit
 
+from ..host.net import parse_source_ips
 from . import farm as _farm
 
 START_LEAD_S = 0.5          # second 0 begins this long after the start command is sent
@@ -66,7 +67,7 @@ def machine_limits() -> dict:
         ports = 28_232
     declared = os.environ.get(SOURCES_ENV, "")
     try:
-        sources = _farm.parse_source_ips(declared)
+        sources = parse_source_ips(declared)
     except ValueError as e:
         return {"why": f"{SOURCES_ENV}={declared!r}: {e}"}
     return {"fd_limit": hard, "ports": ports, "sources": sources,
