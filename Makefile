@@ -48,7 +48,7 @@ soak:               ## the documented 10-minute soak at 70% of capacity, with ch
 	PYTHONPATH=src $(PY) tests/test_soak.py --engine c --duration 600
 
 c1m:                ## hold 1,000,000 connections (heavy: ~12 GB RAM, a few minutes; see README "Hardening")
-	PYTHONPATH=src $(PY) -m fastc1k.capacity.probe --connections 1000000 --workers 56 --clients 56 \
+	PYTHONPATH=src $(PY) -m fastc1k.capacity probe --connections 1000000 --workers 56 --clients 56 \
 		--source-ips 127.0.0.10-127.0.0.109 --hold 30 --engine c
 
 testinstalled:      ## sdist -> wheel from the sdist -> fresh venv in /tmp -> the suite from outside the tree

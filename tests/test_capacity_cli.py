@@ -12,7 +12,7 @@ import pytest
 from fastc1k.capacity import analysis as A
 from fastc1k.capacity import monitor, report
 from fastc1k.host import proc
-from fastc1k.capacity.__main__ import main
+from fastc1k.capacity.cli import main
 from fastc1k.capacity.container import ContainerError, ContainerSpec
 
 from _env import SRC  # noqa: E402  (the package this process imported)

@@ -18,7 +18,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-from fastc1k.capacity.balancer import Backend, BalancerSpec, haproxy_config  # noqa: E402
+from fastc1k.capacity.scaleout.balancer import Backend, BalancerSpec, haproxy_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K8S = sorted(glob.glob(os.path.join(ROOT, "deploy", "k8s", "*.yaml")))

@@ -16,9 +16,9 @@ import urllib.request
 
 import pytest
 
-from fastc1k.capacity import kernel_lb as K
+from fastc1k.capacity.scaleout import kernel_lb as K
 from fastc1k.host import net
-from fastc1k.capacity.health import HealthChecker, ProbeSpec, probe_once
+from fastc1k.capacity.scaleout.health import HealthChecker, ProbeSpec, probe_once
 from fastc1k.serve import parse_metrics
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
@@ -57,7 +57,7 @@ def _as_nobody(code: str) -> subprocess.CompletedProcess:
 def test_a_non_root_user_gets_the_needs_root_error():
     if _as_nobody("import psutil").returncode != 0:
         pytest.skip("nobody cannot read this Python's packages (installed under a private home)")
-    r = _as_nobody("from fastc1k.capacity.kernel_lb import ServiceNet; ServiceNet()")
+    r = _as_nobody("from fastc1k.capacity.scaleout.kernel_lb import ServiceNet; ServiceNet()")
     assert r.returncode != 0 and "NeedsRoot: the kernel balancer needs root" in r.stderr
 
 
@@ -208,7 +208,7 @@ def test_conntrack_max_is_raised_for_the_run_and_restored():
 
 @needs_root
 def test_sigterm_tears_the_namespaces_down():
-    code = ("import signal, sys, time; from fastc1k.capacity import kernel_lb as K\n"
+    code = ("import signal, sys, time; from fastc1k.capacity.scaleout import kernel_lb as K\n"
             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
             "net = K.ServiceNet().setup(); net.attach(0); print(net.node, flush=True); time.sleep(30)\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -222,7 +222,7 @@ def test_sigterm_tears_the_namespaces_down():
 
 
 def test_perf_samples_are_counted_per_window_and_netfilter_by_whose_task():
-    from fastc1k.capacity.kcpu import count_samples
+    from fastc1k.capacity.scaleout.kcpu import count_samples
     script = ("         swapper     0/0     10.100000:  ffffffff821f4dab pv_native_safe_halt\n"
               "          python  4242/4243  10.200000:  ffffffff81a0 __nf_conntrack_find_get\n"
               "          python  4242/4242  10.300000:  ffffffff81a1 nft_do_chain\n"
@@ -238,7 +238,7 @@ def test_perf_samples_are_counted_per_window_and_netfilter_by_whose_task():
 
 @needs_root
 def test_kernel_service_reports_endpoints_like_a_balancer_and_takes_back_what_it_set():
-    from fastc1k.capacity.kservice import KernelService
+    from fastc1k.capacity.scaleout.kservice import KernelService
     svc = _Service(2, pick=None)
     before = K._read_int(K.CONNTRACK_MAX)
     ks = KernelService(svc.net, svc.eps, "random", ProbeSpec(), conntrack_max=before + 7).start()

@@ -18,7 +18,7 @@ import pytest
 from fastc1k import c_available
 from fastc1k.capacity import analysis as A
 from fastc1k.capacity import scaleout as S
-from fastc1k.capacity.balancer import Backend, BalancerSpec, haproxy_config, nginx_config
+from fastc1k.capacity.scaleout.balancer import Backend, BalancerSpec, haproxy_config, nginx_config
 from fastc1k.capacity.container import ContainerSpec
 from fastc1k.capacity.stages import RunConfig
 from fastc1k.host.cgroup import Cgroup
@@ -184,13 +184,13 @@ def test_fault_analysis_tells_a_cascade_from_degradation():
     up = [(t / 10, {"r0": {"status": "UP" if t < 55 else "DOWN", "requests": 0},
                     "r1": {"status": "UP", "requests": 0}}) for t in range(120)]
     f = S.analyse_fault(rows, up, 4.0, "r0", 2, 100, S.ScaleoutConfig())
-    assert not f["cascade"] and f["degraded"] and "degraded" in S._absorbed(f)
+    assert not f["cascade"] and f["degraded"] and "degraded" in S.absorbed(f)
     down = [(t, {**sv, "r1": {"status": "DOWN" if t > 8 else "UP", "requests": 0}}) for t, sv in up]
     f = S.analyse_fault(rows, down, 4.0, "r0", 2, 100, S.ScaleoutConfig())
-    assert f["cascade"] and "r1 marked down too" in S._absorbed(f)
+    assert f["cascade"] and "r1 marked down too" in S.absorbed(f)
     rows[11]["errors"] = {"status_503": 500}
     f = S.analyse_fault(rows, up, 4.0, "r0", 2, 100, S.ScaleoutConfig())
-    assert f["cascade"] and "still failing" in S._absorbed(f)
+    assert f["cascade"] and "still failing" in S.absorbed(f)
 
 
 # --------------------------------------------------------------------------- real processes
@@ -227,7 +227,7 @@ def test_fleet_on_host_loopback_without_privileges():
             assert _get(f"http://{b.host}:{b.port}/api/health")[0] == 200
     finally:
         fleet.stop()
-    assert fleet.replicas == [] and fleet not in S._live
+    assert fleet.replicas == [] and fleet not in S.running
 
 
 def _netns_list():
@@ -294,7 +294,7 @@ def test_end_to_end_two_replicas_efficiency_balancer_cost_and_a_killed_replica(t
                            run=run, fault="kill", fault_clients=50, fault_before_s=2, fault_after_s=3,
                            balancer=BalancerSpec(retries=0))
     rep = S.run(cfg)
-    assert S._live == []
+    assert S.running == []
     rows = rep["analysis"]["rows"]
     assert [r["replicas"] for r in rows] == [1, 2]
     assert rows[0]["efficiency"] == pytest.approx(1.0) and 0 < rows[1]["efficiency"] < 3
@@ -341,7 +341,7 @@ def test_frozen_replica_under_load_is_routed_around_by_leastconn():
     cfg = S.ScaleoutConfig(container=ContainerSpec(cpus=0.5), engine=ENGINE, fault="freeze",
                            fault_before_s=2, fault_after_s=5)
     f = S.run_fault(cfg, PRIV, 2, 100, lambda st: None)
-    assert S._live == []
+    assert S.running == []
     assert f["mode"] == "freeze" and f["failed_share_of_stage"] < 0.01, f["failed_by_class"]
     # The balancer stopped choosing it at once (roundrobin kept sending it 1/N of the
     # requests until marked down, and the service answered nothing for 4 s).

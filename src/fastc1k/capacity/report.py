@@ -14,7 +14,8 @@ import json
 import os
 from typing import Any
 
-__all__ = ["write_json", "summary_text", "render_charts", "write_html", "write_all", "CHARTS"]
+__all__ = ["write_json", "summary_text", "render_charts", "write_html", "write_all", "CHARTS", "stage_table",
+           "chart_stages", "html_opening", "pyplot", "png"]
 
 CHARTS = ("stages", "timeline", "resources", "recovery")
 _PHASE_COLOURS = {"stages": "#4c72b0", "ramp": "#55a868", "blast": "#c44e52", "recovery": "#8172b2"}
@@ -129,17 +130,19 @@ def summary_text(report: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- charts
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (ImportError without the report extra)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
+    """The figure as PNG bytes (and closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -169,7 +172,7 @@ def chart_stages(report: dict[str, Any]) -> bytes | None:
     st = report["phases"].get("stages")
     if not st or not st["stages"]:
         return None
-    plt = _plt()
+    plt = pyplot()
     ss = st["stages"]
     x = [s["clients"] for s in ss]
     fig, axes = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True)
@@ -202,14 +205,14 @@ def chart_stages(report: dict[str, Any]) -> bytes | None:
             ax.axvline(bp["clients"], color="#c44e52", ls="--", lw=1)
     axes[0].set_title("Breaking point: clients against p99, throughput and errors"
                       + (f" (broke at {bp['clients']})" if bp else ""))
-    return _png(fig)
+    return png(fig)
 
 
 def chart_timeline(report: dict[str, Any]) -> bytes | None:
     rows = report.get("timeline") or []
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
     ax2 = axes[0].twinx()
     for j, seg in enumerate(_segments(rows)):
@@ -234,14 +237,14 @@ def chart_timeline(report: dict[str, Any]) -> bytes | None:
         _shade(ax, report.get("windows", []), labels=(i == 0))
         ax.grid(alpha=0.3)
     axes[0].set_title("Per-second timeline (shaded: stages, ramp, blast, recovery)")
-    return _png(fig)
+    return png(fig)
 
 
 def chart_resources(report: dict[str, Any]) -> bytes | None:
     sm = [s for s in report.get("samples") or [] if "cpu_used" in s or "listen_overflows" in s]
     if not sm:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
     t = [s["t"] for s in sm]
     have = [s for s in sm if "cpu_used" in s]
@@ -275,7 +278,7 @@ def chart_resources(report: dict[str, Any]) -> bytes | None:
             ax.axvline(b["t"], color="#c44e52", lw=1.2)
     axes[0].set_title("Server resources against their limits"
                       + (f" (first bottleneck: {b['resource']} at {b['clients']} clients)" if b else ""))
-    return _png(fig)
+    return png(fig)
 
 
 def chart_recovery(report: dict[str, Any]) -> bytes | None:
@@ -285,7 +288,7 @@ def chart_recovery(report: dict[str, Any]) -> bytes | None:
     rows = [r for r in report.get("timeline", []) if r["phase"] == "recovery"]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     th = report["thresholds"]
     fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
     x = [r["t"] - rc["drop_t"] + 0.5 for r in rows]
@@ -308,13 +311,13 @@ def chart_recovery(report: dict[str, Any]) -> bytes | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_title(f"Recovery after {rc['blast_clients']} clients: {rec['label']}")
-    return _png(fig)
+    return png(fig)
 
 
 def render_charts(report: dict[str, Any]) -> tuple[dict[str, bytes], str | None]:
     """{name: png} and, when charts could not be drawn, why."""
     try:
-        _plt()
+        pyplot()
     except ImportError:
         return {}, "matplotlib is not installed (pip install 'fastc1k[report]'): no charts"
     out = {}

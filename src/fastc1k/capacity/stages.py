@@ -23,10 +23,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from ..host import sysctl
+from ..host.net import parse_source_ips
 from . import analysis as A
 from .monitor import Monitor
 
-__all__ = ["RunConfig", "ServerProcess", "Runner", "host_client_limit", "DEFAULT_STAGES", "load_api"]
+__all__ = ["RunConfig", "ServerProcess", "Runner", "host_client_limit", "DEFAULT_STAGES", "load_api",
+           "server_env"]
 
 DEFAULT_STAGES = (100, 250, 500, 750, 1000)
 AUTO_SOURCES = "127.0.0.1-127.0.0.8"
@@ -94,6 +96,15 @@ def host_client_limit(source_ips: int = 1) -> tuple[int, str]:
 
 # --------------------------------------------------------------------------- the server
 
+def server_env() -> dict[str, str]:
+    """This environment, with PYTHONPATH first naming the tree this fastc1k was imported from
+    (so a server child runs the same code)."""
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 class ServerProcess:
     """`python -m fastc1k.serve` in a child process (inside the container, if any)."""
 
@@ -113,11 +124,8 @@ class ServerProcess:
         self._err = tempfile.TemporaryFile(mode="w+")
 
     def start(self) -> "ServerProcess":
-        env = dict(os.environ)
-        src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
-                                     env=env, preexec_fn=self.preexec, start_new_session=True)
+                                     env=server_env(), preexec_fn=self.preexec, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             self._out.seek(0)
@@ -212,7 +220,6 @@ class Runner:
             cfg.source_ips = AUTO_SOURCES if host.startswith("127.") else None
         n_src = 1
         if cfg.source_ips:
-            from ..load.farm import parse_source_ips
             n_src = len(parse_source_ips(cfg.source_ips))
         self.host_limit, self.host_limit_why = host_client_limit(n_src)
         self.max_clients = min(cfg.max_clients, self.host_limit)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..host import proc
+from ...host import proc
 
 __all__ = ["Backend", "BalancerSpec", "Balancer", "BalancerError", "haproxy_config", "nginx_config",
            "free_port"]

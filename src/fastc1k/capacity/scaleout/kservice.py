@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable
 
 from .health import HealthChecker, ProbeSpec
-from ..host import net as hnet
+from ...host import net as hnet
 from .kernel_lb import Conntrack, Endpoint, KernelBalancer, ServiceNet
 
 __all__ = ["NodeSlot", "KernelService", "ConntrackSampler"]

@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..host import net, sysctl
+from ...host import net, sysctl
 
 __all__ = ["PREFIX", "NeedsRoot", "require_root", "Endpoint", "ruleset", "service_rule", "ServiceNet",
            "KernelBalancer", "Conntrack", "nft", "sweep", "PICKS", "host_notrack_rules"]

@@ -1,9 +1,4 @@
-"""How many concurrent keep-alive connections this host holds: `python -m fastc1k.capacity.probe`.
-
-    python -m fastc1k.capacity.probe --connections 1000000 --workers 56 --clients 56 \\
-        --source-ips 127.0.0.10-127.0.0.59 --hold 30
-    python -m fastc1k.capacity.probe --connections auto          # the most this host should hold
-    python -m fastc1k.capacity.probe --target 127.0.0.1:8080 --server-pid 1234 --connections 50000
+"""How many concurrent keep-alive connections this host holds: the probe's run.
 
 Every connection is answered twice: once right after it opens, once after all of them
 have been held for --hold seconds; a connection counts as held only if both answers are
@@ -12,10 +7,7 @@ open are still held and checked) when used memory passes --max-memory (85% by de
 when the clients meet an error they cannot get past (EADDRNOTAVAIL: ports; EMFILE: fds),
 or at --open-timeout; the report names that limit with its figure.
 
-The client is lean on purpose: each client process keeps its connections in one epoll
-loop over raw non-blocking sockets bound to 127.0.0.x with IP_BIND_ADDRESS_NO_PORT (so
-the 4-tuple, not the source port alone, must be unique: ~28k connections per source
-address per server port), with at most --in-flight handshakes outstanding. The server is
+The clients are processes of their own (client.py). The server is
 `python -m fastc1k.serve` (started here unless --target is given), one SO_REUSEPORT
 worker per --workers.
 
@@ -25,38 +17,26 @@ user-space memory per connection (workers' RSS delta), and what stopped the next
 """
 from __future__ import annotations
 
-import argparse
-import errno
-import json
 import multiprocessing as mp
 import os
 import resource
-import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..config import FD_RESERVE
-from ..doctor import KERNEL_BYTES_PER_LOOPBACK_PAIR as KERNEL_BYTES_PER_PAIR
-from ..host import proc, sysctl
-from ..host.net import parse_source_ips
+from ...config import FD_RESERVE
+from ...doctor import KERNEL_BYTES_PER_LOOPBACK_PAIR as KERNEL_BYTES_PER_PAIR
+from ...host import proc, sysctl
+from ..stages import server_env
+from .client import C_DONE, C_FAILED, C_LOST, C_OPENED, C_VERIFIED, C_VERIFY_FAILED, CLOSE, HOLD, N_COUNTERS, \
+    N_ERRNO, OPEN, REQUEST, VERIFY, client_process, response_done
 
-__all__ = ["ProbeSpec", "ProbeResult", "run_probe", "host_limits", "main"]
-
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-REQUEST = b"GET /api/health HTTP/1.1\r\nHost: probe\r\n\r\n"
-# client phases (shared control word)
-OPEN, HOLD, VERIFY, CLOSE = 1, 2, 3, 4
-# per-client counters (shared array)
-C_OPENED, C_FAILED, C_LOST, C_VERIFIED, C_VERIFY_FAILED, C_STARTED, C_DONE = range(7)
-N_COUNTERS = 7
-N_ERRNO = 8
-ERRNO_SLOTS = (errno.EADDRNOTAVAIL, errno.EMFILE, errno.ENFILE, errno.ECONNREFUSED, errno.ETIMEDOUT,
-               errno.ECONNRESET, errno.ENOBUFS, 0)  # 0: other (bad response, server close)
+__all__ = ["ProbeSpec", "ProbeResult", "run_probe", "host_limits", "auto_connections", "summary", "snapshot",
+           "KERNEL_BYTES_PER_PAIR"]
 
 
 @dataclass
@@ -151,201 +131,6 @@ def auto_connections(spec: ProbeSpec, lim: dict[str, Any]) -> tuple[int, str]:
     return max(0, caps[name]), name
 
 
-# --- the client process -----------------------------------------------------------------------------
-def _response_done(buf: bytes) -> int:
-    """0 incomplete, 200 a complete 200 response, else -1 (anything else)."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return 0 if len(buf) < 8192 else -1
-    head = buf[:end].lower()
-    i = head.find(b"\r\ncontent-length:")
-    if i < 0:
-        return -1
-    j = head.find(b"\r\n", i + 2)
-    try:
-        length = int(head[i + 17: j if j >= 0 else len(head)])
-    except ValueError:
-        return -1
-    if len(buf) < end + 4 + length:
-        return 0
-    if len(buf) > end + 4 + length or not buf.startswith(b"HTTP/1.1 200 "):
-        return -1
-    return 200
-
-
-def _errslot(err: int) -> int:
-    return ERRNO_SLOTS.index(err) if err in ERRNO_SLOTS else N_ERRNO - 1
-
-
-def _client(idx: int, n: int, ips: list[str], target: tuple[str, int], in_flight: int,
-            phase, counters, errs, stop_open) -> None:
-    """One client process: open n connections, hold them, verify them, close them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    base = idx * N_COUNTERS
-    ebase = idx * N_ERRNO
-    ep = select.epoll()
-    socks: dict[int, socket.socket] = {}
-    bufs: dict[int, bytes] = {}
-    held: set[int] = set()
-    pending = 0          # handshakes + first answers outstanding
-    started = 0
-    opened = failed = 0
-    fatal = False
-    IN, OUT = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT
-    ERR = select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
-
-    def fail(fd: int, err: int) -> None:
-        s = socks.pop(fd)
-        bufs.pop(fd, None)
-        held.discard(fd)
-        try:
-            ep.unregister(fd)
-        except OSError:
-            pass
-        s.close()
-        errs[ebase + _errslot(err)] += 1
-
-    # --- open
-    while phase.value == OPEN and (started < n or pending):
-        while pending < in_flight and started < n and not fatal and not stop_open.value:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.setblocking(False)
-                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                s.bind((ips[(idx + started) % len(ips)], 0))
-                err = s.connect_ex(target)
-            except OSError as e:
-                err = e.errno or -1
-            started += 1
-            if err not in (0, errno.EINPROGRESS):
-                s.close()
-                failed += 1
-                errs[ebase + _errslot(err)] += 1
-                if err in (errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL, errno.ENOBUFS):
-                    fatal = True   # the next connections would fail the same way
-                continue
-            fd = s.fileno()
-            socks[fd] = s
-            bufs[fd] = b""
-            pending += 1
-            # On loopback the handshake usually completes inside connect(): send at once and
-            # wait for the answer; only a connection still in SYN_SENT waits for EPOLLOUT.
-            try:
-                s.send(REQUEST)
-                ep.register(fd, IN)
-            except BlockingIOError:
-                ep.register(fd, OUT | ERR)
-            except OSError as e:
-                socks.pop(fd)
-                bufs.pop(fd)
-                s.close()
-                pending -= 1
-                failed += 1
-                errs[ebase + _errslot(e.errno or 0)] += 1
-        if fatal or stop_open.value:
-            n = started     # open no more; finish what is in flight
-        for fd, ev in ep.poll(0.05):
-            s = socks.get(fd)
-            if s is None:
-                continue
-            if fd in held:
-                fail(fd, 0)     # the server closed a held connection
-                counters[base + C_LOST] += 1
-                continue
-            if ev & OUT:
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    fail(fd, err)
-                    pending -= 1
-                    failed += 1
-                    continue
-                try:
-                    s.send(REQUEST)
-                except OSError as e:
-                    fail(fd, e.errno or 0)
-                    pending -= 1
-                    failed += 1
-                    continue
-                ep.modify(fd, IN)
-                continue
-            try:
-                data = s.recv(4096)
-            except OSError as e:
-                fail(fd, e.errno or 0)
-                pending -= 1
-                failed += 1
-                continue
-            buf = bufs[fd] + data if bufs[fd] else data
-            done = _response_done(buf) if data else -1
-            if done == 0:
-                bufs[fd] = buf
-                continue
-            pending -= 1
-            if done == 200:
-                bufs[fd] = b""
-                held.add(fd)
-                opened += 1
-            else:
-                fail(fd, 0)
-                failed += 1
-        counters[base + C_OPENED] = opened
-        counters[base + C_FAILED] = failed
-        counters[base + C_STARTED] = started
-    counters[base + C_DONE] = 1
-
-    # --- hold: a held connection that becomes readable was closed by the server
-    while phase.value in (OPEN, HOLD):
-        for fd, ev in ep.poll(0.1):
-            if fd in held:
-                fail(fd, 0)
-                counters[base + C_LOST] += 1
-    # --- verify: every held connection is answered again
-    if phase.value == VERIFY:
-        waiting = set()
-        for fd in list(held):
-            try:
-                socks[fd].send(REQUEST)
-                waiting.add(fd)
-            except OSError as e:
-                fail(fd, e.errno or 0)
-                counters[base + C_VERIFY_FAILED] += 1
-        verified = 0
-        while waiting and phase.value == VERIFY:
-            for fd, ev in ep.poll(0.05):
-                if fd not in waiting:
-                    continue
-                try:
-                    data = socks[fd].recv(4096)
-                except OSError as e:
-                    waiting.discard(fd)
-                    fail(fd, e.errno or 0)
-                    counters[base + C_VERIFY_FAILED] += 1
-                    continue
-                buf = bufs[fd] + data
-                done = _response_done(buf) if data else -1
-                if done == 0:
-                    bufs[fd] = buf
-                    continue
-                waiting.discard(fd)
-                if done == 200:
-                    verified += 1
-                    bufs[fd] = b""
-                else:
-                    fail(fd, 0)
-                    counters[base + C_VERIFY_FAILED] += 1
-            counters[base + C_VERIFIED] = verified
-        counters[base + C_VERIFY_FAILED] += len(waiting)  # no answer before the controller gave up
-        counters[base + C_DONE] = 2
-    while phase.value != CLOSE:
-        time.sleep(0.05)
-    for s in socks.values():
-        s.close()
-    counters[base + C_DONE] = 3
-
-
 # --- the server -----------------------------------------------------------------------------------
 def _free_port(host: str) -> int:
     with socket.socket() as s:
@@ -362,12 +147,12 @@ def _wait_answering(addr: tuple[str, int], timeout: float, srv: subprocess.Popen
             with socket.create_connection(addr, timeout=1.0) as s:
                 s.sendall(REQUEST)
                 buf = b""
-                while _response_done(buf) == 0:
+                while response_done(buf) == 0:
                     data = s.recv(4096)
                     if not data:
                         break
                     buf += data
-                if _response_done(buf) == 200:
+                if response_done(buf) == 200:
                     return
         except OSError:
             pass
@@ -378,16 +163,13 @@ def _wait_answering(addr: tuple[str, int], timeout: float, srv: subprocess.Popen
 def start_server(spec: ProbeSpec, per_worker: int) -> tuple[subprocess.Popen, tuple[str, int], list[int]]:
     host = "127.0.0.1"
     port = _free_port(host)
-    env = dict(os.environ)
-    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = [sys.executable, "-m", "fastc1k.serve", "--host", host, "--port", str(port),
            "--workers", str(spec.workers), "--max-connections", str(per_worker),
            "--idle-timeout", str(int(spec.hold + spec.open_timeout + spec.verify_timeout + 120)) + "s",
            "--header-timeout", "60s", "--backlog", "65535", "--listen", "reuseport"]
     if spec.engine:
         cmd += ["--engine", spec.engine]
-    srv = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    srv = subprocess.Popen(cmd, env=server_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         _wait_answering((host, port), 30.0, srv)
         deadline = time.monotonic() + 10
@@ -453,7 +235,7 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
         for i in range(spec.clients):
             n = min(per_client, left)
             left -= n
-            p = ctx.Process(target=_client, args=(i, n, spec.source_ips, target, spec.in_flight, phase, counters, errs,
+            p = ctx.Process(target=client_process, args=(i, n, spec.source_ips, target, spec.in_flight, phase, counters, errs,
                                                   stop_open), daemon=True)
             p.start()
             clients.append(p)
@@ -589,82 +371,3 @@ def summary(res: ProbeResult) -> str:
         f"stopped by         {res.stopped_by}",
         f"next limit         {res.next_limit}",
     ])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastc1k.capacity.probe", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--connections", default="10000", help="connections to hold, or 'auto' [10000]")
-    p.add_argument("--workers", type=int, default=None, help="server workers [connections / 18000, at least 1]")
-    p.add_argument("--clients", type=int, default=None, help="client processes [connections / 18000, at least 1]")
-    p.add_argument("--source-ips", default="127.0.0.1",
-                   help="client source addresses, e.g. 127.0.0.10-127.0.0.59 [127.0.0.1]")
-    p.add_argument("--target", default=None, metavar="HOST:PORT", help="probe a running server instead")
-    p.add_argument("--server-pid", type=int, action="append", default=[],
-                   help="with --target: worker pids to measure (repeatable)")
-    p.add_argument("--engine", choices=("c", "python"), default=None)
-    p.add_argument("--hold", type=float, default=5.0, help="seconds to hold before the second answer [5]")
-    p.add_argument("--open-timeout", type=float, default=240.0, help="stop opening after this [240 s]")
-    p.add_argument("--in-flight", type=int, default=256, help="handshakes outstanding per client [256]")
-    p.add_argument("--max-memory", type=float, default=0.85, help="stop opening past this fraction of RAM [0.85]")
-    p.add_argument("--plan", action="store_true", help="print the plan and the host's limits, open nothing")
-    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
-    p.add_argument("--quiet", action="store_true")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        ips = parse_source_ips(args.source_ips)
-        if not ips:
-            raise ValueError("no source addresses")
-        target = None
-        if args.target:
-            host, _, port = args.target.rpartition(":")
-            target = (host or "127.0.0.1", int(port))
-    except ValueError as exc:
-        print(f"fastc1k.capacity.probe: {exc}", file=sys.stderr)
-        return 2
-    per_proc = 18_000   # connections per process, under the usual 20,000-fd limit
-    spec = ProbeSpec(source_ips=ips, target=target, server_pids=args.server_pid, engine=args.engine,
-                     hold=args.hold, open_timeout=args.open_timeout, in_flight=args.in_flight,
-                     max_memory=args.max_memory, quiet=args.quiet)
-    if args.connections == "auto":
-        lim = host_limits()
-        spec.workers = args.workers or 1 << 20   # let fds of the processes not be the cap...
-        spec.clients = args.clients or 1 << 20
-        n, why = auto_connections(spec, lim)     # ...unless they were given
-        print(f"fastc1k.capacity.probe: aiming at {n:,} connections (limited by {why})", file=sys.stderr)
-    else:
-        try:
-            n = int(float(args.connections))
-        except ValueError:
-            print(f"fastc1k.capacity.probe: --connections must be a number or 'auto', got {args.connections!r}",
-                  file=sys.stderr)
-            return 2
-    spec.connections = n
-    spec.workers = args.workers or max(1, -(-n // per_proc))
-    spec.clients = args.clients or max(1, -(-n // per_proc))
-    if args.plan:
-        lim = host_limits()
-        print(json.dumps({"connections": spec.connections, "workers": spec.workers, "clients": spec.clients,
-                          "source_ips": len(spec.source_ips),
-                          "per_source_ip": -(-spec.connections // len(spec.source_ips)),
-                          "kernel_memory_estimate_gib": round(spec.connections * KERNEL_BYTES_PER_PAIR / 2**30, 1),
-                          "limits": lim}, indent=1))
-        return 0
-    try:
-        res = run_probe(spec)
-    except (ValueError, RuntimeError) as exc:
-        print(f"fastc1k.capacity.probe: {exc}", file=sys.stderr)
-        return 1
-    print(summary(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(asdict(res), f, indent=2)
-    return 0 if res.held == res.opened and res.opened > 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

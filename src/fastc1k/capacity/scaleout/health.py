@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..host import net
+from ...host import net
 from .kernel_lb import Endpoint
 
 __all__ = ["ProbeSpec", "HealthChecker", "probe_once"]
