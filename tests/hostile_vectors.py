@@ -83,6 +83,18 @@ VECTORS: list[tuple[str, bytes, int]] = [
     ("chunk-ext-nul", _post(b"Transfer-Encoding: chunked\r\n", b"5;a=\x00\r\nhello\r\n0\r\n\r\n"), 400),
     ("chunked-over-max-body", _post(b"Transfer-Encoding: chunked\r\n", b"800\r\n" + b"x" * 2048 + b"\r\n"
                                     + b"801\r\n" + b"x" * 2049 + b"\r\n0\r\n\r\n"), 413),
+    # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), nothing else
+    ("control-chunk-ext-quoted", _post(b"Transfer-Encoding: chunked\r\n",
+                                       b'5 ; a = "q;\\"x\\" \xe9" ;b=tok;c\r\nhello\r\n0\r\n\r\n'), 200),
+    ("chunk-ext-empty-name", _post(b"Transfer-Encoding: chunked\r\n", b"5;\r\nhello\r\n0\r\n\r\n"), 400),
+    ("chunk-ext-empty-name-value", _post(b"Transfer-Encoding: chunked\r\n", b"5;=v\r\nhello\r\n0\r\n\r\n"), 400),
+    ("chunk-ext-empty-value", _post(b"Transfer-Encoding: chunked\r\n", b"5;a=\r\nhello\r\n0\r\n\r\n"), 400),
+    ("chunk-ext-unbalanced-quote", _post(b"Transfer-Encoding: chunked\r\n", b'5;a="b\r\nhello\r\n0\r\n\r\n'), 400),
+    ("chunk-ext-quote-in-token", _post(b"Transfer-Encoding: chunked\r\n", b'5;a=b"c"\r\nhello\r\n0\r\n\r\n'), 400),
+    ("chunk-ext-space-in-name", _post(b"Transfer-Encoding: chunked\r\n", b"5;a b\r\nhello\r\n0\r\n\r\n"), 400),
+    ("chunk-ext-trailing-space", _post(b"Transfer-Encoding: chunked\r\n", b"5;a=b \r\nhello\r\n0\r\n\r\n"), 400),
+    ("chunk-trailer-bare-lf-end", _post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\n"), 400),
+    ("chunk-trailer-bare-lf-line", _post(b"Transfer-Encoding: chunked\r\n", b"0\r\nX: a\n\r\n"), 400),
     ("chunk-trailer-obs-fold", _post(b"Transfer-Encoding: chunked\r\n", b"0\r\nX: a\r\n b\r\n\r\n"), 400),
     # -- line folding, bare LF / CR, NUL, invalid tokens
     ("obs-fold", _get(H + b"X-A: a\r\n b\r\n"), 400),

@@ -10,7 +10,7 @@ SCRATCH_SIZE = 65536        # lingering-close discard read
 MAX_WAIT_MS = 50            # the loop wakes at least this often (signals, timers)
 LINGER_MS = 1000            # read-and-discard window after an error response
 EMFILE_PAUSE_MS = 100       # stop accepting this long when out of fds
-MAX_CHUNK_LINE = 4096       # chunk-size line with extensions
+MAX_CHUNK_LINE = 4096       # chunk-size line with extensions, CRLF excluded
 
 # connection states
 S_FREE = 0
@@ -29,7 +29,6 @@ F_PAUSED = 1 << 6           # reading off: waiting for the socket to drain (back
 F_OUT_OWNED = 1 << 7        # (C only: conn.out is malloc'd)
 F_REJECTED = 1 << 8         # answered 503 at accept: not counted as active
 F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
-F_TRAILER_BAD = 1 << 10     # (C only until the chunk table: the trailer line is malformed)
 F_PENDING_PY = 1 << 11      # a handler request waits for its body
 F_STREAM = 1 << 12          # a WSGI response is still streaming (conn.ex; pumped when writable)
 F_PEER = 1 << 13            # (C only: Worker._peers holds the remote address; Python: conn.peer)

@@ -465,7 +465,7 @@ class Worker(Writer):
             c.state = S_BODY
             if q.chunked:
                 c.flags |= F_CHUNKED
-                c.chunk = ChunkDecoder()
+                c.chunk = ChunkDecoder(self.cfg.max_body)
             else:
                 c.body_left = q.length
             if q.expect_continue and not c.flags & F_V10 and at_end:

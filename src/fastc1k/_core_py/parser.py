@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import re
 
+from ..chunked import (A_DONE, A_HEX, A_NEXT, A_SIZE_END, BYTE_CLASS, CS_DATA, CS_DATA_CR, CS_DONE, CS_SIZE0,
+                       CS_T0, N_CLASSES, REJECT, TABLE)
 from ..config import ServerConfig
 from .consts import MAX_CHUNK_LINE
+
+_HEXV = {b: int(chr(b), 16) for b in b"0123456789abcdefABCDEF"}
 
 __all__ = ["ParseError", "Head", "parse_head", "parse_request", "ChunkDecoder"]
 
@@ -22,18 +26,8 @@ VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 # field-line = field-name ":" OWS field-value OWS ; field-value = *field-content
 # field-content = field-vchar [ 1*( SP / HTAB / field-vchar ) field-vchar ]
 FIELD_LINE = re.compile(rb"([" + _TCHAR + rb"]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*")
-# chunk-size [ chunk-ext ] CRLF ; chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
-CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[\x09\x20-\x7e\x80-\xff]*)?)")
-# what a chunk line may look like before its LF arrives: anything else is rejected at once
-# (as the C engine's byte-wise decoder does), not when the line ends
-CHUNK_LINE_START = re.compile(rb"[0-9A-Fa-f]{0,16}|[0-9A-Fa-f]{1,16}(?:[ \t]*|[ \t]*;[\x09\x20-\x7e\x80-\xff]*\r?|\r)")
 CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
 BARE_LF = re.compile(rb"(?<!\r)\n")
-
-# connection states
-
-# chunked decoder states
-CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILER = range(4)
 
 
 class ParseError(Exception):
@@ -193,77 +187,69 @@ def parse_request(data: bytes, config: ServerConfig | None = None) -> tuple:
 
 def _dechunk(data: bytes, pos: int, cfg: ServerConfig) -> tuple[bytes | None, int]:
     """Decode a whole chunked body at data[pos:] (used by parse_request)."""
-    st = ChunkDecoder()
+    st = ChunkDecoder(cfg.max_body)
     out = bytearray()
     pos, done = st.feed(data, pos, cfg, out)
     return (bytes(out), pos) if done else (None, pos)
 
 
 class ChunkDecoder:
-    """Chunked body decoder, resumable across reads (RFC 9112 7.1)."""
-    __slots__ = ("state", "remaining", "total", "trailer_bytes")
+    """The chunked body decoder, resumable across reads: fastc1k.chunked's transition table
+    walked byte by byte (core/parser.pxi chunk_feed walks the same table)."""
+    __slots__ = ("cstate", "body_left", "allowance", "line_len")
 
-    def __init__(self) -> None:
-        self.state = CHUNK_SIZE
-        self.remaining = 0
-        self.total = 0
-        self.trailer_bytes = 0
+    def __init__(self, max_body: int) -> None:
+        self.cstate = CS_SIZE0
+        self.body_left = 0          # current chunk size / bytes of it left
+        self.allowance = max_body   # max_body minus the body decoded so far
+        self.line_len = 0           # chunk-size line / trailer section bytes
 
     def feed(self, buf, pos: int, cfg: ServerConfig, out: bytearray | None) -> tuple[int, bool]:
+        """Decode buf[pos:], appending chunk data to `out` (None: discard). Returns (the
+        position reached, whether the body is complete); ParseError on a bad byte."""
         n = len(buf)
+        st = self.cstate
         while pos < n:
-            st = self.state
-            if st == CHUNK_SIZE:
-                nl = buf.find(b"\r\n", pos)
-                if nl < 0:
-                    if n - pos > MAX_CHUNK_LINE or CHUNK_LINE_START.fullmatch(bytes(buf[pos:n])) is None:
-                        raise ParseError(400)
-                    return pos, False
-                if nl - pos > MAX_CHUNK_LINE:
-                    raise ParseError(400)
-                m = CHUNK_LINE.fullmatch(bytes(buf[pos:nl]))
-                if m is None:
-                    raise ParseError(400)
-                size = int(m.group(1), 16)
-                self.total += size
-                if self.total > cfg.max_body:
-                    raise ParseError(413)
-                pos = nl + 2
-                if size == 0:
-                    self.state = TRAILER
-                else:
-                    self.state, self.remaining = CHUNK_DATA, size
-            elif st == CHUNK_DATA:
-                take = min(self.remaining, n - pos)
+            if st == CS_DATA:
+                take = min(self.body_left, n - pos)
                 if out is not None:
                     out += buf[pos:pos + take]
                 pos += take
-                self.remaining -= take
-                if self.remaining == 0:
-                    self.state = CHUNK_CRLF
-            elif st == CHUNK_CRLF:
-                if n - pos < 2:
-                    if buf[pos] != 13:
-                        raise ParseError(400)
-                    return pos, False
-                if buf[pos] != 13 or buf[pos + 1] != 10:
+                self.body_left -= take
+                if self.body_left == 0:
+                    st = CS_DATA_CR
+                continue
+            if st == CS_DONE:
+                break
+            ch = buf[pos]
+            if st < CS_DATA:
+                self.line_len += 1
+                if self.line_len > MAX_CHUNK_LINE + 2:  # its CRLF counted here
                     raise ParseError(400)
-                pos += 2
-                self.state = CHUNK_SIZE
-            else:  # TRAILER: field lines until an empty line, then done
-                nl = buf.find(b"\r\n", pos)
-                if nl < 0:
-                    if self.trailer_bytes + n - pos > cfg.max_header_bytes:
-                        raise ParseError(431)
-                    return pos, False
-                self.trailer_bytes += nl + 2 - pos
-                if self.trailer_bytes > cfg.max_header_bytes:
+            elif st >= CS_T0:
+                self.line_len += 1
+                if self.line_len > cfg.max_header_bytes:
                     raise ParseError(431)
-                if nl == pos:
-                    return nl + 2, True
-                if FIELD_LINE.fullmatch(bytes(buf[pos:nl])) is None:
+            e = TABLE[st * N_CLASSES + BYTE_CLASS[ch]]
+            if e == REJECT:
+                raise ParseError(400)
+            st = e & 31
+            act = e >> 5
+            pos += 1
+            if act == A_HEX:
+                if self.line_len > 16:
                     raise ParseError(400)
-                pos = nl + 2
-        return pos, False
-
-
+                self.body_left = self.body_left * 16 + _HEXV[ch]
+            elif act == A_SIZE_END:
+                if self.body_left > self.allowance:
+                    raise ParseError(413)
+                self.allowance -= self.body_left
+                if self.body_left == 0:
+                    st = CS_T0
+                    self.line_len = 0
+            elif act == A_NEXT:
+                self.line_len = 0
+            elif act == A_DONE:
+                break
+        self.cstate = st
+        return pos, st == CS_DONE

@@ -9,7 +9,7 @@ cdef enum:
     MAX_WAIT_MS = 50            # the loop wakes at least this often (signals, timers)
     LINGER_MS = 1000            # read-and-discard window after an error response
     EMFILE_PAUSE_MS = 100       # stop accepting this long when out of fds
-    MAX_CHUNK_LINE = 4096       # chunk-size line with extensions
+    MAX_CHUNK_LINE = 4096       # chunk-size line with extensions, CRLF excluded
     DATE_LEN = 37               # len("Date: Sat, 28 Nov 2026 06:20:12 GMT\r\n"), checked at import
 
 # connection states
@@ -31,7 +31,6 @@ cdef enum:
     F_OUT_OWNED = 1 << 7        # conn.out is malloc'd (else it points into prebuilt memory)
     F_REJECTED = 1 << 8         # answered 503 at accept: not counted as active
     F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
-    F_TRAILER_BAD = 1 << 10     # the current trailer line is malformed (400 at its end)
     F_PENDING_PY = 1 << 11      # a handler request waits in Worker._pending
     F_STREAM = 1 << 12          # a WSGI response is still streaming (Worker._streams; pump on EPOLLOUT)
     F_PEER = 1 << 13            # Worker._peers holds this connection's remote address
@@ -45,21 +44,21 @@ cdef enum:
     T_LINGER = 4
     T_KINDS = 5
 
-# chunked decoder states (RFC 9112 7.1)
+# chunked decoder states: fastc1k.chunked's, whose table chunk_feed walks (checked at import)
 cdef enum:
-    CS_SIZE0 = 0                # first hex digit of chunk-size
-    CS_SIZE                     # more hex digits, BWS, ";" or CRLF
-    CS_BWS                      # BWS before ";"
-    CS_EXT                      # chunk-ext up to CRLF
-    CS_DATA
-    CS_DATA_CR
-    CS_DATA_LF
-    CS_T0                       # start of a trailer line (CR: end of the trailer section)
-    CS_TNAME                    # trailer field-name
-    CS_TVAL                     # trailer field-value
-    CS_TLF                      # LF after a trailer line
-    CS_END_LF                   # LF of the final empty line
-    CS_DONE
+    CS_SIZE0 = 0                # the chunk-size line: CS_SIZE0 .. CS_SIZE_LF
+    CS_SIZE_LF = 12
+    CS_DATA = 13
+    CS_DATA_CR = 14
+    CS_T0 = 16                  # the trailer section: CS_T0 .. CS_END_LF
+    CS_DONE = 21
+    CHUNK_STATES = 22
+    CHUNK_CLASSES = 13
+    CHUNK_REJECT = 0xFF
+    A_HEX = 1                   # the table's actions (fastc1k.chunked A_*)
+    A_SIZE_END = 2
+    A_NEXT = 3
+    A_DONE = 4
 
 # response kinds stored in Conn.resp's high bits while a body is read
 cdef enum:

@@ -4,7 +4,7 @@
 #
 # Strategy: a head is parsed whole once its terminating CRLFCRLF is in the buffer (each
 # read re-parses from the request line: heads are small and this keeps no state); bodies
-# are streamed through a byte-wise chunked decoder whose state lives in the Conn.
+# are streamed through the chunked decoder's table (fastc1k.chunked), its state in the Conn.
 
 # RFC 9110 5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
 #                         "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
@@ -15,9 +15,12 @@ cdef uint8_t TARGETCH[256]
 cdef uint8_t VALUECH[256]
 # hex digit value + 1 (0 = not a hex digit)
 cdef uint8_t HEXV[256]
+# the chunked decoder's rules: fastc1k.chunked.BYTE_CLASS and TABLE, copied at import
+cdef uint8_t CHUNK_CLASS[256]
+cdef uint8_t CHUNK_TABLE[CHUNK_STATES * CHUNK_CLASSES]
 
 
-cdef void _init_tables():
+cdef int _init_tables() except -1:
     cdef int i
     for i in range(256):
         TCHAR[i] = 1 if (48 <= i <= 57 or 65 <= i <= 90 or 97 <= i <= 122
@@ -30,6 +33,19 @@ cdef void _init_tables():
     for i in range(6):
         HEXV[65 + i] = 11 + i
         HEXV[97 + i] = 11 + i
+    from . import chunked
+    if (len(chunked.TABLE) != CHUNK_STATES * CHUNK_CLASSES or chunked.N_CLASSES != CHUNK_CLASSES
+            or chunked.REJECT != CHUNK_REJECT
+            or (chunked.CS_SIZE0, chunked.CS_SIZE_LF, chunked.CS_DATA, chunked.CS_DATA_CR, chunked.CS_T0,
+                chunked.CS_DONE) != (CS_SIZE0, CS_SIZE_LF, CS_DATA, CS_DATA_CR, CS_T0, CS_DONE)
+            or (chunked.A_HEX, chunked.A_SIZE_END, chunked.A_NEXT, chunked.A_DONE)
+            != (A_HEX, A_SIZE_END, A_NEXT, A_DONE)):
+        raise ImportError("fastc1k._core was built for another chunked decoder table")
+    for i in range(256):
+        CHUNK_CLASS[i] = chunked.BYTE_CLASS[i]
+    for i in range(CHUNK_STATES * CHUNK_CLASSES):
+        CHUNK_TABLE[i] = chunked.TABLE[i]
+    return 0
 
 _init_tables()
 
@@ -396,19 +412,15 @@ cdef inline void _conn_list(const char *v, size_t vn, bint *close, bint *ka) noe
 
 cdef ssize_t chunk_feed(Conn *c, const char *b, size_t n, const Limits *lim,
                         size_t *doff, size_t *dlen) noexcept nogil:
-    """Advance the chunked decoder over b[:n] (RFC 9112 7.1).
+    """Advance the chunked decoder over b[:n] (RFC 9112 7.1): fastc1k.chunked's transition
+    table (CHUNK_TABLE), byte by byte, as _core_py/parser.py ChunkDecoder walks it.
 
     Returns the bytes consumed (-status on error). It stops after each run of chunk data,
     reported as b[doff:doff+dlen] (dlen = 0: none); c.cstate == CS_DONE at the end of
     the trailer section.
-
-    chunked-body = *chunk last-chunk trailer-section CRLF
-    chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
-    chunk-size   = 1*HEXDIG (at most 16 here);  chunk-ext = *( BWS ";" ... ) (ignored)
-    trailer-section = *( field-line CRLF )      (read, checked and discarded)
     """
     cdef size_t i = 0, take
-    cdef uint8_t ch, h, st
+    cdef uint8_t ch, st, e, act
     dlen[0] = 0
     while i < n:
         st = c.cstate
@@ -422,113 +434,36 @@ cdef ssize_t chunk_feed(Conn *c, const char *b, size_t n, const Limits *lim,
             if c.body_left == 0:
                 c.cstate = CS_DATA_CR
             return <ssize_t>(i + take)
+        if st == CS_DONE:
+            return <ssize_t>i
         ch = <uint8_t>b[i]
-        if st >= CS_T0:
-            # the trailer section (final CRLF included) is bounded like a header section
+        if st < CS_DATA:
+            c.line_len += 1
+            if c.line_len > MAX_CHUNK_LINE + 2:  # its CRLF counted here
+                return -400
+        elif st >= CS_T0:
             c.line_len += 1
             if c.line_len > lim.max_hdr:
                 return -431
-        if st <= CS_EXT:
-            # chunk-size line: chunk-size [ BWS ";" chunk-ext ], at most 16 hex digits and
-            # 4096 bytes; a byte that cannot continue a valid line is rejected at once
-            if ch == 13:
-                if st == CS_SIZE0 or st == CS_BWS:
-                    return -400
-                if i + 1 == n:
-                    # a CR with nothing after it yet: keep it unconsumed for the next read
-                    if c.line_len + 1 > MAX_CHUNK_LINE:
-                        return -400
-                    return <ssize_t>i
-                if b[i + 1] != 10:
-                    return -400
-                if c.body_left > <uint64_t>c.allowance:
-                    return -413
-                c.allowance -= <int64_t>c.body_left
-                if c.body_left == 0:
-                    c.cstate = CS_T0
-                    c.line_len = 0
-                    c.flags &= ~F_TRAILER_BAD
-                else:
-                    c.cstate = CS_DATA
-                i += 2
-                continue
-            c.line_len += 1
-            if c.line_len > MAX_CHUNK_LINE:
-                return -400
-            if st == CS_SIZE0:
-                h = HEXV[ch]
-                if h:
-                    c.body_left = h - 1
-                    c.cstate = CS_SIZE
-                else:
-                    return -400
-            elif st == CS_SIZE:
-                h = HEXV[ch]
-                if h:
-                    if c.line_len > 16:
-                        return -400
-                    c.body_left = (c.body_left << 4) | (h - 1)
-                elif ch == 32 or ch == 9:
-                    c.cstate = CS_BWS
-                elif ch == 59:
-                    c.cstate = CS_EXT
-                else:
-                    return -400
-            elif st == CS_BWS:
-                if ch == 59:
-                    c.cstate = CS_EXT
-                elif ch != 32 and ch != 9:
-                    return -400
-            elif st == CS_EXT:
-                if not VALUECH[ch]:
-                    return -400
-        elif st == CS_DATA_CR:
-            if ch != 13:
-                return -400
-            c.cstate = CS_DATA_LF
-        elif st == CS_DATA_LF:
-            if ch != 10:
-                return -400
-            c.cstate = CS_SIZE0
-            c.line_len = 0
-            c.line_len = 0  # each chunk-size line has its own 16-digit / 4 KiB bounds
-        elif st == CS_T0:
-            if ch == 13:
-                c.cstate = CS_END_LF
-            elif TCHAR[ch]:
-                c.cstate = CS_TNAME
-            else:
-                c.flags |= F_TRAILER_BAD
-                c.cstate = CS_TVAL
-        elif st == CS_TNAME:
-            if ch == 58:
-                c.cstate = CS_TVAL
-            elif ch == 13:
-                c.flags |= F_TRAILER_BAD
-                c.cstate = CS_TLF
-            elif not TCHAR[ch]:
-                c.flags |= F_TRAILER_BAD
-                c.cstate = CS_TVAL
-        elif st == CS_TVAL:
-            if ch == 13:
-                c.cstate = CS_TLF
-            elif not VALUECH[ch]:
-                c.flags |= F_TRAILER_BAD
-        elif st == CS_TLF or st == CS_END_LF:
-            if ch == 10:
-                if c.flags & F_TRAILER_BAD:
-                    return -400
-                if st == CS_END_LF:
-                    c.cstate = CS_DONE
-                    return <ssize_t>(i + 1)
-                c.cstate = CS_T0
-            else:
-                # a bare CR inside a line: the line goes on and is malformed; look at ch again
-                c.flags |= F_TRAILER_BAD
-                c.cstate = CS_TVAL
-                c.line_len -= 1
-                continue
-        else:  # CS_DONE
-            return <ssize_t>i
+        e = CHUNK_TABLE[st * CHUNK_CLASSES + CHUNK_CLASS[ch]]
+        if e == CHUNK_REJECT:
+            return -400
+        c.cstate = e & 31
+        act = e >> 5
         i += 1
+        if act == A_HEX:
+            if c.line_len > 16:
+                return -400
+            c.body_left = (c.body_left << 4) | (HEXV[ch] - 1)
+        elif act == A_SIZE_END:
+            if c.body_left > <uint64_t>c.allowance:
+                return -413
+            c.allowance -= <int64_t>c.body_left
+            if c.body_left == 0:
+                c.cstate = CS_T0
+                c.line_len = 0
+        elif act == A_NEXT:
+            c.line_len = 0
+        elif act == A_DONE:
+            return <ssize_t>i
     return <ssize_t>i
