@@ -190,7 +190,7 @@ class ContinueInput(io.RawIOBase):
                 except BlockingIOError:
                     _wait(self.fd, deadline, select.POLLOUT)
             body = bytearray()
-            state = ChunkDecoder() if self.chunked else None
+            state = ChunkDecoder(self.config.max_body) if self.chunked else None
             carry = b""  # an unfinished chunk line, already taken from the socket
             while state is not None or len(body) < self.length:
                 try:
