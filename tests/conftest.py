@@ -1,7 +1,9 @@
 """Engine fixtures: every engine test runs once per engine in FASTC1K_TEST_ENGINES.
 
-`engine` is "python" or "c". A C engine that did not load fails the test (a broken build
-must not pass as skips) unless FASTC1K_NO_EXTENSIONS=1 says no extension was built.
+`engine` is "python" or "c", and in the suites of URING_SUITES also "c-uring": the C
+engine with its io_uring backend (skipped where this kernel cannot run it, with the reason).
+A C engine that did not load fails the test (a broken build must not pass as skips)
+unless FASTC1K_NO_EXTENSIONS=1 says no extension was built.
 `make_server(routes=None, **config_overrides)` starts `fastc1k.running_server` on
 127.0.0.1:0 with the test routes and short timeouts; at teardown it checks the server
 still answers (bad input must not have broken it) and holds no connection the test's
@@ -25,10 +27,23 @@ from fastc1k import Routes, ServerConfig  # noqa: E402
 
 from _client import RawClient, build_request  # noqa: E402
 
-ENGINES = [e.strip() for e in os.environ.get("FASTC1K_TEST_ENGINES", "python,c").split(",") if e.strip()]
+ENGINES = [e.strip() for e in os.environ.get("FASTC1K_TEST_ENGINES", "python,c,c-uring").split(",") if e.strip()]
 for _e in ENGINES:
-    if _e not in ("python", "c"):
-        raise pytest.UsageError(f"FASTC1K_TEST_ENGINES must list python and/or c, got {_e!r}")
+    if _e not in ("python", "c", "c-uring"):
+        raise pytest.UsageError(f"FASTC1K_TEST_ENGINES must list python, c and/or c-uring, got {_e!r}")
+# The suites of the HTTP behaviour and of hostile input, which also run on the io_uring backend.
+URING_SUITES = ("test_conformance", "test_bodies", "test_limits", "test_hostile", "test_robustness")
+
+
+def engine_and_backend(mode: str) -> tuple[str, str]:
+    """"c-uring" -> ("c", "io_uring"); "python", "c" -> (mode, "epoll")."""
+    return ("c", "io_uring") if mode == "c-uring" else (mode, "epoll")
+
+
+def pytest_generate_tests(metafunc):
+    if "engine" in metafunc.fixturenames:
+        uring = metafunc.module.__name__.rpartition(".")[2] in URING_SUITES
+        metafunc.parametrize("engine", [e for e in ENGINES if e != "c-uring" or uring], indirect=True)
 
 # Short timeouts keep a stuck connection from stalling the suite; tests that exercise a
 # timer set their own (0.3 s and so on).
@@ -77,10 +92,15 @@ def make_routes() -> Routes:
     return routes
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture
 def engine(request) -> str:
     name = request.param
-    if name == "c" and not fastc1k.c_available():
+    if name == "c-uring" and fastc1k.c_available():
+        from fastc1k import _core
+        why = _core.uring_unavailable()
+        if why:
+            pytest.skip(f"io_uring unavailable here: {why}")
+    if name != "python" and not fastc1k.c_available():
         if os.environ.get("FASTC1K_NO_EXTENSIONS") == "1":
             pytest.skip("C engine not built (FASTC1K_NO_EXTENSIONS=1)")
         pytest.fail("the C engine did not load (fastc1k.c_available() is False) and "
@@ -118,15 +138,19 @@ def _active_after_clients_left(server, within: float = 3.0) -> int:
 def make_server(engine):
     servers = []
     with contextlib.ExitStack() as stack:
+        name, backend = engine_and_backend(engine)
+
         def make(routes: Routes | None = None, **overrides):
-            cfg = ServerConfig(**{**TEST_DEFAULTS, **overrides})
+            cfg = ServerConfig(**{**TEST_DEFAULTS, "backend": backend, **overrides})
             srv = stack.enter_context(fastc1k.running_server(cfg, make_routes() if routes is None else routes,
-                                                             engine=engine))
-            assert srv.engine_name == engine
+                                                             engine=name))
+            assert srv.engine_name == name
             servers.append(srv)
             return srv
 
         yield make
+        # no silent fallback: each server really ran on the backend asked for
+        assert all(getattr(s.worker, "backend", "epoll") == backend for s in servers)
         broken = [why for why in map(_answers, servers) if why]
         leaked = [] if broken else [n for n in map(_active_after_clients_left, servers) if n]
     # Leaving the stack stopped the servers and re-raised any engine-thread exception.

@@ -26,8 +26,19 @@ pytestmark = pytest.mark.skipif(os.environ.get("FASTC1K_NO_EXTENSIONS") == "1",
                                 reason="built without extensions")
 
 CFG = dict(host="127.0.0.1", port=0, header_timeout=3.0, idle_timeout=5.0, send_timeout=5.0,
-           graceful_timeout=0.5)
+           graceful_timeout=0.5, backend="epoll")
 HEALTH = build_request()  # GET /api/health, HTTP/1.1, keep-alive
+
+
+@pytest.fixture(autouse=True, params=["epoll", "io_uring"])
+def backend(request, monkeypatch) -> str:
+    """Every test here runs on both backends of the C engine (CFG and the spawned servers)."""
+    if request.param == "io_uring":
+        why = _core().uring_unavailable()
+        if why:
+            pytest.skip(f"io_uring unavailable here: {why}")
+    monkeypatch.setitem(CFG, "backend", request.param)
+    return request.param
 
 
 def _core():
@@ -333,7 +344,8 @@ SERVER_SCRIPT = textwrap.dedent("""
     from fastc1k import ServerConfig
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-    srv = fastc1k.Server(ServerConfig(host="127.0.0.1", port=0, max_connections=100000), engine="c")
+    srv = fastc1k.Server(ServerConfig(host="127.0.0.1", port=0, max_connections=100000, backend=sys.argv[2]),
+                         engine="c")
     print(srv.address[1], flush=True)
     threading.Thread(target=lambda: (sys.stdin.read(), srv.stop(False)), daemon=True).start()
     srv.serve_forever()
@@ -344,7 +356,8 @@ SERVER_SCRIPT = textwrap.dedent("""
 
 def _spawn(limit: int):
     src = os.path.join(os.path.dirname(fastc1k.__file__), os.pardir)
-    p = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT.format(src=os.path.abspath(src)), str(limit)],
+    p = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT.format(src=os.path.abspath(src)), str(limit),
+                          CFG["backend"]],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     port = int(p.stdout.readline())
     return p, ("127.0.0.1", port)

@@ -21,6 +21,7 @@ import time
 import pytest
 
 from _client import RawClient, build_request
+from conftest import engine_and_backend
 from hostile_vectors import LIMITS, VECTORS
 
 pytestmark = pytest.mark.timeout(90)
@@ -351,8 +352,8 @@ SERVER_SCRIPT = textwrap.dedent("""
     from fastc1k import Routes, Server, ServerConfig
     routes = Routes()
     routes.handler("/echo", lambda req: b"%d" % len(req.body), methods=["GET", "POST"])
-    srv = Server(ServerConfig(host="127.0.0.1", port=0, header_timeout=2.0, **{limits!r}), routes,
-                 engine=sys.argv[1])
+    srv = Server(ServerConfig(host="127.0.0.1", port=0, header_timeout=2.0, backend=sys.argv[2], **{limits!r}),
+                 routes, engine=sys.argv[1])
     print(srv.address[1], flush=True)
     import signal
     signal.signal(signal.SIGTERM, lambda *a: srv.stop(False))
@@ -362,7 +363,7 @@ SERVER_SCRIPT = textwrap.dedent("""
 
 def test_worker_survives_every_vector(engine):
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT.format(limits=LIMITS), engine],
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT.format(limits=LIMITS), *engine_and_backend(engine)],
                             stdout=subprocess.PIPE, env=env)
     try:
         port = int(proc.stdout.readline())

@@ -10,10 +10,11 @@ import os
 import sys
 from types import ModuleType
 
-__all__ = ["load_engine", "c_available", "EngineError", "ENGINES"]
+__all__ = ["load_engine", "c_available", "EngineError", "ENGINES", "resolve_backend", "say_backend_fallback"]
 
 ENGINES = ("c", "python")
 _warned = False
+_said_fallback = False
 
 
 class EngineError(RuntimeError):
@@ -58,3 +59,24 @@ def load_engine(name: str | None = None) -> ModuleType:
         print(f"fastc1k: C engine not available ({why}); using the pure-Python engine", file=sys.stderr)
     from . import _core_py
     return _core_py
+
+
+def say_backend_fallback(why: str) -> None:
+    """The one line (per process) of a server asked for io_uring that serves with epoll."""
+    global _said_fallback
+    if not _said_fallback:
+        _said_fallback = True
+        print(f"fastc1k: io_uring unavailable ({why}); serving with epoll", file=sys.stderr, flush=True)
+
+
+def resolve_backend(engine: ModuleType, config):
+    """`config`, or (io_uring asked for, not available to `engine` here) the same with
+    backend="epoll", after one line on stderr. Never an error: epoll always works."""
+    if config.backend != "io_uring":
+        return config
+    probe = getattr(engine, "uring_unavailable", None)
+    why = probe() if probe is not None else f"the {engine.ENGINE_NAME} engine has no io_uring backend"
+    if not why:
+        return config
+    say_backend_fallback(why)
+    return config.replace(backend="epoll")

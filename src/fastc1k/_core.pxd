@@ -1,6 +1,7 @@
 # The C engine's declarations: structs and tunables (core/), the Worker's C fields.
 from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from .includes.system cimport iovec, epoll_event
+from .includes.liburing cimport fc_ring
 
 include "core/consts.pxi"
 include "core/types.pxi"
@@ -61,6 +62,12 @@ cdef class Worker:
         bint has_refs
         char arena[ARENA_CAP]
         epoll_event events[MAX_EVENTS]
+        # the io_uring backend (core/uring.pxi); NULL with epoll
+        bint uring
+        fc_ring *ring
+        UConn *uc                       # per fd, beside conns
+        bint u_accept_armed
+        int u_zombies                   # closed connections whose fd waits for its last completion
 
     cdef void _loop(self) noexcept nogil
     cdef int _wait_ms(self) noexcept nogil
@@ -70,6 +77,9 @@ cdef class Worker:
     cdef void _start_drain(self) noexcept nogil
     cdef void _close_idle(self) noexcept nogil
     cdef void _accept(self) noexcept nogil
+    cdef void _pause_accepting(self) noexcept nogil
+    cdef void _listen(self, bint on) noexcept nogil
+    cdef void _admit(self, int fd) noexcept nogil
     cdef void _on_read(self, int fd, Conn *c) noexcept nogil
     cdef void _on_write(self, int fd, Conn *c) noexcept nogil
     cdef void _process(self, int fd, Conn *c) noexcept nogil

@@ -8,7 +8,7 @@ to let signals run (every MAX_WAIT_MS). Parts: this file (the loop, and the writ
 "writer" section: Cython cannot include methods into a cdef class), core/parser.pxi
 (request heads, chunked bodies), core/pool.pxi (read buffers), core/timers.pxi (O(1)
 timeout lists), core/consts.pxi (tunables, flags, the metrics layout), includes/system.pxd
-(the syscalls).
+(the syscalls), core/uring.pxi (the io_uring backend: ServerConfig.backend = "io_uring").
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -16,15 +16,18 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 
 from .includes.system cimport *
+from .includes.liburing cimport *
 from .core.debug cimport FC_DBG, FC_ASSERT
 
 import os
+import sys
 import time
 
 from . import metrics, responses, wsgi
+from ._compat import say_backend_fallback
 from .routes import STATIC, HANDLER, DATA, METRICS, WSGI, JSON, PROMETHEUS, Request, render_result
 
-__all__ = ["Worker", "parse_request", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE"]
+__all__ = ["Worker", "parse_request", "uring_unavailable", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE"]
 
 ENGINE_NAME = "c"
 ENGINE_READY = True
@@ -34,6 +37,7 @@ include "core/parser.pxi"
 include "core/pool.pxi"
 include "core/timers.pxi"
 include "core/wsgi.pxi"
+include "core/uring.pxi"
 
 cdef enum:  # routes.STATIC, HANDLER, DATA, METRICS, WSGI (checked below)
     _STATIC = 0
@@ -132,6 +136,8 @@ cdef class Worker:
         self.rt = NULL
         self.scratch = NULL
         self.lfd = self.epfd = self.efd = -1
+        self.ring = NULL
+        self.uc = NULL
         memset(&self.pool, 0, sizeof(Pool))
 
     def __init__(self, sock, config, routes, metrics_area=None, int slot=0):
@@ -267,15 +273,22 @@ cdef class Worker:
         m[I_STARTED_MS] = time.time_ns() // 1_000_000
         m[I_ENGINE] = metrics.ENGINE_C
         m[I_POOL_SIZE] = self.pool.total
-        self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
-            raise OSError("epoll_create1 failed")
-        ev.events = EPOLLIN
-        ev.data.fd = self.lfd
-        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.lfd, &ev) != 0:
-            raise OSError("epoll_ctl(listener) failed")
-        ev.data.fd = self.efd
-        epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.efd, &ev)
+        self.uring = self.config.backend == "io_uring"
+        if self.uring:
+            why = u_open(self)  # in this thread: the ring's single issuer
+            if why:
+                say_backend_fallback(why)
+                self.uring = False
+        if not self.uring:
+            self.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.epfd < 0:
+                raise OSError("epoll_create1 failed")
+            ev.events = EPOLLIN
+            ev.data.fd = self.lfd
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.lfd, &ev) != 0:
+                raise OSError("epoll_ctl(listener) failed")
+            ev.data.fd = self.efd
+            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.efd, &ev)
         self.accepting = True
         self.draining = self.quit = False
         self.max_fd = -1
@@ -291,8 +304,11 @@ cdef class Worker:
                 for i in range(self.max_fd + 1):
                     if self.conns[i].state != S_FREE:
                         self._close(i, &self.conns[i])
-            close(self.epfd)
-            self.epfd = -1
+                if self.uring:
+                    u_close(self)
+            if self.epfd >= 0:
+                close(self.epfd)
+                self.epfd = -1
             m[I_ACTIVE] = 0
             self.running = False
             self._refs.clear()
@@ -321,6 +337,11 @@ cdef class Worker:
         free(self.conns)
         self.conns = NULL
 
+    @property
+    def backend(self):
+        """The I/O backend: "io_uring" once run() set its ring up, else "epoll"."""
+        return "io_uring" if self.uring else "epoll"
+
     def counters(self):
         cdef uint64_t *m = self.m
         return {name: m[i] for name, i in metrics.IDX.items()}
@@ -339,14 +360,18 @@ cdef class Worker:
         cdef uint64_t *m = self.m
         cdef Conn *c
         while not self.quit:
-            n = epoll_wait(self.epfd, self.events, MAX_EVENTS, self._wait_ms())
-            t0 = _clock_ns(CLOCK_MONOTONIC)
-            self._tick()
-            if n < 0:
-                n = 0  # EINTR: a signal; checked below
-                self.last_signal_check = self.now - MAX_WAIT_MS
-            m[I_LOOP_WAITS] += 1
-            m[I_LOOP_EVENTS] += n
+            if self.uring:
+                t0 = u_round(self)
+                n = 0
+            else:
+                n = epoll_wait(self.epfd, self.events, MAX_EVENTS, self._wait_ms())
+                t0 = _clock_ns(CLOCK_MONOTONIC)
+                self._tick()
+                if n < 0:
+                    n = 0  # EINTR: a signal; checked below
+                    self.last_signal_check = self.now - MAX_WAIT_MS
+                m[I_LOOP_WAITS] += 1
+                m[I_LOOP_EVENTS] += n
             for i in range(n):
                 fd = self.events[i].data.fd
                 evs = self.events[i].events
@@ -368,8 +393,7 @@ cdef class Worker:
             self._sweep()
             if not self.accepting and not self.draining and self.stop_mode == 0 \
                     and t_due(self.accept_resume, self.now):
-                self._interest(self.lfd, NULL, False)
-                self.accepting = True
+                self._listen(True)
             if self.draining:
                 if t_due(self.idle_close_at, self.now):
                     self._close_idle()
@@ -427,8 +451,7 @@ cdef class Worker:
         self.graceful_deadline = self.now + self.graceful_ms
         self.idle_close_at = self.now + (grace if grace < 500 else 500)
         if self.accepting:
-            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, NULL)
-            self.accepting = False
+            self._listen(False)
 
     cdef void _close_idle(self) noexcept nogil:
         """Draining, past the grace: close the idle connections with nothing waiting."""
@@ -444,9 +467,7 @@ cdef class Worker:
                 fd = nxt
 
     cdef void _accept(self) noexcept nogil:
-        cdef int k, fd, e, one = 1
-        cdef Conn *c
-        cdef epoll_event ev
+        cdef int k, fd, e
         for k in range(ACCEPT_BATCH):
             fd = accept4(self.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
@@ -454,38 +475,66 @@ cdef class Worker:
                 if e == EINTR or e == ECONNABORTED or e == EPROTO:
                     continue
                 if e == EMFILE or e == ENFILE or e == ENOBUFS or e == ENOMEM:
-                    # out of fds: pause accepting (the backlog waits) instead of spinning
-                    self.m[I_ACCEPT_PAUSED] += 1
                     FC_DBG(b"accept paused: errno %d\n", e)
-                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, NULL)
-                    self.accepting = False
-                    self.accept_resume = self.now + EMFILE_PAUSE_MS
+                    self._pause_accepting()
                 return  # EAGAIN: the backlog is empty
-            if fd >= self.nconns:  # cannot happen: the table covers RLIMIT_NOFILE
-                close(fd)
-                continue
-            self.m[I_ACCEPTED] += 1
-            self.nopen += 1
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
-            c = &self.conns[fd]
-            c.state = S_HEAD
-            c.tprev = c.tnext = -1
-            if fd > self.max_fd:
-                self.max_fd = fd
+            self._admit(fd)
+
+    cdef void _pause_accepting(self) noexcept nogil:
+        """Out of fds: stop accepting for EMFILE_PAUSE_MS (the backlog waits) instead of spinning."""
+        self.m[I_ACCEPT_PAUSED] += 1
+        self._listen(False)
+        self.accept_resume = self.now + EMFILE_PAUSE_MS
+
+    cdef void _listen(self, bint on) noexcept nogil:
+        """Watch the listener or stop watching it (drain, accept pause)."""
+        cdef epoll_event ev
+        self.accepting = on
+        if self.uring:
+            u_listen(self, on)
+        elif on:
+            ev.events = EPOLLIN
+            ev.data.fd = self.lfd
+            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.lfd, &ev)
+        else:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, NULL)
+
+    cdef void _admit(self, int fd) noexcept nogil:
+        """A new connection: its table entry, its first read armed, its header deadline
+        (or, past max_connections, a 503 and a close)."""
+        cdef int one = 1
+        cdef Conn *c
+        cdef epoll_event ev
+        if fd >= self.nconns:  # cannot happen: the table covers RLIMIT_NOFILE
+            close(fd)
+            return
+        self.m[I_ACCEPTED] += 1
+        self.nopen += 1
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
+        c = &self.conns[fd]
+        c.state = S_HEAD
+        c.tprev = c.tnext = -1
+        if fd > self.max_fd:
+            self.max_fd = fd
+        if self.uring:
+            if u_watch(self, fd) < 0:
+                self._close(fd, c)
+                return
+        else:
             ev.events = EPOLLIN
             ev.data.fd = fd
             epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
-            if self.served >= self.max_connections:
-                c.flags = F_REJECTED
-                self.m[I_REJECTED] += 1
-                self._error(fd, c, 503, False, -1)
-                if self._flush(fd, c) == 0:
-                    self._linger(fd, c)
-                continue
-            self.served += 1
-            self.m[I_ACTIVE] = self.served
-            c.flags = F_FRESH
-            t_set(self.conns, self.tl, fd, T_HEADER, self.now)  # a new connection must speak in time
+        if self.served >= self.max_connections:
+            c.flags = F_REJECTED
+            self.m[I_REJECTED] += 1
+            self._error(fd, c, 503, False, -1)
+            if self._flush(fd, c) == 0:
+                self._linger(fd, c)
+            return
+        self.served += 1
+        self.m[I_ACTIVE] = self.served
+        c.flags = F_FRESH
+        t_set(self.conns, self.tl, fd, T_HEADER, self.now)  # a new connection must speak in time
 
     cdef char *_buf_get(self) noexcept nogil:
         cdef char *b = pool_get(&self.pool)
@@ -1029,6 +1078,8 @@ cdef class Worker:
         cdef size_t left, k, off, old
         cdef int i
         cdef char *p
+        if self.uring:
+            return u_flush(self, fd, c)
         if self.niov == 0:
             return 1 if c.out_len else 0
         if c.out_len:
@@ -1139,11 +1190,11 @@ cdef class Worker:
     cdef void _interest(self, int fd, Conn *c, bint out) noexcept nogil:
         """Read (EPOLLIN) or wait for the client to drain our output (EPOLLOUT only)."""
         cdef epoll_event ev
+        if self.uring:
+            u_interest(self, fd, c, out)
+            return
         ev.events = EPOLLOUT if out else EPOLLIN
         ev.data.fd = fd
-        if c == NULL:
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)  # the listener, after a pause
-            return
         if out == ((c.flags & F_PAUSED) != 0):
             return
         epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &ev)
@@ -1176,7 +1227,10 @@ cdef class Worker:
             free(c.out + c.out_len - total)
         if c.flags & (F_PENDING_PY | F_STREAM | F_PEER):
             self._drop_pending(fd, c.flags)
-        close(fd)  # also leaves the epoll set
+        if self.uring:
+            u_release(self, fd)  # closes fd once the kernel holds no request on it
+        else:
+            close(fd)  # also leaves the epoll set
         self.m[I_CLOSED] += 1
         self.nopen -= 1
         if not (c.flags & F_REJECTED):

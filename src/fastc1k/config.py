@@ -34,6 +34,7 @@ class Field:
     help: str
     unit: str = ""  # "bytes" | "seconds" | "" (parsers accept 16k / 10s / 500ms)
     auto: Callable[[], Any] | None = None  # what the value "auto" stands for, computed when it is given
+    choices: tuple[str, ...] = ()  # a str field's allowed values
 
 
 def fd_sized_connections() -> int:
@@ -71,6 +72,9 @@ FIELDS: tuple[Field, ...] = (
           "read buffers preallocated per worker (one per connection with an unfinished request)"),
     Field("pool_max", int, 16384, 1, 1 << 24,
           "buffers the pool may grow to before it sheds load (503 and close)"),
+    Field("backend", str, "epoll", None, None,
+          "C engine I/O: epoll or io_uring; where io_uring cannot start (kernel, seccomp, not built in) "
+          "one line says so and epoll serves", choices=("epoll", "io_uring")),
 )
 
 _BY_NAME = {f.name: f for f in FIELDS}
@@ -141,6 +145,7 @@ class ServerConfig:
     buffer_size: int = _BY_NAME["buffer_size"].default
     pool_size: int = _BY_NAME["pool_size"].default
     pool_max: int = _BY_NAME["pool_max"].default
+    backend: str = _BY_NAME["backend"].default
 
     def __post_init__(self) -> None:
         for f in FIELDS:
@@ -149,6 +154,8 @@ class ServerConfig:
                 lo = int(f.lo) if f.type is int else f.lo
                 hi = int(f.hi) if f.type is int else f.hi
                 raise ConfigError(f"{f.name} must be {lo}..{hi}, got {v}")
+            if f.choices and v not in f.choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(f.choices)}, got {v!r}")
             object.__setattr__(self, f.name, v)
         need = self.max_request_line + self.max_header_bytes + 2
         if self.buffer_size < need:

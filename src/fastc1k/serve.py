@@ -46,6 +46,8 @@ def _env_name(field_name: str) -> str:
 
 
 def _metavar(f) -> str:
+    if f.choices:
+        return "{" + ",".join(f.choices) + "}"
     return {"bytes": "SIZE", "seconds": "SECONDS"}.get(f.unit, "HOST" if f.type is str else "N")
 
 
@@ -198,7 +200,9 @@ def config_table() -> str:
     """The README's configuration table, generated from config.FIELDS."""
     rows = ["| flag | environment | default | range | meaning |", "|---|---|---|---|---|"]
     for f in FIELDS:
-        if f.lo is None:
+        if f.choices:
+            rng = " / ".join(f.choices)
+        elif f.lo is None:
             rng = ""
         elif f.unit == "bytes":
             rng = f"{_human_size(int(f.lo))}..{_human_size(int(f.hi))}"
@@ -390,6 +394,7 @@ def serve_main(argv: Sequence[str]) -> int:
         logging.getLogger("fastc1k").warning(
             "fd limit %d per worker is below max_connections %d: accept pauses on EMFILE before the 503s",
             sup.fd_limit, config.max_connections)
+    sup.resolve_backend()
     print(sup.startup_line(), flush=True)
     return sup.run()
 

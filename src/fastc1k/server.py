@@ -50,13 +50,13 @@ class Server:
                  engine: str | None = None, sock: socket.socket | None = None,
                  metrics_area: metrics.MetricsArea | None = None, slot: int = 0, *,
                  wsgi: Callable | None = None, builtin_prefix: str | None = None) -> None:
-        self.config = config or ServerConfig()
         if wsgi is not None:
             if routes is not None:
                 raise ValueError("give routes or wsgi, not both (a WSGI Routes holds both: Routes(wsgi=app))")
             routes = Routes(wsgi=wsgi, builtin_prefix=builtin_prefix)
         self.routes = routes if routes is not None else Routes()
         self.engine = _compat.load_engine(engine)
+        self.config = _compat.resolve_backend(self.engine, config or ServerConfig())
         self._own_sock = sock is None
         self.sock = sock if sock is not None else make_listener(self.config.host, self.config.port,
                                                               self.config.backlog)

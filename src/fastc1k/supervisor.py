@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
 
-from . import metrics
+from . import _compat, metrics
 from .config import ServerConfig
 from .routes import Routes
 from .server import make_listener
@@ -201,12 +201,19 @@ class Supervisor:
         host = self.config.host
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
+    def resolve_backend(self) -> None:
+        """Probe io_uring once, here in the master: where it cannot run, one line says so and
+        every worker is given epoll (instead of each finding out and saying so)."""
+        if self.engine is not None:
+            self.config = _compat.resolve_backend(self.engine, self.config)
+
     def startup_line(self) -> str:
         c = self.config
         fd = f"{self.fd_limit}" + (f" (raised from {self.fd_limit_raised_from})" if self.fd_limit_raised_from else "")
         listen = "reuseport (one socket per worker)" if self.mode == "reuseport" else \
             "shared (one socket; SO_REUSEPORT unavailable or --listen shared)"
-        return (f"fastc1k: serving {self.address} engine={self.engine.ENGINE_NAME} workers={len(self.slots)} "
+        return (f"fastc1k: serving {self.address} engine={self.engine.ENGINE_NAME} backend={c.backend} "
+                f"workers={len(self.slots)} "
                 f"listen={listen} fd_limit/worker={fd} max_connections/worker={c.max_connections} "
                 f"max_request_line={c.max_request_line} max_header_bytes={c.max_header_bytes} "
                 f"max_headers={c.max_headers} max_body={c.max_body} header_timeout={c.header_timeout:g}s "
@@ -222,6 +229,7 @@ class Supervisor:
     def run(self) -> int:
         if self.engine is None:
             raise ValueError("Supervisor.engine is not set")
+        self.resolve_backend()
         if not self.slots:
             self.open()
         _setproctitle("fastc1k: master")

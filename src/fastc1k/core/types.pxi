@@ -64,3 +64,12 @@ ctypedef struct RouteC:
     int status
     bint wants_body
     bint get_ok, head_ok        # fast path of the method check
+
+
+ctypedef struct UConn:
+    # The io_uring backend's part of a connection (a second table, allocated only for it).
+    char *sbuf                  # the send in flight: the kernel reads it until its completion
+    char *pbuf                  # output queued behind that send
+    char *xbuf                  # input that arrived while writing and did not fit in buf
+    uint32_t slen, soff, plen, xlen
+    uint8_t flags               # U_*

@@ -152,6 +152,7 @@ cdef extern from "<errno.h>" nogil:
         EADDRNOTAVAIL
         EADDRINUSE
         ENOSYS
+        ECANCELED
 
 
 cdef extern from "<string.h>" nogil:
@@ -165,6 +166,7 @@ cdef extern from "<string.h>" nogil:
 cdef extern from "<stdlib.h>" nogil:
     void *malloc(size_t size)
     void *calloc(size_t nmemb, size_t size)
+    void *realloc(void *ptr, size_t size)
     void free(void *ptr)
 
 

@@ -1,0 +1,113 @@
+"""The io_uring backend's own contract: it is chosen by config, flag and environment, and
+where io_uring cannot start the server says so in one line and serves with epoll.
+
+Its HTTP behaviour is the conformance, hostile and robustness suites' (the "c-uring" mode of
+tests/conftest.py) and the C-engine suite's (both backends). The refusal here is real: the
+server process runs under a seccomp filter that fails io_uring_setup with EPERM, as a
+container runtime's default profile does, without touching the host-wide
+kernel.io_uring_disabled that other processes on the machine may rely on.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import fastc1k
+from fastc1k import ServerConfig
+from fastc1k.config import ConfigError
+
+from _env import SRC
+
+pytestmark = pytest.mark.skipif(not fastc1k.c_available(), reason="C engine not built")
+
+NR_IO_URING_SETUP = 425  # the same number on every architecture (the unified syscall table)
+
+
+def _deny_io_uring_setup() -> None:
+    """preexec_fn: from here on (and across exec) io_uring_setup fails with EPERM."""
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+
+    insns = (Insn * 4)(
+        Insn(0x20, 0, 0, 0),                      # A = seccomp_data.nr
+        Insn(0x15, 0, 1, NR_IO_URING_SETUP),      # A == io_uring_setup ?
+        Insn(0x06, 0, 0, 0x00050000 | 1),         #   SECCOMP_RET_ERRNO | EPERM
+        Insn(0x06, 0, 0, 0x7FFF0000))             # SECCOMP_RET_ALLOW
+    prog = Prog(4, insns)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # NO_NEW_PRIVS, SECCOMP
+        os._exit(99)
+
+
+SERVER = textwrap.dedent("""
+    import sys, threading, urllib.request
+    import fastc1k
+    from fastc1k import ServerConfig
+    with fastc1k.running_server(ServerConfig(host="127.0.0.1", port=0, backend="io_uring"), engine="c") as srv:
+        body = urllib.request.urlopen(srv.url + "/api/health", timeout=5).read()
+    print(srv.config.backend, getattr(srv.worker, "backend", "-"), body.decode())
+""")
+
+
+def _run(args, deny: bool, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=60,
+                          preexec_fn=_deny_io_uring_setup if deny else None, **kw)
+
+
+def test_refused_io_uring_falls_back_to_epoll_with_one_line():
+    r = _run(["-c", SERVER], deny=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["epoll", "epoll", '{"status":"ok"}']
+    assert r.stderr.splitlines() == [
+        "fastc1k: io_uring unavailable (io_uring_setup with SINGLE_ISSUER|DEFER_TASKRUN (Linux >= 6.1): "
+        "Operation not permitted); serving with epoll"]
+
+
+def test_io_uring_runs_where_it_is_available():
+    from fastc1k import _core
+    why = _core.uring_unavailable()
+    if why:
+        pytest.skip(f"io_uring unavailable here: {why}")
+    r = _run(["-c", SERVER], deny=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["io_uring", "io_uring", '{"status":"ok"}'] and r.stderr == ""
+
+
+def test_serve_cli_says_it_once_for_every_worker_and_names_the_backend():
+    """The master probes once: one line, not one per worker; the start-up line says epoll."""
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), FASTC1K_BACKEND="io_uring")
+    p = subprocess.Popen([sys.executable, "-m", "fastc1k.serve", "--engine", "c", "--workers", "3", "--port", "0"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_deny_io_uring_setup)
+    try:
+        startup = p.stdout.readline()
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=20)
+    assert " engine=c backend=epoll workers=3 " in startup
+    assert sum("io_uring unavailable" in line for line in err.splitlines()) == 1, err
+
+
+def test_backend_is_validated():
+    assert ServerConfig(backend="io_uring").backend == "io_uring"
+    assert ServerConfig().backend == "epoll"
+    with pytest.raises(ConfigError, match="backend must be one of epoll, io_uring, got 'kqueue'"):
+        ServerConfig(backend="kqueue")
+
+
+def test_the_pure_engine_says_it_has_no_io_uring():
+    r = _run(["-c", SERVER.replace('engine="c"', 'engine="python"')], deny=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["epoll", "-", '{"status":"ok"}']
+    assert r.stderr.splitlines() == [
+        "fastc1k: io_uring unavailable (the python engine has no io_uring backend); serving with epoll"]
