@@ -32,7 +32,7 @@ for _e in ENGINES:
     if _e not in ("python", "c", "c-uring"):
         raise pytest.UsageError(f"FASTC1K_TEST_ENGINES must list python, c and/or c-uring, got {_e!r}")
 # The suites of the HTTP behaviour and of hostile input, which also run on the io_uring backend.
-URING_SUITES = ("test_conformance", "test_bodies", "test_limits", "test_hostile", "test_robustness")
+URING_SUITES = ("test_conformance", "test_bodies", "test_limits", "test_hostile", "test_robustness", "test_wsgi")
 
 
 def engine_and_backend(mode: str) -> tuple[str, str]:
@@ -41,7 +41,9 @@ def engine_and_backend(mode: str) -> tuple[str, str]:
 
 
 def pytest_generate_tests(metafunc):
-    if "engine" in metafunc.fixturenames:
+    own = any("engine" in str(m.args[0]).replace(" ", "").split(",")
+              for m in metafunc.definition.iter_markers("parametrize"))
+    if "engine" in metafunc.fixturenames and not own:  # (a test may name its engines itself)
         uring = metafunc.module.__name__.rpartition(".")[2] in URING_SUITES
         metafunc.parametrize("engine", [e for e in ENGINES if e != "c-uring" or uring], indirect=True)
 

@@ -130,7 +130,9 @@ static inline int fc_accept_multi(fc_ring *r, int lfd, uint64_t ud)
     struct io_uring_sqe *s = fc_sqe(r);
     if (s == NULL)
         return -EBUSY;
-    io_uring_prep_multishot_accept(s, lfd, NULL, NULL, SOCK_CLOEXEC);
+    /* non-blocking like accept4's: io_uring still waits for data/room itself, and the
+       few direct calls (a WSGI stream's writes, shutdown) must never block the loop */
+    io_uring_prep_multishot_accept(s, lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     io_uring_sqe_set_data64(s, ud);
     return 0;
 }
@@ -157,12 +159,12 @@ static inline int fc_send(fc_ring *r, int fd, const void *p, unsigned n, uint64_
     return 0;
 }
 
-static inline int fc_poll_in(fc_ring *r, int fd, uint64_t ud)
+static inline int fc_poll(fc_ring *r, int fd, unsigned events, uint64_t ud)
 {
     struct io_uring_sqe *s = fc_sqe(r);
     if (s == NULL)
         return -EBUSY;
-    io_uring_prep_poll_add(s, fd, POLLIN);
+    io_uring_prep_poll_add(s, fd, events);
     io_uring_sqe_set_data64(s, ud);
     return 0;
 }
@@ -251,7 +253,8 @@ static inline int fc_accept_multi(fc_ring *r, int lfd, uint64_t ud) { (void)r; (
 static inline int fc_recv_multi(fc_ring *r, int fd, uint64_t ud) { (void)r; (void)fd; (void)ud; return -ENOSYS; }
 static inline int fc_send(fc_ring *r, int fd, const void *p, unsigned n, uint64_t ud)
 { (void)r; (void)fd; (void)p; (void)n; (void)ud; return -ENOSYS; }
-static inline int fc_poll_in(fc_ring *r, int fd, uint64_t ud) { (void)r; (void)fd; (void)ud; return -ENOSYS; }
+static inline int fc_poll(fc_ring *r, int fd, unsigned events, uint64_t ud)
+{ (void)r; (void)fd; (void)events; (void)ud; return -ENOSYS; }
 static inline int fc_cancel_fd(fc_ring *r, int fd, uint64_t ud) { (void)r; (void)fd; (void)ud; return -ENOSYS; }
 static inline int fc_cancel(fc_ring *r, uint64_t t, uint64_t ud) { (void)r; (void)t; (void)ud; return -ENOSYS; }
 static inline int fc_enter(fc_ring *r, int wait_ms) { (void)r; (void)wait_ms; return -ENOSYS; }

@@ -19,10 +19,13 @@ cdef enum:
     UD_SEND = 3
     UD_WAKE = 4
     UD_CANCEL = 5
+    UD_POLLOUT = 6              # a WSGI stream waits for room (its writes are direct)
     U_RECV = 1                  # UConn.flags: the multishot recv is armed
     U_SEND = 2                  # a send is in flight (sbuf is the kernel's until it completes)
     U_ZOMBIE = 4                # closed by the engine; fd closed at the last completion
     U_EOF = 8                   # the peer's FIN came while writing: close once answered
+    U_POLLOUT = 16              # a POLLOUT poll is armed
+    U_OPS = U_RECV | U_SEND | U_POLLOUT  # requests that hold the fd
     UR_ENTRIES = 4096           # SQ size (CQ: 4x)
     UR_BUFS = 1024              # provided receive buffers (a power of two), shared by all:
     UR_BUF_SIZE = 2048          # 2 MiB per worker; a longer request simply takes several
@@ -65,7 +68,7 @@ cdef str u_open(Worker w):
     w.u_zombies = 0
     w.u_accept_armed = False
     u_listen(w, True)
-    fc_poll_in(w.ring, w.efd, _ud(UD_WAKE, w.efd))
+    fc_poll(w.ring, w.efd, POLLIN, _ud(UD_WAKE, w.efd))
     return ""
 
 
@@ -121,10 +124,12 @@ cdef void u_complete(Worker w, fc_cqe *e) noexcept nogil:
         u_on_send(w, fd, e.res)
     elif op == UD_ACCEPT:
         u_on_accept(w, e)
+    elif op == UD_POLLOUT:
+        u_on_pollout(w, fd)
     elif op == UD_WAKE:
         w._on_wake()
         if not w.quit:
-            fc_poll_in(w.ring, w.efd, _ud(UD_WAKE, w.efd))
+            fc_poll(w.ring, w.efd, POLLIN, _ud(UD_WAKE, w.efd))
 
 
 # --- the listener -------------------------------------------------------------------------
@@ -172,6 +177,9 @@ cdef void u_interest(Worker w, int fd, Conn *c, bint out) noexcept nogil:
             c.flags |= F_PAUSED
             if u.flags & U_RECV:
                 fc_cancel(w.ring, _ud(UD_RECV, fd), _ud(UD_CANCEL, fd))
+        if c.flags & F_STREAM and not (u.flags & U_POLLOUT):
+            if fc_poll(w.ring, fd, POLLOUT, _ud(UD_POLLOUT, fd)) == 0:
+                u.flags |= U_POLLOUT
         return
     c.flags &= ~F_PAUSED
     if not (u.flags & (U_RECV | U_EOF | U_ZOMBIE)):
@@ -186,9 +194,9 @@ cdef void u_release(Worker w, int fd) noexcept nogil:
     free(u.xbuf)
     u.pbuf = u.xbuf = NULL
     u.plen = u.xlen = 0
-    if u.flags & (U_RECV | U_SEND):
+    if u.flags & U_OPS:
         fc_cancel_fd(w.ring, fd, _ud(UD_CANCEL, fd))
-        u.flags = (u.flags & (U_RECV | U_SEND)) | U_ZOMBIE
+        u.flags = (u.flags & U_OPS) | U_ZOMBIE
         w.u_zombies += 1
         return
     close(fd)
@@ -196,7 +204,7 @@ cdef void u_release(Worker w, int fd) noexcept nogil:
 
 
 cdef inline void u_reap_zombie(Worker w, int fd, UConn *u) noexcept nogil:
-    if not (u.flags & (U_RECV | U_SEND)):
+    if not (u.flags & U_OPS):
         close(fd)
         memset(u, 0, sizeof(UConn))
         w.u_zombies -= 1
@@ -369,10 +377,23 @@ cdef void u_on_send(Worker w, int fd, int res) noexcept nogil:
     u_sent(w, fd, c, u)
 
 
+cdef void u_on_pollout(Worker w, int fd) noexcept nogil:
+    cdef UConn *u = &w.uc[fd]
+    cdef Conn *c = &w.conns[fd]
+    u.flags &= ~U_POLLOUT
+    if u.flags & U_ZOMBIE:
+        u_reap_zombie(w, fd, u)
+    elif c.state != S_FREE and not c.out_len:
+        u_sent(w, fd, c, u)
+
+
 cdef void u_sent(Worker w, int fd, Conn *c, UConn *u) noexcept nogil:
-    """Everything sent (the epoll path's _on_write end): close, or go on with what waited."""
+    """Everything sent (the epoll path's _on_write end): a WSGI stream goes on; then close,
+    or go on with what waited."""
     cdef char *x
     cdef uint32_t xlen
+    if c.flags & F_STREAM and w._pump(fd, c) != 0:
+        return  # still streaming (POLLOUT armed), or closed
     t_clear(w.conns, w.tl, fd)
     if c.flags & F_CLOSING:
         w._linger(fd, c)

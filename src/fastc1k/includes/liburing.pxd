@@ -3,6 +3,12 @@
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 
 
+cdef extern from "<poll.h>" nogil:
+    enum:
+        POLLIN
+        POLLOUT
+
+
 cdef extern from "uring.h" nogil:
     enum:
         FC_URING_BUILT
@@ -24,7 +30,7 @@ cdef extern from "uring.h" nogil:
     int fc_accept_multi(fc_ring *r, int lfd, uint64_t ud)
     int fc_recv_multi(fc_ring *r, int fd, uint64_t ud)
     int fc_send(fc_ring *r, int fd, const void *p, unsigned n, uint64_t ud)
-    int fc_poll_in(fc_ring *r, int fd, uint64_t ud)
+    int fc_poll(fc_ring *r, int fd, unsigned events, uint64_t ud)
     int fc_cancel_fd(fc_ring *r, int fd, uint64_t ud)
     int fc_cancel(fc_ring *r, uint64_t target, uint64_t ud)
     int fc_enter(fc_ring *r, int wait_ms)
