@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastc1k.host import proc
+
 from . import drivers, measure, workloads
 from .servers import SERVERS, RunningServer
 
@@ -36,21 +38,17 @@ def machine() -> dict:
             return (r.stdout + r.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             return "n/a"
-    cpu = "n/a"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kb = int(f.readline().split()[1])
     return {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "kernel": platform.release(), "cpu": cpu, "cores": os.cpu_count(),
-        "mem_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
+        "kernel": platform.release(), "cpu": proc.cpu_model(), "cores": os.cpu_count(),
+        "mem_gib": round(proc.meminfo().get("MemTotal", 0) / 2**30, 1), "python": platform.python_version(),
         "nginx": first(["nginx", "-v"]), "wrk": first(["wrk", "-v"]),
-        "loadavg": open("/proc/loadavg").read().split()[:3],
+        "loadavg": _loadavg(),
     }
+
+
+def _loadavg() -> list[str]:
+    return [f"{x:.2f}" for x in os.getloadavg()]
 
 
 def _median_spread(values: list[float]) -> tuple[float, float, float]:
@@ -112,7 +110,7 @@ def run(names: list[str], rounds: int, duration: float, idle: int, do_strace: bo
     finally:
         for s in running:
             s.stop()
-    report["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    report["machine"]["loadavg_end"] = _loadavg()
     return report
 
 

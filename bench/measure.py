@@ -19,9 +19,8 @@ import signal
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
-from fastc1k.host import cgroup, proc
+from fastc1k.host import cgroup, proc, sysctl
 
 __all__ = [
     "Quota", "CpuSample", "cpu_sample", "rss_bytes", "server_pids",
@@ -117,11 +116,7 @@ def strace_available() -> str | None:
     """None when `strace -c -p` can work here, else why not."""
     if shutil.which("strace") is None:
         return "strace not installed"
-    try:
-        scope = int(Path("/proc/sys/kernel/yama/ptrace_scope").read_text())
-    except (OSError, ValueError):
-        scope = 0
-    if scope > 0 and os.geteuid() != 0:
+    if (sysctl.read_int("kernel.yama.ptrace_scope") or 0) > 0 and os.geteuid() != 0:
         return "ptrace not allowed (yama ptrace_scope)"
     return None
 

@@ -14,10 +14,10 @@ import mmap
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 __all__ = ["COUNTERS", "Counter", "MetricsArea", "LAG_BUCKETS", "N_WORDS", "IDX", "render_prometheus",
-           "lag_quantile_us", "SlotList", "PARSE_ERROR_KINDS", "TIMEOUT_KINDS", "STATUS_CODES"]
+           "parse_prometheus_text", "lag_quantile_us", "SlotList", "PARSE_ERROR_KINDS", "TIMEOUT_KINDS", "STATUS_CODES"]
 
 LAYOUT_VERSION = 1
 
@@ -259,3 +259,23 @@ def process_series(pid: int | None = None) -> list[tuple[str, str, str, float]]:
         ("fastc1k_process_open_fds", "gauge", "open fds of this worker", fds),
         ("fastc1k_process_max_fds", "gauge", "RLIMIT_NOFILE soft limit of this worker", soft),
     ]
+
+
+def parse_prometheus_text(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample of a Prometheus text page, read by
+    prometheus_client's parser; a line it refuses is skipped (the page may come from a
+    server that is not fastc1k). Imported here, not at module level: workers never parse."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError:   # parse what can be parsed, a line at a time
+        families = []
+        for line in text.splitlines():
+            try:
+                families += text_string_to_metric_families(line + "\n")
+            except ValueError:
+                pass
+    for fam in families:
+        for s in fam.samples:
+            yield s.name, s.labels, float(s.value)

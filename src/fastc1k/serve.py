@@ -26,6 +26,7 @@ from . import __version__
 from ._cli import ArgumentParser, UsageError
 from ._compat import ENGINES, EngineError, load_engine
 from .config import FD_RESERVE, FIELDS, ConfigError, ServerConfig
+from .metrics import parse_prometheus_text
 from .routes import Routes
 from .supervisor import LISTEN_MODES, ListenError, Supervisor
 
@@ -216,25 +217,14 @@ def config_table() -> str:
 
 
 # --- stats ------------------------------------------------------------------------------------------
-_SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)$')
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
 def parse_metrics(text: str) -> dict[str, dict[str, float]]:
     """Prometheus text -> {worker pid or "total": {series: value}} (series = name + other labels)."""
     out: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        name, labels, value = m.groups()
-        lab = dict(_LABEL.findall(labels or ""))
+    for name, labels, value in parse_prometheus_text(text):
+        lab = dict(labels)
         who = lab.pop("worker", "total")
         key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(lab.items())) + "}" if lab else "")
-        try:
-            out.setdefault(who, {})[key] = float(value)
-        except ValueError:
-            continue
+        out.setdefault(who, {})[key] = value
     return out
 
 

@@ -38,6 +38,7 @@ from typing import Callable
 
 from . import _compat, metrics
 from .config import ServerConfig
+from .host import sysctl
 from .routes import Routes
 from .server import make_listener
 
@@ -547,7 +548,7 @@ class Supervisor:
             p.retiring = True
             _kill(p.pid, signal.SIGTERM)
         if self.mode == "reuseport":
-            note = "" if _sysctl("net/ipv4/tcp_migrate_req") == "1" else \
+            note = "" if sysctl.read("net.ipv4.tcp_migrate_req") == "1" else \
                 " (connections still queued on its socket when it closes are reset; net.ipv4.tcp_migrate_req=1 avoids that)"
         else:
             note = ""
@@ -576,14 +577,6 @@ def _drain(fd: int) -> None:
             pass
     except (BlockingIOError, InterruptedError):
         pass
-
-
-def _sysctl(name: str) -> str | None:
-    try:
-        with open(f"/proc/sys/{name}") as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _setproctitle(title: str) -> None:

@@ -18,35 +18,18 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..host import proc
+from ..metrics import parse_prometheus_text
 
 __all__ = ["Monitor", "parse_prometheus"]
-
-
-def _samples(text: str):
-    """(name, labels, value) of every sample; a line the parser refuses is skipped (a
-    server that is not fastc1k may serve anything)."""
-    try:
-        fams = list(text_string_to_metric_families(text))
-    except ValueError:
-        fams = []
-        for line in text.splitlines():
-            try:
-                fams += list(text_string_to_metric_families(line + "\n"))
-            except ValueError:
-                pass
-    for fam in fams:
-        for smp in fam.samples:
-            yield smp.name, smp.labels, smp.value
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
     """Unlabelled series as-is; labelled per-worker series folded: *_p99_us and *_max_*
     take the max over workers, everything else is left to its unlabelled total."""
     out: dict[str, float] = {}
-    for name, labels, v in _samples(text):
+    for name, labels, v in parse_prometheus_text(text):
         if not labels:
             out[name] = v
         elif set(labels) == {"worker"} and ("lag" in name or "max" in name):

@@ -11,6 +11,6 @@
 capacity (ramp, scale-out, probe), bench and the doctor call it; nothing else writes to
 /sys/fs/cgroup or runs `ip`.
 """
-from . import cgroup, net, proc, sysctl
-
+# The modules are imported where used (`from fastc1k.host import sysctl`), not here: the
+# supervisor reads one sysctl and need not load psutil for it.
 __all__ = ["cgroup", "net", "proc", "sysctl"]

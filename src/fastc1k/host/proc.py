@@ -13,7 +13,7 @@ import psutil
 from . import sysctl
 
 __all__ = ["tree", "cpu_times", "cpu_seconds", "rss", "schedstat", "meminfo", "mem_used_fraction", "sockstat",
-           "netstat", "NETSTAT_KEYS", "host_busy_seconds", "host_info", "nofile_limits", "status"]
+           "netstat", "NETSTAT_KEYS", "host_busy_seconds", "host_info", "nofile_limits", "status", "cpu_model"]
 
 NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPAbortOnMemory", "TCPAbortOnTimeout",
                 "TCPAbortOnData", "TCPAbortOnClose", "TCPBacklogDrop", "TCPReqQFullDrop")
@@ -164,6 +164,14 @@ def host_busy_seconds() -> tuple[float, float]:
     t = psutil.cpu_times()
     busy = t.user + t.nice + t.system + t.irq + t.softirq + t.steal
     return busy, t.irq + t.softirq
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("n/a" where /proc/cpuinfo has none)."""
+    for line in _text("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "n/a"
 
 
 def host_info() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ... import __version__
+from ..._compat import c_available
 from ...host.net import enter_netns
 from ...host.proc import host_info
 from ..console import Progress, busy_note
@@ -62,7 +63,6 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
                 extra += ["--backlog", str(args.backlog)]
             engine = args.engine
             if engine is None:
-                from ..._compat import c_available
                 engine = "c" if c_available() else "python"
                 if engine == "python":
                     notes.append("the C engine is not built: testing the pure-Python engine")
