@@ -265,3 +265,26 @@ def test_two_machines_shares_stages_and_a_lost_machine(two_machines, tmp_path):
     assert after and all(r["lost_processes"] == 1 and r["lost_connections"] == 10 for r in after)
     assert all(r["connections_open"] == 10 for r in after if r["duration"] == 1.0)
     assert {r["machine"]: r["lost"] for r in s["workers"]} == {f"{NET}.2": False, f"{NET}.10": True}
+
+
+def test_capacity_on_a_cluster(cluster, server, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "fastc1k.capacity", "--target", f"http://127.0.0.1:{server.address[1]}",
+                        "--cluster", cluster, "--phases", "stages", "--stages", "2,4", "--stage-duration", "1",
+                        "--final-duration", "1", "--max-clients", "4", "--no-charts", "--quiet",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, env=_env(SRC))
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+    rep = json.loads((tmp_path / "capacity-report.json").read_text())
+    ls = rep["phases"]["stages"]["load_summary"]
+    assert ls["executor"] == "dask" and ls["processes"] == 2
+    assert sum(r["requests"] for r in ls["workers"]) == ls["requests"] > 0
+    html = (tmp_path / "capacity-report.html").read_text()
+    assert "Load processes by machine: stages" in html and "Clock offsets:" in html
+
+
+def test_capacity_with_an_unreachable_scheduler_is_one_line_and_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "fastc1k.capacity", "--target", "http://127.0.0.1:1",
+                        "--cluster", f"tcp://127.0.0.1:{_free_port()}", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, env=_env(SRC))
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and "cannot reach the Dask scheduler" in p.stderr, p.stderr

@@ -376,6 +376,7 @@ def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_
         if name in charts:
             b64 = base64.b64encode(charts[name]).decode()
             parts.append(f"<h2>{titles[name]}</h2><img alt='{name}' src='data:image/png;base64,{b64}'>")
+    parts += load_machines_html(report["phases"])
     parts.append("<h2>Configuration</h2><pre>" + e(json.dumps(
         {k: report.get(k) for k in ("server", "container", "config", "thresholds", "host")}, indent=1,
         default=str)) + "</pre>")
@@ -383,6 +384,35 @@ def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_
                  "the JSON report.</p></body></html>")
     with open(path, "w") as f:
         f.write("\n".join(parts))
+
+
+def load_machines_html(phases: dict[str, Any]) -> list[str]:
+    """Per phase, the load processes grouped by machine (the farm summary's ``workers``):
+    which load machine kept up. The rows' requests add up to the phase's."""
+    e = html.escape
+    out = []
+    for name, ph in phases.items():
+        ls = ph.get("load_summary") or {}
+        if not ls.get("workers"):
+            continue
+        out.append(f"<h2>Load processes by machine: {e(name)}</h2><table><tr>" + "".join(
+            f"<th>{h}</th>" for h in ("machine", "worker", "process", "requests", "connections", "intended/s",
+                                      "achieved/s", "CPU", "CPU wait", "bottleneck", "lost")) + "</tr>")
+        for r in ls["workers"]:
+            cells = [r["machine"], r["worker"], r["process"], f"{r['requests']:,}", f"{r['connections']:,}",
+                     _f(r["intended_rate"], "{:.0f}"), f"{r['achieved_rate']:.0f}", f"{r['cpu']:.2f}",
+                     f"{r['cpu_wait']:.2f}", "yes" if r["bottleneck"] else "", "LOST" if r["lost"] else ""]
+            out.append(f"<tr class='{'broken' if r['bottleneck'] or r['lost'] else ''}'>"
+                       + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+        out.append("</table>")
+        offsets = ls.get("clock_offsets") or {}
+        if offsets:
+            out.append("<p>Clock offsets: " + e(", ".join(f"{a} {c['offset_ms']:+.1f} ms (+/- {c['error_ms']:.1f})"
+                                                          for a, c in offsets.items())) + "</p>")
+        for lost in ls.get("lost") or []:
+            out.append(f"<p>LOST from second {lost['t']}: process {lost['process']} on {e(lost['machine'])} "
+                       f"({lost['connections']:,} connections): {e(lost['why'])}</p>")
+    return out
 
 
 def write_all(report: dict[str, Any], out_dir: str, prefix: str = "capacity-report",

@@ -63,6 +63,7 @@ class RunConfig:
     recovery_window_s: int = 15
     phases: tuple[str, ...] = ("stages", "ramp", "recovery")
     processes: int | None = None
+    cluster: str | None = None       # a Dask scheduler: the load runs on its workers (fastc1k.load.cluster)
     # "auto": against a loopback target, 8 source addresses (8 x the ephemeral ports):
     # each phase leaves its closed connections' ports in TIME_WAIT for 60 s, and a blast
     # of 20,000 connects on one source address then crawls through an exhausted range.
@@ -214,6 +215,8 @@ class Runner:
         self.monitor = Monitor(pid, (self.url + "/metrics") if metrics else None, container=container,
                                clients=lambda: self.clients)
         self.monitor.own_netns = own_netns
+        if cfg.source_ips == "auto" and cfg.cluster:
+            cfg.source_ips = None            # each load machine declares its own
         if cfg.source_ips == "auto":
             from urllib.parse import urlsplit
             host = urlsplit(self.url).hostname or ""
@@ -222,6 +225,8 @@ class Runner:
         if cfg.source_ips:
             n_src = len(parse_source_ips(cfg.source_ips))
         self.host_limit, self.host_limit_why = host_client_limit(n_src)
+        if cfg.cluster:    # the cluster's machines hold the clients (a plan too big is refused)
+            self.host_limit, self.host_limit_why = cfg.max_clients, f"the Dask cluster at {cfg.cluster}"
         self.max_clients = min(cfg.max_clients, self.host_limit)
         self.planned_s = self._plan_seconds()
         self.LoadSpec, self.LoadFarm = load_api()
@@ -251,7 +256,11 @@ class Runner:
         spec = self.LoadSpec(url=self.url + c.path, connections=connections, rate=rate, processes=c.processes,
                              source_ips=c.source_ips, connect_timeout=c.connect_timeout,
                              request_timeout=c.request_timeout, max_connections=most)
-        farm = self.LoadFarm(spec).start()
+        executor = None
+        if c.cluster:
+            from ..load.cluster import DaskExecutor
+            executor = DaskExecutor(c.cluster, processes=c.processes)
+        farm = self.LoadFarm(spec, executor=executor).start()
         base = farm.started_ns / 1e9 - self.t0   # farm second k starts at run time base + k
         return farm, base
 

@@ -136,11 +136,7 @@ def workers_text(s: dict) -> str:
 def executor(a):
     if not a.cluster:
         return None
-    try:
-        from .cluster import DaskExecutor
-        import distributed  # noqa: F401
-    except ImportError:
-        raise ClusterError("--cluster needs Dask distributed: pip install 'fastc1k[cluster]'") from None
+    from .cluster import DaskExecutor
     return DaskExecutor(a.cluster, processes=a.processes, max_clock_offset=a.max_clock_offset)
 
 

@@ -254,7 +254,10 @@ class DaskExecutor:
 
     def __init__(self, address: str, processes: int | None = None,
                  max_clock_offset: float = MAX_CLOCK_OFFSET, timeout: float = 5.0):
-        from distributed import Client
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ClusterError("a Dask cluster needs distributed: pip install 'fastc1k[cluster]'") from None
         self.address = address
         self._processes = processes
         self._max_offset = max_clock_offset
@@ -457,6 +460,18 @@ class DaskExecutor:
         return {"executor": "dask", "scheduler": self.address,
                 "clock_offsets": self._clock,
                 "max_clock_offset_ms": self._max_offset * 1e3}
+
+
+def preflight(address: str, max_clock_offset: float = MAX_CLOCK_OFFSET) -> None:
+    """ClusterError unless the scheduler answers and every worker could run the farm
+    (this fastc1k version, its C extension, a clock within the bound)."""
+    ex = DaskExecutor(address, max_clock_offset=max_clock_offset)
+    try:
+        workers = ex._workers()
+        ex._check(workers)
+        ex._measure_clocks(workers)
+    finally:
+        ex.close()
 
 
 def _proportional(total: int, weights: dict) -> dict:

@@ -76,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lg.add_argument("--processes", type=int, help="load processes [default: one per 15,000 clients]")
     lg.add_argument("--source-ips", help="source addresses, e.g. 127.0.0.1-127.0.0.16 ('none': the kernel's "
                     "choice) [default: 127.0.0.1-127.0.0.8 against a loopback target: 8x the ephemeral ports]")
+    lg.add_argument("--cluster", metavar="tcp://HOST:8786", help="run the load on this Dask scheduler's workers "
+                    "(pip install 'fastc1k[cluster]'; --processes: in all, default one per worker core)")
     lg.add_argument("--connect-timeout", type=float, help="[default 2]")
     lg.add_argument("--request-timeout", type=float, help="[default 5]")
     lg.add_argument("--path", help="request path [default /api/health]")
@@ -110,7 +112,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                        ("ramp_steps", "ramp_steps"), ("ramp_duration", "ramp_s"), ("ramp_rate", "ramp_rate"),
                        ("blast_factor", "blast_factor"), ("blast_duration", "blast_s"),
                        ("recovery_clients", "recovery_clients"), ("recovery_window", "recovery_window_s"),
-                       ("processes", "processes"), ("source_ips", "source_ips"),
+                       ("processes", "processes"), ("source_ips", "source_ips"), ("cluster", "cluster"),
                        ("connect_timeout", "connect_timeout"), ("request_timeout", "request_timeout"),
                        ("path", "path")):
         v = getattr(args, flag)
@@ -145,6 +147,14 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UsageError("--server-pid goes with --target")
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
+    if cfg.cluster:
+        from ...load.cluster import ClusterError, preflight
+        if args.source_ips:
+            raise UsageError("--source-ips: on a cluster each load machine declares its own (FASTC1K_SOURCE_IPS)")
+        try:
+            preflight(cfg.cluster)
+        except ClusterError as exc:
+            raise UsageError(str(exc)) from None
     if spec.netns and args.host_netns:
         raise UsageError(f"--host-netns contradicts --container {args.container}")
     return run_ramp(args, cfg, spec)
