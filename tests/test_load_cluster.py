@@ -288,3 +288,26 @@ def test_capacity_with_an_unreachable_scheduler_is_one_line_and_exit_2(tmp_path)
                        capture_output=True, text=True, timeout=60, env=_env(SRC))
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "cannot reach the Dask scheduler" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("policy", ["continue", "stop"])
+def test_a_lost_load_process_is_marked_and_the_policy_followed(server, policy):
+    """The same bookkeeping as a lost machine, on the local executor: kill one process."""
+    farm = LoadFarm(LoadSpec(url=_url(server), connections=4, rate=200, processes=2), on_lost=policy).start()
+    try:
+        time.sleep(max(0.0, farm.started_ns / 1e9 + 1.5 - time.monotonic()))
+        os.kill(farm._ex._procs[1].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not farm.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.2)
+        assert farm.running
+    finally:
+        res = farm.stop()
+    (lost,) = res.summary["lost"]
+    assert lost["process"] == 1 and lost["connections"] == 2 and lost["rate"] == 100.0 and lost["t"] in (1, 2)
+    assert (farm.errors == [lost["why"]]) == (policy == "stop") and "died" in lost["why"]
+    marked = [r for r in res.timeline if r["t"] >= lost["t"]]
+    assert marked and all(r["lost_processes"] == 1 and r["lost_connections"] == 2 for r in marked)
+    assert [r["lost"] for r in res.summary["workers"]] == [False, True]
+    assert sum(r["requests"] for r in res.summary["workers"]) == res.summary["requests"]

@@ -261,6 +261,13 @@ class DaskExecutor:
         self.address = address
         self._processes = processes
         self._max_offset = max_clock_offset
+        u = urlsplit(address)
+        if u.scheme == "tcp" and u.hostname and u.port:
+            try:        # refused at once, not after Dask's connect retries
+                socket.create_connection((u.hostname, u.port), timeout=timeout).close()
+            except OSError as e:
+                raise ClusterError(f"cannot reach the Dask scheduler at {address}: "
+                                   f"{e.strerror or e}") from None
         try:
             self._client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as e:
