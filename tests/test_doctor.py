@@ -252,9 +252,12 @@ def test_cli_on_a_fake_root_text_and_json(tmp_path):
     assert data["facts"]["ephemeral_ports"] == 28232 and data["server"]["per_process_capped_by"] == "fd limit"
 
 
-def test_cli_bad_flag_is_a_one_line_error():
-    p = run_doctor("--target", "lots")
-    assert p.returncode == 2 and "target" in p.stderr and "Traceback" not in p.stderr
+def test_cli_bad_flag_is_a_one_line_error(tmp_path):
+    for argv, msg in ((["--target", "lots"], "--target: a connection count"), (["--bogus"], "unrecognized"),
+                      (["--root", str(tmp_path)], "--root: no proc/")):
+        p = run_doctor(*argv)
+        assert p.returncode == 2 and p.stderr.startswith("fastc1k.doctor: error:") and msg in p.stderr, p.stderr
+        assert p.stderr.count("\n") == 1, p.stderr
 
 
 def test_on_this_host_names_its_real_limits():

@@ -10,7 +10,6 @@ host: sysctl/apply.sh does that, as root.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import ipaddress
 import json
@@ -20,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._cli import ArgumentParser, UsageError
 from .config import FD_RESERVE, FIELDS
 from .host import cgroup, proc, sysctl
 
@@ -318,19 +318,23 @@ def render(d: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m fastc1k.doctor",
         description="This host's limits and how many concurrent connections they allow.")
     ap.add_argument("--target", default="100k", help="connections to plan for (100k, 1M; default 100k)")
     ap.add_argument("--json", action="store_true", help="print the facts and conclusions as JSON")
     ap.add_argument("--root", default="/", help="read /proc and /sys under this directory (default /)")
-    args = ap.parse_args(argv)
     try:
-        target = parse_count(args.target)
-    except ValueError as exc:
-        ap.error(f"--target: {exc}")
-    if not Path(args.root, "proc").is_dir():
-        ap.error(f"--root: no proc/ under {args.root!r} (the doctor reads Linux /proc)")
+        args = ap.parse_args(argv)
+        try:
+            target = parse_count(args.target)
+        except ValueError as exc:
+            raise UsageError(f"--target: {exc}") from None
+        if not Path(args.root, "proc").is_dir():
+            raise UsageError(f"--root: no proc/ under {args.root!r} (the doctor reads Linux /proc)")
+    except UsageError as exc:
+        print(f"fastc1k.doctor: error: {exc}", file=sys.stderr)
+        return 2
     d = diagnose(read_facts(args.root), target)
     sys.stdout.write(json.dumps(d, indent=2) + "\n" if args.json else render(d))
     return 0
