@@ -12,6 +12,7 @@ analysis and report where it has them); the fastc1k.host layer does the machine'
     analysis    the rules: breaking point, degradation, USL fit, first bottleneck, recovery
     report      JSON, terminal summary, charts, HTML (scaleout's report builds on it)
     container   --container: cgroup limits, RLIMIT_NOFILE, own namespace and sysctls
+    podman      the same limits on a real container (the fastc1k image run by podman)
     console     the Tool record, the progress line, shared argument types
     cli         the command line: subcommands, and today's flag forms routed to them
 """
