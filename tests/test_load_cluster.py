@@ -152,7 +152,7 @@ def test_workers_without_fastc1k_or_another_version_or_no_c_are_refused(tmp_path
         assert f"fastc1k {fastc1k.__version__} without its C extension fastc1k.load._client" in msg
     finally:
         for p in reversed(procs):
-            stop_process(p)
+            stop_process(p, timeout=2)
 
 
 # ---------------------------------------------------------------------------- two machines
@@ -242,7 +242,7 @@ def test_two_machines_shares_stages_and_a_lost_machine(two_machines, tmp_path):
                 res = farm.stop()
     finally:
         for p in reversed(procs):
-            stop_process(p)
+            stop_process(p, timeout=2)
     s, rows = res.summary, res.timeline
     # each machine's share: one process each, connections split evenly before the loss
     by_machine = {}
