@@ -18,7 +18,7 @@ import time
 import pytest
 
 import fastc1k
-from fastc1k import Routes, ServerConfig, metrics, running_server
+from fastc1k import Routes, ServerConfig, metrics, responses, running_server
 
 from _client import RawClient, assert_error_and_close, build_request
 
@@ -70,6 +70,32 @@ def test_layout_check_rejects_a_changed_metrics_layout(monkeypatch):
     core._check_layout()  # what the import ran
     monkeypatch.setitem(metrics.IDX, "requests", metrics.IDX["requests"] + 1)
     with pytest.raises(ImportError, match="metrics layout"):
+        core._check_layout()
+
+
+def _bigger_error_table():
+    bodies = dict(responses.ERROR_BODIES)
+    bodies.update({s: b"x\n" for s in (201, 202, 204, 301, 302, 304, 403, 411, 417, 429)})
+    return bodies
+
+
+@pytest.mark.parametrize("target,name,value,message", [
+    ("consts", "IOV_CAP", 512, "engine constants"),
+    ("consts", "F_PAUSED", 1 << 14, "engine constants"),
+    ("consts", "LINGER_MS", 2000, "engine constants"),
+    ("responses", "ERROR_BODIES", None, "error-response table"),
+    ("responses", "KEEPS_CONNECTION", frozenset({404, 405, 400}), "keeps the connection"),
+    ("metrics", "PARSE_ERROR_STATUS", {"bad_request": 400}, "parse-error map"),
+])
+def test_layout_check_rejects_any_shared_constant_changed(monkeypatch, target, name, value, message):
+    """Every constant both engines share is checked when the C engine is imported: a change
+    on one side fails the import instead of diverging (or, for the tables C fills without a
+    bounds check, writing past them)."""
+    from fastc1k._core_py import consts
+    core = _core()
+    mod = {"consts": consts, "responses": responses, "metrics": metrics}[target]
+    monkeypatch.setattr(mod, name, _bigger_error_table() if value is None else value)
+    with pytest.raises(ImportError, match=message):
         core._check_layout()
 
 

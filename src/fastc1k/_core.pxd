@@ -46,12 +46,12 @@ cdef class Worker:
         int pid
         const char *data_head           # build_head(200, JSON, 0) minus "0\r\n"
         size_t data_head_len
-        const char *err_head[16]
-        size_t err_head_len[16]
-        const char *err_tail[16]
-        size_t err_tail_len[16]
-        int8_t err_slot[600]
-        uint8_t status_ctr[600]
+        const char *err_head[ERR_SLOTS]
+        size_t err_head_len[ERR_SLOTS]
+        const char *err_tail[ERR_SLOTS]
+        size_t err_tail_len[ERR_SLOTS]
+        int8_t err_slot[STATUS_SLOTS]
+        uint8_t status_ctr[STATUS_SLOTS]
         char *scratch
         # the output being assembled for one connection (one writev)
         iovec iov[IOV_CAP]

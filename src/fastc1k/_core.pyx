@@ -85,8 +85,44 @@ def _check_layout():
         raise ImportError("fastc1k._core: responses constants changed")
     if (STATIC, HANDLER, DATA, METRICS, WSGI) != (_STATIC, _HANDLER, _DATA, _METRICS, _WSGI):
         raise ImportError("fastc1k._core: route kinds changed")
+    _check_shared()
+
+
+def _check_shared():
+    """Every constant the two engines share: the same value on both sides, and the tables
+    C fills at start-up within their bounds (C writes them without a check)."""
+    from ._core_py import consts as py
+    mine = {
+        "MAX_EVENTS": MAX_EVENTS, "ACCEPT_BATCH": ACCEPT_BATCH, "IOV_CAP": IOV_CAP, "SCRATCH_SIZE": SCRATCH_SIZE,
+        "MAX_WAIT_MS": MAX_WAIT_MS, "LINGER_MS": LINGER_MS, "EMFILE_PAUSE_MS": EMFILE_PAUSE_MS,
+        "MAX_CHUNK_LINE": MAX_CHUNK_LINE, "S_FREE": S_FREE, "S_HEAD": S_HEAD, "S_BODY": S_BODY,
+        "S_LINGER": S_LINGER, "F_FRESH": F_FRESH, "F_KEEP": F_KEEP, "F_V10": F_V10, "F_HEAD": F_HEAD,
+        "F_WANT_BODY": F_WANT_BODY, "F_CLOSING": F_CLOSING, "F_PAUSED": F_PAUSED, "F_OUT_OWNED": F_OUT_OWNED,
+        "F_REJECTED": F_REJECTED, "F_CHUNKED": F_CHUNKED, "F_PENDING_PY": F_PENDING_PY, "F_STREAM": F_STREAM,
+        "F_PEER": F_PEER, "T_NONE": T_NONE, "T_HEADER": T_HEADER, "T_IDLE": T_IDLE, "T_SEND": T_SEND,
+        "T_LINGER": T_LINGER, "T_KINDS": T_KINDS, "R_404": R_404, "R_WSGI": R_WSGI, "R_405": R_405,
+    }
+    bad = {k: (v, getattr(py, k, None)) for k, v in mine.items() if getattr(py, k, None) != v}
+    if bad:
+        raise ImportError(f"fastc1k._core was built with other engine constants than fastc1k._core_py: {bad}")
+    statuses = set(responses.REASONS) | set(responses.ERROR_BODIES) | set(metrics.STATUS_CODES)
+    if len(responses.ERROR_BODIES) > ERR_SLOTS or not all(0 <= s < STATUS_SLOTS for s in statuses):
+        raise ImportError(f"fastc1k._core: the error-response table holds {ERR_SLOTS} statuses below "
+                          f"{STATUS_SLOTS}; responses.ERROR_BODIES has {sorted(responses.ERROR_BODIES)}")
+    # what _error and _count_parse_error hard-code
+    if set(responses.KEEPS_CONNECTION) != {404, 405}:
+        raise ImportError("fastc1k._core: _error keeps the connection on 404 and 405 only; "
+                          f"responses.KEEPS_CONNECTION is {sorted(responses.KEEPS_CONNECTION)}")
+    parse_errors = {"bad_request": 400, "uri_too_long": 414, "headers_too_large": 431, "body_too_large": 413,
+                    "unsupported_coding": 501, "bad_version": 505}
+    if dict(metrics.PARSE_ERROR_STATUS) != parse_errors:
+        raise ImportError(f"fastc1k._core: the parse-error map changed: {metrics.PARSE_ERROR_STATUS}")
+    missing = (set(parse_errors.values()) | {404, 405, 408, 500, 503}) - set(responses.ERROR_BODIES)
+    if missing:
+        raise ImportError(f"fastc1k._core: no error response for {sorted(missing)}")
 
 _check_layout()
+
 
 
 @cython.cdivision(True)  # constant divisors

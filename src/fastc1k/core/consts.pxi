@@ -11,6 +11,8 @@ cdef enum:
     EMFILE_PAUSE_MS = 100       # stop accepting this long when out of fds
     MAX_CHUNK_LINE = 4096       # chunk-size line with extensions, CRLF excluded
     DATE_LEN = 37               # len("Date: Sat, 28 Nov 2026 06:20:12 GMT\r\n"), checked at import
+    ERR_SLOTS = 16              # prebuilt error responses (responses.ERROR_BODIES, checked at import)
+    STATUS_SLOTS = 600          # statuses 0..599 index err_slot / status_ctr (checked at import)
 
 # connection states
 cdef enum:
