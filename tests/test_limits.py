@@ -118,6 +118,22 @@ def test_header_bytes_over_limit_without_end_431(make_server):
         assert_error_and_close(c, 431)
 
 
+def test_unfinished_head_filling_the_smallest_buffer_431(make_server):
+    """buffer_size at its smallest (max_request_line + max_header_bytes + 2): a request line
+    at its limit and header bytes at theirs, still without the blank line, fill the buffer
+    exactly. Nothing more can be read into it: 431 at once (not a read of 0 bytes taken as
+    EOF, nor a 408 later)."""
+    srv = make_server(max_request_line=512, max_header_bytes=510, buffer_size=1024, header_timeout=5.0)
+    head = _line(512) + b"\r\n" + HOST_LINE + b"X-Pad: " + b"p" * (510 - len(HOST_LINE) - 7)
+    assert len(head) == 1024
+    with RawClient(srv.address, timeout=2.0) as c:
+        t0 = time.monotonic()
+        c.send(head, ["GET"])
+        assert_error_and_close(c, 431)
+        assert time.monotonic() - t0 < 2.0
+    assert srv.counters()['parse_errors{kind="headers_too_large"}'] == 1
+
+
 # --- max_headers -> 431 --------------------------------------------------------------------
 
 def _fields(n: int) -> bytes:

@@ -653,7 +653,9 @@ cdef class Worker:
                 break
             memset(&q, 0, sizeof(Req))
             r = parse_head(c.buf + pos, c.buf_len - pos, &q, &self.lim)
-            if r == 0:
+            if r == 0 and pos + q.skip == 0 and c.buf_len == self.pool.bufsize:
+                r = -431  # an unfinished head fills the buffer: it can never complete (not an EOF)
+            elif r == 0:
                 pos += q.skip  # leading empty lines go; the partial request stays
                 break
             self.m[I_REQUESTS] += 1

@@ -320,9 +320,9 @@ class Worker(Writer):
                 if self._flush(c) == 0:
                     self._linger(c)
                 return
-        # one read per readiness event (level-triggered)
+        # one read per readiness event (level-triggered), at most what the buffer holds
         try:
-            data = c.sock.recv(SCRATCH_SIZE)
+            data = c.sock.recv(self.pool.bufsize - len(c.buf))
         except (BlockingIOError, InterruptedError):
             if not c.buf:
                 self._buf_put(c)
@@ -365,6 +365,8 @@ class Worker(Writer):
                 break
             try:
                 head, end = parse_head(buf, pos, cfg)
+                if head is None and end == 0 and len(buf) == self.pool.bufsize:
+                    raise ParseError(431)  # an unfinished head fills the buffer: it can never complete
             except ParseError as e:
                 m[I_REQUESTS] += 1
                 self._count_parse_error(e.status)
