@@ -418,7 +418,10 @@ class DaskExecutor:
         return started_ns, wall
 
     def send(self, msgs: dict) -> None:
-        self._run(_node_send, self._run_id, msgs)
+        try:
+            self._run(_node_send, self._run_id, msgs)
+        except Exception:                               # noqa: BLE001 - the scheduler is gone:
+            pass                                        # poll() reports the processes lost
 
     def poll(self, timeout: float) -> list:
         time.sleep(max(0.0, min(timeout, self._next_pull - time.monotonic())))
