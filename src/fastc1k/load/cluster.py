@@ -440,16 +440,18 @@ class DaskExecutor:
                   if a not in self._gone and now - t > LOST_AFTER]
         if silent:
             try:
-                listed = set(self._workers())
-            except Exception:                           # noqa: BLE001 - scheduler gone too
-                listed = set()
+                listed, scheduler = set(self._workers()), True
+            except Exception:                           # noqa: BLE001 - the scheduler is gone
+                listed, scheduler = set(), False
             for a in silent:
                 quiet = now - self._last_heard[a]
                 if a in listed and quiet < SILENT_MAX:
                     continue
                 self._gone.add(a)
-                why = ("left the Dask cluster" if a not in listed
-                       else f"has not answered for {quiet:.0f} s")
+                why = ("left the Dask cluster" if a not in listed and scheduler
+                       else f"has not answered for {quiet:.0f} s" if scheduler
+                       else f"is out of reach: the Dask scheduler {self.address} does not answer "
+                            f"(its load processes stop by themselves within {CONTACT_LOST:.0f} s)")
                 out.extend((i, ("lost", f"load machine {_host(a)} (Dask worker {a}) {why}"))
                            for i, where in enumerate(self._where) if where == a)
         return out
