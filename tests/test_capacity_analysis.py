@@ -97,7 +97,10 @@ def samples(n=25, **over):
     ({"fd_limit": lambda i: 1024}, "fds", 1000),
     ({"cpu_used": lambda i: 0.2 if i >= 5 else 0.05, "cpu_allowed": lambda i: 0.2}, "cpu", 450),
     ({"rss": lambda i: (95 << 20) if i >= 7 else (10 << 20)}, "memory", 350),
-    ({"listen_overflows": lambda i: 3 if i >= 9 else 0}, "listen_overflows", 450),
+    ({"listen_overflows": lambda i: 3 if i >= 9 else 0, "own_netns": lambda i: True}, "listen_overflows", 450),
+    ({"conntrack_count": lambda i: 250 * i, "conntrack_max": lambda i: 4096}, "conntrack", 800),
+    ({"conntrack_count": lambda i: 100, "conntrack_max": lambda i: 262144,
+      "conntrack_drop": lambda i: 7 if i >= 4 else 0}, "conntrack", 200),
     ({"cgroup_memory": lambda i: (92 << 20) if i >= 6 else (20 << 20)}, "memory", 300),
     # the kernel killed a worker at the limit: that failure, not the memory that led to it
     ({"cgroup_memory": lambda i: (92 << 20) if i >= 6 else (20 << 20), "oom_kills": lambda i: int(i >= 6)},
@@ -126,6 +129,55 @@ def test_idle_server_on_a_busy_host_is_not_cpu_bound():
     """Lumps of queued time while it does almost no work (or has no clients) are not a bottleneck."""
     assert A.first_bottleneck(samples(cpu_used=lambda i: 0.05, cpu_wait=lambda i: 0.95), TH) is None
     assert A.first_bottleneck(samples(clients=lambda i: 0, cpu_used=lambda i: 1.0), TH) is None
+
+
+def test_host_wide_overflows_need_evidence_that_the_run_caused_them():
+    """In the host's namespace the counter is every listener's: alone it names nothing."""
+    moved = {"listen_overflows": lambda i: 3 * i}
+    assert A.first_bottleneck(samples(**moved, listen_overflows_baseline=lambda i: 50.0), TH) is None
+    full = A.first_bottleneck(samples(**moved, listen_queue=lambda i: [128, 128] if i >= 6 else [0, 128]), TH)
+    assert full["resource"] == "listen_overflows" and full["clients"] == 300
+    assert "own listen queue full (128 of 128)" in full["evidence"]
+    fast = A.first_bottleneck(samples(listen_overflows=lambda i: 0 if i < 10 else 500 * (i - 9),
+                                      listen_overflows_baseline=lambda i: 2.0), TH)
+    assert fast["resource"] == "listen_overflows" and "before the run" in fast["evidence"], fast
+
+
+def test_bisection_narrows_to_the_precision():
+    good, broken, probes = 7595, 11393, []
+    true_limit = 10_000                       # broken above it
+    while (mid := A.bisect_next(good, broken, 0.05)) is not None:
+        probes.append(mid)
+        good, broken = (good, mid) if mid > true_limit else (mid, broken)
+    assert good <= true_limit < broken and broken - good <= 0.05 * broken
+    assert probes == [9494, 10443, 9968]          # 3,798 wide -> 475 (< 5 % of 10,443)
+    assert A.bisect_next(99, 100, 0.05) is None
+    assert A.bracket_text(9870, 10340) == "breaks between 9,870 and 10,340 clients"
+
+
+def test_configured_limit_is_named_apart_from_resources():
+    shed = {"clients": 11393, "errors": {"status_503": 9000, "reset": 10}, "failed_connections": 1400}
+    text = A.configured_limit(shed, 10000, 1)
+    assert text.startswith("configured limit reached (max_connections=10,000 per worker)"), text
+    assert A.configured_limit(shed, 10000, 2) is None            # 2 workers hold 20,000
+    auto = A.configured_limit({**shed, "clients": 1000}, 960, 1, fd_limit=1024)
+    assert "max_connections=960 per worker, sized from the fd limit 1,024 (max_connections auto)" in auto
+    assert "rejected_max_connections" in A.configured_limit(shed, None, 1, rejected=1393)
+    timeouts = {"clients": 11393, "errors": {"connect_timeout": 9000, "status_503": 5}}
+    assert A.configured_limit(timeouts, 10000, 1) is None        # a resource limit, not the cap
+
+
+def test_recovery_at_100ms():
+    good = {"ok": 10, "errors": {}, "p99_us": 5000}
+    slow = {"ok": 10, "errors": {}, "p99_us": 150_000}
+    rows = [slow] * 3 + [good] * 30
+    r = A.recovery_time(rows, TH, resolution=0.1)
+    assert r["recovered"] and r["seconds"] == 0.3 and r["label"] == "0.3 s ± 100 ms"
+    assert r["bar_s"] == 30 and r["resolution_s"] == 0.1
+    assert A.recovery_time([good] * 30, TH, 0.1)["label"] == "within 100 ms of the drop"
+    dip = [good] * 20 + [slow] + [good] * 30                 # 3 s must hold: restarts after the dip
+    assert A.recovery_time(dip, TH, 0.1)["seconds"] == 2.1
+    assert not A.recovery_time([good] * 29, TH, 0.1)["recovered"]
 
 
 def test_recovery():

@@ -89,6 +89,8 @@ def synthetic_report() -> dict:
         phase = "stages" if t < 12 else "ramp" if t < 20 else "recovery"
         rows.append({"t": t, "phase": phase, "clients": 100 + 10 * t, "ok": 1000, "errors": {"reset": t % 3},
                      "p50_us": 1000, "p99_us": 5000 + 1000 * t})
+    fine = [{"s": round(j / 10 - 2, 1), "ok": 100, "errors": 50 if j < 23 else 0,
+             "p99_ms": 400.0 if j < 24 else 4.0} for j in range(80)]
     for i in range(300):
         samples.append({"t": i / 10, "clients": i, "cpu_used": 0.5, "cpu_wait": 0.1, "cpu_allowed": 1.0,
                         "rss": 40 << 20, "mem_limit": 1 << 30, "fds": 10 + i, "fd_limit": 1024,
@@ -109,7 +111,9 @@ def synthetic_report() -> dict:
                      "bottleneck": A.first_bottleneck(samples, th), "peaks": {"fds": "309/1024"}},
             "recovery": {"blast_clients": 1500, "blast_s": 2, "recovery_clients": 100, "drop_t": 22,
                          "blast": {"error_rate": 0.5, "latency_ms": {"p99": 300.0}},
-                         "recovery": A.recovery_time(rows[22:], th), "note": None},
+                         "fine": fine, "note": None, "recovery": A.recovery_time(
+                             [{"ok": r["ok"], "errors": {"reset": r["errors"]}, "p99_us": 1000 * r["p99_ms"]}
+                              for r in fine[20:]], th, resolution=0.1)},
         },
     }
 
@@ -118,6 +122,7 @@ def test_report_outputs(tmp_path):
     r = synthetic_report()
     text = report.summary_text(r)
     assert "breaking point: 500 clients" in text and "3. Recovery" in text and "note: synthetic" in text
+    assert "timed on 100 ms rows): 0.4 s ± 100 ms (the plan's bar: 30 s" in text
     assert "first bottleneck" in text or "no resource reached" in text
     paths = report.write_all(r, str(tmp_path))
     assert json.loads(open(paths["json"]).read())["phases"]["stages"]["breaking_point"]["clients"] == 500

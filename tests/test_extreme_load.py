@@ -2,10 +2,11 @@
 
 Each test constrains the server so its breaking point or first bottleneck is known in
 advance, runs `python -m fastc1k.capacity --serve` (durations scaled down to CI), and
-checks that the report finds it: max_connections=500 breaks at the first stage past
-500; nofile=1024 names fds; a 0.2-CPU quota names CPU; backlog 16 with somaxconn 16
-in its own network namespace shows ListenOverflows; recovery after a 2x blast is
-measured. The cgroup and namespace tests need root and skip (with the tool's own
+checks that the report finds it: max_connections=500 is bisected to a bracket within 5 %
+above 500 and named as the server's configured cap; nofile=1024 with max_connections auto
+breaks near 960 and is named as the fd limit's; nofile=1024 names fds in the ramp; a
+0.2-CPU quota names CPU; backlog 16 with somaxconn 16 in its own network namespace shows
+ListenOverflows; recovery after a 2x blast is timed on 100 ms rows. The cgroup and namespace tests need root and skip (with the tool's own
 reason) where the host does not permit them.
 """
 from __future__ import annotations
@@ -41,36 +42,62 @@ def skip_unless_applied(report: dict, part: str) -> None:
         pytest.skip("; ".join(report["notes"]) or f"container part {part} not applied")
 
 
-def test_max_connections_breaks_at_first_stage_past_it_and_recovers(tmp_path):
+def test_max_connections_is_bisected_named_as_the_cap_and_recovery_timed_at_100ms(tmp_path):
     r = capacity(tmp_path, "--engine", ENGINE, "--workers", "1", "--max-connections", "500",
                  "--stages", "100,250,500,750,1000", "--stage-duration", "2", "--final-duration", "2",
-                 "--max-clients", "1500", "--phases", "stages,recovery", "--blast-duration", "3",
-                 "--recovery-window", "6")
+                 "--probe-duration", "1", "--max-clients", "1500", "--phases", "stages,recovery",
+                 "--blast-duration", "3", "--recovery-window", "5")
     st = r["phases"]["stages"]
     by_clients = {s["clients"]: s for s in st["stages"]}
     assert not by_clients[500]["broken"], by_clients[500]
-    bp = st["breaking_point"]
-    assert bp is not None and bp["clients"] in (750, 1000), bp          # within one stage of 750
     assert by_clients[750]["errors"].get("status_503", 0) > 0          # the server shed with 503
+    # Bisection: between the last good stage (500) and the first broken one (750), to 5 %.
+    bp = st["breaking_point"]
+    assert bp is not None and bp["stage_clients"] == 750, bp
+    assert bp["last_good_clients"] >= 500 and 500 < bp["clients"] <= 500 * 1.05 + 1, bp
+    assert bp["clients"] - bp["last_good_clients"] <= 0.05 * bp["clients"], bp
+    assert st["probes"] and bp["probes"] == len(st["probes"]) >= 3
+    assert f"breaks between {bp['last_good_clients']:,} and {bp['clients']:,} clients" in r["_stdout"]
+    assert {"probe"} <= {w["phase"] for w in r["windows"]} and "probe" in {row["phase"] for row in r["timeline"]}
+    # The cap is the server's own, named as such.
+    assert bp["configured_limit"].startswith("configured limit reached (max_connections=500 per worker)"), bp
+    assert "configured limit reached (max_connections=500 per worker)" in r["_stdout"]
     for s in st["stages"]:
         lat = s["latency_ms"]
         assert s["histogram"] and lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"] <= lat["max"]
-    # Recovery: 2x the breaking point, then 100 clients; fastc1k is healthy again quickly.
+    # Recovery: 2x the breaking point, then max(100, 10 %) clients, timed on 100 ms rows.
     rc = r["phases"]["recovery"]
-    assert rc["blast_clients"] == min(1500, 2 * bp["clients"])
-    assert rc["recovery"]["observed_s"] >= 5
-    assert rc["recovery"]["recovered"], rc["after"]
-    assert "breaking point: " in r["_stdout"] and "3. Recovery" in r["_stdout"]
+    assert rc["blast_clients"] == min(1500, 2 * bp["clients"]) and rc["recovery_clients"] == 100
+    rec = rc["recovery"]
+    assert rec["resolution_s"] == 0.1 and rec["observed_s"] >= 4 and rec["bar_s"] == 30
+    assert rec["recovered"], rc["fine"]
+    assert round(rec["seconds"] * 10) == rec["seconds"] * 10          # a multiple of 100 ms
+    assert [f["s"] for f in rc["fine"][:3]] == [-3.0, -2.9, -2.8]      # 100 ms rows from the blast on
+    assert "timed on 100 ms rows" in r["_stdout"]
     html = (tmp_path / "capacity-report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
     assert (tmp_path / "capacity-report-stages.png").stat().st_size > 1000
     phases = {row["phase"] for row in r["timeline"]}
-    assert phases == {"stages", "recovery"}
+    assert phases == {"stages", "probe", "recovery"}
+
+
+def test_nofile_1024_with_max_connections_auto_breaks_at_the_fd_limit(tmp_path):
+    """--serve sizes max_connections from the container's fd limit (1024 - 64 = 960): the
+    breaking point is the container's, and the report says where the cap came from."""
+    r = capacity(tmp_path, "--engine", ENGINE, "--container", "nofile=1024", "--stages", "500,900,1200",
+                 "--stage-duration", "2", "--final-duration", "2", "--probe-duration", "1",
+                 "--max-clients", "1200", "--phases", "stages", "--no-charts")
+    skip_unless_applied(r, "nofile")
+    bp = r["phases"]["stages"]["breaking_point"]
+    assert bp is not None and 900 <= bp["last_good_clients"] < bp["clients"] <= 1010, bp
+    assert "max_connections=960 per worker, sized from the fd limit 1,024" in bp["configured_limit"], bp
 
 
 def test_nofile_1024_names_fds(tmp_path):
-    # Open loop at a modest rate: connections pile up while the CPU stays low.
-    r = capacity(tmp_path, "--engine", ENGINE, "--container", "nofile=1024", "--phases", "ramp",
+    # Open loop at a modest rate: connections pile up while the CPU stays low. A cap above the
+    # fd limit (not auto), so that the fds run out before the server would answer 503.
+    r = capacity(tmp_path, "--engine", ENGINE, "--container", "nofile=1024", "--max-connections", "5000",
+                 "--phases", "ramp",
                  "--ramp-clients", "1300", "--ramp-steps", "13", "--ramp-duration", "6.5", "--ramp-rate", "1000",
                  "--no-charts")
     skip_unless_applied(r, "nofile")
@@ -83,7 +110,8 @@ def test_nofile_1024_names_fds(tmp_path):
 @pytest.mark.root
 def test_cpu_quota_names_cpu(tmp_path):
     r = capacity(tmp_path, "--engine", ENGINE, "--container", "cpus=0.2", "--phases", "ramp",
-                 "--ramp-clients", "200", "--ramp-steps", "4", "--ramp-duration", "4", "--no-charts")
+                 "--ramp-clients", "200", "--ramp-steps", "4", "--ramp-duration", "4", "--ramp-rate", "closed",
+                 "--no-charts")
     skip_unless_applied(r, "cpus")
     b = r["phases"]["ramp"]["bottleneck"]
     assert b is not None and b["resource"] == "cpu", b

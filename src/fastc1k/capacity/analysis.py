@@ -10,9 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..config import FD_RESERVE
+
 __all__ = ["Thresholds", "CONNECT_ERRORS", "TIMEOUT_ERRORS", "CONN_ENDING_ERRORS", "summarize_rows",
            "is_broken", "breaking_point", "latency_explosion", "degradation", "usl_fit", "usl_throughput",
-           "first_bottleneck", "recovery_time", "cascade_seconds"]
+           "first_bottleneck", "recovery_time", "cascade_seconds", "bisect_next", "bracket_text",
+           "configured_limit", "PLAN_RECOVERY_BAR_S"]
 
 # Error classes of fastc1k.load. A connect failure is also counted in connects_failed;
 # the others end an established connection (the client reconnects), so they are failed
@@ -36,6 +39,11 @@ class Thresholds:
     recovery_p99_ms: float = 100.0
     recovery_error_rate: float = 0.01
     recovery_hold_s: int = 3
+    precision: float = 0.05            # bisect the breaking point until the bracket is this narrow
+    conntrack: float = 0.95            # fraction of nf_conntrack_max
+
+
+PLAN_RECOVERY_BAR_S = 30.0             # the plan's bar for recovery after a 2x blast
 
 
 def _errsum(errors: Mapping[str, int], classes: Iterable[str]) -> int:
@@ -111,6 +119,45 @@ def breaking_point(stages: Sequence[Mapping[str, Any]], th: Thresholds) -> dict[
             return {"stage": i, "clients": s["clients"], "reasons": why,
                     "last_good_clients": stages[i - 1]["clients"] if i else None}
     return None
+
+
+def bisect_next(last_good: int, first_broken: int, precision: float) -> int | None:
+    """The next client count to probe between a stage that held and one that broke, or
+    None once the bracket is within `precision` of the broken end (or no count is left)."""
+    if first_broken - last_good <= max(1, precision * first_broken):
+        return None
+    mid = (last_good + first_broken) // 2
+    return mid if last_good < mid < first_broken else None
+
+
+def bracket_text(last_good: int | None, first_broken: int) -> str:
+    if last_good is None:
+        return f"breaks at {first_broken:,} clients or fewer (the first stage)"
+    return f"breaks between {last_good:,} and {first_broken:,} clients"
+
+
+def configured_limit(stage: Mapping[str, Any], max_connections: int | None, workers: int,
+                     rejected: float | None = None, fd_limit: int | None = None) -> str | None:
+    """A stage broken by the server's own admission cap rather than by a resource: its
+    failures are mostly 503s, and the clients exceed max_connections x workers (or the
+    server's fastc1k_rejected_max_connections_total moved during it: `rejected`). A cap
+    that `max_connections auto` sized from the fd limit says so: that cap is the fd limit's."""
+    errors = stage.get("errors") or {}
+    n503 = errors.get("status_503", 0)
+    failed = max(sum(errors.values()), stage.get("failed_connections", 0))
+    if not n503 or n503 < 0.5 * failed:
+        return None
+    cap = max_connections * max(1, workers) if max_connections else None
+    if rejected:
+        why = f"{int(rejected):,} connections refused at the cap (fastc1k_rejected_max_connections_total)"
+    elif cap and stage.get("clients", 0) > cap:
+        why = f"{stage['clients']:,} clients > {cap:,} = max_connections x {max(1, workers)} worker(s)"
+    else:
+        return None
+    where = f"max_connections={max_connections:,} per worker" if max_connections else "max_connections"
+    if max_connections and fd_limit and max_connections == fd_limit - FD_RESERVE:
+        where += f", sized from the fd limit {fd_limit:,} (max_connections auto)"
+    return f"configured limit reached ({where}): {why}; {n503:,} requests answered 503"
 
 
 def _p99(s: Mapping[str, Any]) -> float | None:
@@ -258,7 +305,7 @@ def _usl_refine(ns: list[float], xs: list[float], start: tuple[float, float, flo
 
 # --- bottleneck ------------------------------------------------------------------------
 
-RESOURCES = ("cpu", "memory", "fds", "listen_overflows")
+RESOURCES = ("cpu", "memory", "fds", "listen_overflows", "conntrack")
 CPU_WINDOW = 5        # samples (0.5 s) averaged for the CPU rule
 CPU_MIN_WORK = 0.25   # share of its allowance a server must use to be called CPU-bound
 
@@ -268,11 +315,21 @@ def first_bottleneck(samples: Sequence[Mapping[str, Any]], th: Thresholds) -> di
 
     A sample is a dict with t, clients, and (each optional) cpu_used, cpu_wait (cores
     queued for a CPU) / cpu_allowed (cores), rss / mem_limit (bytes), fds / fd_limit (per process: the fullest one), and
-    listen_overflows (cumulative since the run started), oom_kills (since the start). CPU must stay over its threshold
-    for two consecutive (averaged) samples: one 100 ms sample can be a scheduling artefact."""
+    listen_overflows (cumulative since the run started), oom_kills (since the start),
+    conntrack_count / conntrack_max
+    and conntrack_drop / conntrack_insert_failed (cumulative since the start). CPU must stay
+    over its threshold for two consecutive (averaged) samples: one 100 ms sample can be a
+    scheduling artefact.
+
+    ListenOverflows is the namespace's counter: in the run's own namespace (own_netns) it
+    is the run's; in the host's it counts every listener on the host, so it names the
+    bottleneck only with evidence that this run caused it: the server's own listen queue
+    full (listen_queue = [queued, backlog]) or an overflow rate over the last second far
+    above the rate measured before the run (listen_overflows_baseline, per second)."""
     hot_cpu = 0
     hot_start: Mapping[str, Any] = {}
     recent: list[tuple[float, float]] = []
+    overflow_at: list[tuple[float, int]] = []     # (t, cumulative overflows) over the last second
     for s in samples:
         hit: list[tuple[str, str]] = []
         cu, ca = s.get("cpu_used"), s.get("cpu_allowed")
@@ -310,10 +367,19 @@ def first_bottleneck(samples: Sequence[Mapping[str, Any]], th: Thresholds) -> di
         fds, fl = s.get("fds"), s.get("fd_limit")
         if fds is not None and fl and fds >= th.fds * fl:
             hit.append(("fds", f"server process holds {fds} fds of its limit {fl} ({fds / fl:.0%} >= {th.fds:.0%})"))
-        lo = s.get("listen_overflows")
+        lo = s.get("listen_overflows") or 0
+        overflow_at = [(tt, v) for tt, v in overflow_at if tt >= (s.get("t") or 0) - 1.0] + [(s.get("t") or 0, lo)]
         if lo:
-            hit.append(("listen_overflows", f"{lo} listen queue overflows (ListenOverflows in /proc/net/netstat"
-                        + (")" if s.get("own_netns") else "; host-wide counter: any listener on the host counts)")))
+            why = _overflows_caused(s, lo, overflow_at)
+            if why:
+                hit.append(("listen_overflows", why))
+        cc, cm = s.get("conntrack_count"), s.get("conntrack_max")
+        drops = (s.get("conntrack_drop") or 0) + (s.get("conntrack_insert_failed") or 0)
+        if cm and cc is not None and (cc >= th.conntrack * cm or drops):
+            hit.append(("conntrack", f"conntrack table {cc:,} of nf_conntrack_max {cm:,} ({cc / cm:.0%})"
+                        + (f", {s.get('conntrack_drop') or 0:,} packets dropped and {s.get('conntrack_insert_failed') or 0:,}"
+                           " insert failures (/proc/net/stat/nf_conntrack): new connections' SYNs vanish and "
+                           "clients time out while the server idles" if drops else "")))
         if hit:
             # Several in the same 100 ms sample: the one closest to (or furthest past) its limit.
             name, why = hit[0] if len(hit) == 1 else max(hit, key=lambda h: _pressure(h[0], s))
@@ -324,10 +390,28 @@ def first_bottleneck(samples: Sequence[Mapping[str, Any]], th: Thresholds) -> di
     return None
 
 
+def _overflows_caused(s: Mapping[str, Any], lo: int, window: list[tuple[float, int]]) -> str | None:
+    """The evidence that this run's listener overflowed (None: the counter may be other
+    processes' on a shared host)."""
+    what = f"{lo:,} listen queue overflows (ListenOverflows, /proc/net/netstat"
+    if s.get("own_netns"):
+        return what + ", the run's own network namespace)"
+    q = s.get("listen_queue")
+    if q and q[1] and q[0] >= q[1]:
+        return what + f", host-wide) with the server's own listen queue full ({q[0]} of {q[1]})"
+    base = s.get("listen_overflows_baseline")
+    span = window[-1][0] - window[0][0]
+    if base is not None and span >= 0.5:
+        rate = (window[-1][1] - window[0][1]) / span
+        if rate > 2 * base + 1:
+            return what + f", host-wide) at {rate:,.0f}/s against {base:,.1f}/s before the run"
+    return None
+
+
 def _pressure(name: str, s: Mapping[str, Any]) -> float:
     if name == "oom_kill":
         return 2.0
-    if name == "cpu":
+    if name in ("cpu", "conntrack"):
         return 1.0
     if name == "memory":
         return max(s.get("rss") or 0, s.get("cgroup_memory") or 0) / s["mem_limit"]
@@ -347,20 +431,29 @@ def _row_ok(r: Mapping[str, Any], th: Thresholds) -> bool:
     return err / (ok + err) < th.recovery_error_rate and p99 is not None and p99 / 1000 < th.recovery_p99_ms
 
 
-def recovery_time(rows_after_drop: Sequence[Mapping[str, Any]], th: Thresholds) -> dict[str, Any]:
-    """Seconds from the drop until p99 and the error rate are healthy and stay so for
-    `recovery_hold_s` consecutive seconds. rows_after_drop start at the drop, one per
-    second, so the answer has the timeline's one-second resolution: 0 means healthy
-    within the first second ("< 1 s")."""
-    need = th.recovery_hold_s
+def recovery_time(rows_after_drop: Sequence[Mapping[str, Any]], th: Thresholds,
+                  resolution: float = 1.0) -> dict[str, Any]:
+    """The first instant after the drop from which p99 < recovery_p99_ms and errors <
+    recovery_error_rate hold, row after row, for `recovery_hold_s`. rows_after_drop start
+    at the drop, one per `resolution` seconds (the farm's 100 ms rows: resolution 0.1), so
+    the instant is known to +- one row: with 1 s rows, 0 means "healthy within the first
+    second" ("< 1 s"); with 100 ms rows, 0.3 means between 0.2 and 0.4 s. The plan's bar
+    (30 s) is given beside it."""
+    need = max(1, round(th.recovery_hold_s / resolution))
+    observed = round(len(rows_after_drop) * resolution, 3)
+    out = {"resolution_s": resolution, "observed_s": observed, "bar_s": PLAN_RECOVERY_BAR_S}
     run = 0
     for i, r in enumerate(rows_after_drop):
         run = run + 1 if _row_ok(r, th) else 0
         if run >= need:
             k = i - need + 1
-            return {"recovered": True, "seconds": k, "label": f"< {k + 1} s", "observed_s": len(rows_after_drop)}
-    return {"recovered": False, "seconds": None, "label": f"did not recover within {len(rows_after_drop)} s",
-            "observed_s": len(rows_after_drop)}
+            if resolution >= 1:
+                return {**out, "recovered": True, "seconds": k, "label": f"< {k + 1} s"}
+            s = round(k * resolution, 3)
+            label = (f"within {resolution * 1000:.0f} ms of the drop" if k == 0 else
+                     f"{s:.1f} s ± {resolution * 1000:.0f} ms")
+            return {**out, "recovered": True, "seconds": s, "label": label}
+    return {**out, "recovered": False, "seconds": None, "label": f"did not recover within {observed:g} s"}
 
 
 def cascade_seconds(rows_next: Sequence[Mapping[str, Any]]) -> int:

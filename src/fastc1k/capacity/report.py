@@ -18,7 +18,8 @@ __all__ = ["write_json", "summary_text", "render_charts", "write_html", "write_a
            "chart_stages", "html_opening", "pyplot", "png"]
 
 CHARTS = ("stages", "timeline", "resources", "recovery")
-_PHASE_COLOURS = {"stages": "#4c72b0", "ramp": "#55a868", "blast": "#c44e52", "recovery": "#8172b2"}
+_PHASE_COLOURS = {"stages": "#4c72b0", "probe": "#937860", "ramp": "#55a868", "blast": "#c44e52",
+                  "recovery": "#8172b2"}
 
 
 def _f(x: Any, fmt: str = "{:.1f}", none: str = "-") -> str:
@@ -68,10 +69,15 @@ def summary_text(report: dict[str, Any]) -> str:
         out.append("")
         out.append("1. Breaking point")
         out += ["  " + ln for ln in stage_table(st["stages"])]
+        if st.get("probes"):
+            out.append("  bisection probes:")
+            out += ["  " + ln for ln in stage_table(st["probes"])[1:]]
         bp = st["breaking_point"]
         if bp:
-            out.append(f"  breaking point: {bp['clients']} clients ({'; '.join(bp['reasons'])}); "
-                       f"last good stage: {bp['last_good_clients'] or '-'}")
+            out.append(f"  breaking point: {bp.get('text') or str(bp['clients']) + ' clients'} ({'; '.join(bp['reasons'])})"
+                       + (f"; bisected to {100 * bp['precision']:g} % in {bp['probes']} probes" if bp.get("probes") else ""))
+            if bp.get("configured_limit"):
+                out.append(f"  {bp['configured_limit']}: the server's own cap, not a limit of the container")
         else:
             out.append(f"  no breaking point up to {st['stages'][-1]['clients']} clients ({st['stop_reason']})")
         ex = st.get("latency_explosion")
@@ -98,7 +104,7 @@ def summary_text(report: dict[str, Any]) -> str:
     if rp:
         out.append("")
         out.append(f"2. Resource exhaustion (0 -> {rp['clients']} clients in {rp['steps']} steps over "
-                   f"{rp['steps'] * rp['step_s']:.0f} s" + (f", {rp['rate']:g} req/s" if rp.get("rate") else "") + ")")
+                   f"{rp['steps'] * rp['step_s']:.0f} s; {rp.get('rate_how') or 'closed loop'})")
         b = rp.get("bottleneck")
         if b:
             out.append(f"  first bottleneck: {b['resource'].upper()} at {b['clients']} clients: {b['evidence']}")
@@ -119,8 +125,10 @@ def summary_text(report: dict[str, Any]) -> str:
                    f"p99 {_f(b['latency_ms'].get('p99'))} ms), then {rc['recovery_clients']} clients")
         rec = rc["recovery"]
         out.append(f"  recovery (p99 < {r['thresholds']['recovery_p99_ms']:g} ms and errors < "
-                   f"{100 * r['thresholds']['recovery_error_rate']:g}% for {r['thresholds']['recovery_hold_s']} s): "
-                   + (f"{rec['label']} (goal < 1 s; the plan's bar 30 s)" if rec["recovered"] else rec["label"].upper()))
+                   f"{100 * r['thresholds']['recovery_error_rate']:g}% for {r['thresholds']['recovery_hold_s']} s, "
+                   f"timed on {1000 * rec.get('resolution_s', 1):.0f} ms rows): "
+                   + (f"{rec['label']} (the plan's bar: {rec.get('bar_s', 30):g} s; goal ≤ 1 s)" if rec["recovered"]
+                      else rec["label"].upper()))
         if rc.get("note"):
             out.append(f"  note: {rc['note']}")
     out.append("")
@@ -146,7 +154,7 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _shade(ax, windows, phases=("stages", "ramp", "blast", "recovery"), labels=True) -> None:
+def _shade(ax, windows, phases=("stages", "probe", "ramp", "blast", "recovery"), labels=True) -> None:
     for w in windows:
         if w["phase"] not in phases:
             continue
@@ -285,26 +293,25 @@ def chart_recovery(report: dict[str, Any]) -> bytes | None:
     rc = report["phases"].get("recovery")
     if not rc:
         return None
-    rows = [r for r in report.get("timeline", []) if r["phase"] == "recovery"]
+    rows = rc.get("fine") or []     # 100 ms rows, s = seconds from the drop
     if not rows:
         return None
     plt = pyplot()
     th = report["thresholds"]
     fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-    x = [r["t"] - rc["drop_t"] + 0.5 for r in rows]
-    axes[0].plot(x, [(r["p99_us"] or 0) / 1000 for r in rows], "o-", label="p99")
+    x = [r["s"] + 0.05 for r in rows]
+    axes[0].plot(x, [r["p99_ms"] or 0 for r in rows], ".-", lw=0.8, label="p99 per 100 ms")
     axes[0].axhline(th["recovery_p99_ms"], color="k", ls="--", lw=1, label=f"{th['recovery_p99_ms']:g} ms")
     axes[0].set_yscale("symlog", linthresh=1)
     axes[0].set_ylabel("p99, ms")
-    errs = [sum(r["errors"].values()) for r in rows]
-    axes[1].plot(x, [100 * e / (e + r["ok"]) if e + r["ok"] else 0 for e, r in zip(errs, rows)], "o-",
-                 color="#c44e52", label="errors")
+    axes[1].plot(x, [100 * r["errors"] / (r["errors"] + r["ok"]) if r["errors"] + r["ok"] else 0 for r in rows],
+                 ".-", lw=0.8, color="#c44e52", label="errors per 100 ms")
     axes[1].axhline(100 * th["recovery_error_rate"], color="k", ls="--", lw=1)
     axes[1].set_ylabel("errors, %")
     axes[1].set_xlabel("seconds since the drop to %d clients" % rc["recovery_clients"])
     rec = rc["recovery"]
     for ax in axes:
-        ax.axvspan(min(x) - 0.5, 0, color=_PHASE_COLOURS["blast"], alpha=0.08)
+        ax.axvspan(min(x) - 0.05, 0, color=_PHASE_COLOURS["blast"], alpha=0.08)
         ax.axvline(0, color="k", lw=1)
         if rec["recovered"]:
             ax.axvline(rec["seconds"], color="#55a868", lw=1.5)
@@ -363,9 +370,9 @@ def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_
                 f"<th>{h}</th>" for h in ("clients", "ok req/s", "error %", "conn. failed", "refused %",
                                           "503 %", "timeout %", "avg ms", "p50", "p95", "p99", "p99.9",
                                           "max", "intended/s", "achieved/s", "cascade s")) + "</tr>")
-            for s in st["stages"]:
+            for s in st["stages"] + st.get("probes", []):
                 lat = s.get("latency_ms") or {}
-                cells = [s["clients"], f"{s['throughput']:.0f}", f"{100 * s['error_rate']:.2f}",
+                cells = [f"{s['clients']}" + (" (probe)" if s in st.get("probes", []) else ""), f"{s['throughput']:.0f}", f"{100 * s['error_rate']:.2f}",
                          s["failed_connections"], f"{100 * s['refusal_rate']:.2f}", f"{100 * s['rejected_rate']:.2f}",
                          f"{100 * s['timeout_rate']:.2f}"] + [_f(lat.get(k), "{:.2f}") for k in
                                                                 ("avg", "p50", "p95", "p99", "p999", "max")] + \

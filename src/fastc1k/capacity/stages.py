@@ -1,5 +1,6 @@
 """The three tests of the plan, run against one target: the staged ramp to the breaking
-point, the resource ramp (first bottleneck), and the overload blast with recovery.
+point (bisected between the last good and the first broken stage), the resource ramp
+(first bottleneck), and the overload blast with recovery timed on 100 ms rows.
 
 Strategy: each phase runs one fastc1k.load farm and steers it with set_connections.
 Stage boundaries sit on the farm's whole seconds (its timeline rows are seconds since
@@ -56,10 +57,15 @@ class RunConfig:
     ramp_clients: int | None = None  # None: the largest stage the staged phase reached
     ramp_steps: int = 20
     ramp_s: float = 30.0
-    ramp_rate: float | None = None   # None: closed loop; else requests/s in total (open loop)
+    # The resource ramp is open loop: a rate rising with the clients, so per-connection
+    # limits (fds, memory, listen queue) can show before CPU. "auto": at the top of the ramp,
+    # half the peak throughput the stages measured; a number: that many requests/s at the
+    # top; "closed": closed loop (every client as fast as the server answers).
+    ramp_rate: float | str = "auto"
     blast_factor: float = 2.0
     blast_s: int = 10
-    recovery_clients: int = 100
+    recovery_clients: int | None = None  # None: 10 % of the breaking point, at least 100
+    probe_s: int = 3                 # each bisection probe: 1 s to settle, then this long
     recovery_window_s: int = 15
     phases: tuple[str, ...] = ("stages", "ramp", "recovery")
     processes: int | None = None
@@ -75,16 +81,29 @@ class RunConfig:
 
     @classmethod
     def plan(cls, **kw: Any) -> "RunConfig":
-        return cls(**{**dict(stage_s=10, final_stage_s=30, ramp_s=120.0, blast_s=30, recovery_window_s=30), **kw})
+        return cls(**{**dict(stage_s=10, final_stage_s=30, ramp_s=120.0, blast_s=30, recovery_window_s=30,
+                             probe_s=5), **kw})
 
     @classmethod
     def quick(cls, **kw: Any) -> "RunConfig":
-        return cls(**{**dict(stage_s=2, final_stage_s=3, ramp_s=8.0, blast_s=3, recovery_window_s=6), **kw})
+        return cls(**{**dict(stage_s=2, final_stage_s=3, ramp_s=8.0, blast_s=3, recovery_window_s=6,
+                             probe_s=2), **kw})
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["thresholds"] = asdict(self.thresholds)
         return d
+
+
+RECOVERY_SHARE, RECOVERY_MIN = 0.10, 100   # the recovery load: 10 % of the breaking point, >= 100
+AUTO_RAMP_SHARE = 0.5                       # "auto" ramp rate: this share of the stages' peak at the top
+AUTO_RAMP_PER_CLIENT = 10.0                 # ... or, with no stages run, requests/s per client
+
+
+def recovery_clients(cfg: "RunConfig", breaking_clients: int | None) -> int:
+    if cfg.recovery_clients:
+        return cfg.recovery_clients
+    return max(RECOVERY_MIN, round(RECOVERY_SHARE * (breaking_clients or 0)))
 
 
 def host_client_limit(source_ips: int = 1) -> tuple[int, str]:
@@ -121,6 +140,9 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
         self.startup_line = ""
+        self.max_connections: int | None = None   # per worker, as the server resolved it
+        self.fd_limit: int | None = None          # per worker
+        self.workers = workers
         self._out = tempfile.TemporaryFile(mode="w+")
         self._err = tempfile.TemporaryFile(mode="w+")
 
@@ -135,6 +157,10 @@ class ServerProcess:
             if m:
                 self.startup_line = text.splitlines()[0]
                 self.url = m.group(1)
+                mc = re.search(r"max_connections/worker=(\d+)", self.startup_line)
+                self.max_connections = int(mc.group(1)) if mc else None
+                fd = re.search(r"fd_limit/worker=(\d+)", self.startup_line)
+                self.fd_limit = int(fd.group(1)) if fd else None
                 return self
             if self.proc.poll() is not None:
                 break
@@ -365,12 +391,8 @@ class Runner:
                 if nxt is not None:
                     farm.set_connections(nxt)
                     self.clients = nxt
-                rows = self._rows(farm, base, k0, k1)
-                st = A.summarize_rows(rows, clients)
-                h = farm.histogram_between(k0, k1)
-                st.update(start_s=round(base + k0, 3), duration_s=dur, latency_ms=latency_block(h),
-                          histogram=_encode(h), broken=A.is_broken(st, th))
-                stages.append(st)
+                stages.append(self._measure(farm, base, k0, k1, clients))
+                st = stages[-1]
                 if st["error_rate"] > th.stop_error_rate:
                     stop_reason = f"error rate {st['error_rate']:.0%} > {th.stop_error_rate:.0%} at {clients} clients"
                     break
@@ -381,6 +403,8 @@ class Runner:
                     stop_reason = f"reached the client limit {self.max_clients} ({self._limit_why()})"
                     break
                 k, i, clients = k1, i + 1, nxt
+            bp = A.breaking_point(stages, th)
+            probes, probe_bounds = self._bisect(farm, base, k1, bp) if bp else ([], [])
         finally:
             self.clients = 0
             farm.stop()
@@ -391,18 +415,76 @@ class Runner:
             if j + 1 < len(bounds):
                 nxt = [r for r in all_rows if bounds[j + 1][1] <= r["t"] < bounds[j + 1][2]]
                 stages[j]["cascade_s"] = A.cascade_seconds(nxt)
+        for cl, k0, k1 in probe_bounds:
+            self._keep([r for r in all_rows if k0 <= r["t"] < k1], base, "probe", lambda t, cl=cl: cl)
+        if bp:
+            bp = self._bracket(bp, stages, probes)
         clients_l = [s["clients"] for s in stages]
         tput = [s["throughput"] for s in stages]
         return {
             "stages": stages,
+            "probes": probes,
             "stop_reason": stop_reason or "all stages run",
-            "breaking_point": A.breaking_point(stages, th),
+            "breaking_point": bp,
             "latency_explosion": A.latency_explosion(stages, th),
             "degradation": A.degradation(stages, th),
             "usl": A.usl_fit(clients_l, tput),
             "peak_throughput": max(tput) if tput else None,
             "load_summary": farm.stop().summary,
         }
+
+    def _measure(self, farm: Any, base: float, k0: int, k1: int, clients: int) -> dict[str, Any]:
+        """A stage's (or a probe's) summary from farm seconds k0 <= t < k1."""
+        th = self.cfg.thresholds
+        st = A.summarize_rows(self._rows(farm, base, k0, k1), clients)
+        h = farm.histogram_between(k0, k1)
+        st.update(start_s=round(base + k0, 3), duration_s=k1 - k0, latency_ms=latency_block(h),
+                  histogram=_encode(h))
+        st["broken"] = A.is_broken(st, th)
+        if st["broken"]:
+            srv = [s.get("server") or {} for s in self.monitor.between(base + k0, base + k1 + 0.5)]
+            rej = [m["fastc1k_rejected_max_connections_total"] for m in srv
+                   if "fastc1k_rejected_max_connections_total" in m]
+            st["configured_limit"] = A.configured_limit(
+                st, getattr(self.server, "max_connections", None), getattr(self.server, "workers", 1),
+                rejected=(rej[-1] - rej[0]) if len(rej) > 1 else None, fd_limit=getattr(self.server, "fd_limit", None))
+        return st
+
+    def _bisect(self, farm: Any, base: float, k: int, bp: dict[str, Any]) -> tuple[list, list]:
+        """Probe between the last good and the first broken stage until the bracket is
+        within the precision: each probe 1 s to settle, then probe_s measured."""
+        c, th = self.cfg, self.cfg.thresholds
+        good, broken = bp["last_good_clients"], bp["clients"]
+        probes: list[dict[str, Any]] = []
+        bounds: list[tuple[int, int, int]] = []
+        if good is None:
+            return probes, bounds
+        while (mid := A.bisect_next(good, broken, th.precision)) is not None:
+            farm.set_connections(mid)
+            self.clients = mid
+            k0, k1 = k + 1, k + 1 + c.probe_s
+            self.windows.append({"phase": "probe", "label": f"probe {mid}", "t0": base + k0, "t1": base + k1})
+            self._wait_farm_second(base, k1, farm, "probe", {"stage": f"{good}-{broken}"})
+            st = self._measure(farm, base, k0, k1, mid)
+            probes.append(st)
+            bounds.append((mid, k, k1))
+            good, broken = (good, mid) if st["broken"] else (mid, broken)
+            k = k1
+        return probes, bounds
+
+    def _bracket(self, bp: dict[str, Any], stages: list, probes: list) -> dict[str, Any]:
+        """The breaking point with its bracket: the highest count that held and the lowest
+        that broke, over the stages and the probes; what broke it at the lowest."""
+        th = self.cfg.thresholds
+        runs = stages + probes
+        good = max((s["clients"] for s in runs if not s["broken"] and s["clients"] < bp["clients"]), default=None)
+        first = min((s for s in runs if s["broken"] and (good is None or s["clients"] > good)),
+                    key=lambda s: s["clients"])
+        out = {**bp, "stage_clients": bp["clients"], "clients": first["clients"], "last_good_clients": good,
+               "reasons": first["broken"], "precision": th.precision, "probes": len(probes),
+               "text": A.bracket_text(good, first["clients"])}
+        out["configured_limit"] = first.get("configured_limit")
+        return out
 
     def _next_clients(self, listed: list[int], i: int, clients: int) -> int | None:
         """The listed stages, then x growth up to max_clients (None: at the limit)."""
@@ -426,15 +508,18 @@ class Runner:
         steps = max(1, c.ramp_steps)
         step_s = c.ramp_s / steps
         levels = [max(1, round(n * (j + 1) / steps)) for j in range(steps)]
+        per_client, how = self._ramp_rate(staged, n)
         self.phase = "ramp"
         self.clients = levels[0]
-        farm, base = self._farm(levels[0], n, rate=c.ramp_rate)
+        farm, base = self._farm(levels[0], n, rate=None if per_client is None else per_client * levels[0])
         t_start = base
         t_levels: list[tuple[float, int]] = [(base, levels[0])]
         try:
             for j in range(1, steps):
                 self._sleep_until(base + j * step_s, farm, "ramp", {"step": f"{j}/{steps}"})
                 farm.set_connections(levels[j])
+                if per_client is not None:
+                    farm.set_rate(per_client * levels[j])
                 self.clients = levels[j]
                 t_levels.append((self.now(), levels[j]))
             self._sleep_until(base + c.ramp_s, farm, "ramp", {"step": f"{steps}/{steps}"})
@@ -449,9 +534,24 @@ class Runner:
             return max((cl for tt, cl in t_levels if tt <= t), default=levels[0])
         self._keep(res.timeline, base, "ramp", clients_at)
         samples = self.monitor.between(t_start, t_end + 0.5)
-        return {"clients": n, "steps": steps, "step_s": step_s, "rate": c.ramp_rate,
-                "bottleneck": A.first_bottleneck(samples, c.thresholds), "t0": t_start, "t1": t_end,
-                "load_summary": res.summary}
+        return {"clients": n, "steps": steps, "step_s": step_s,
+                "loop": "closed" if per_client is None else "open",
+                "rate_per_client": per_client, "rate_top": None if per_client is None else round(per_client * n, 1),
+                "rate_how": how, "bottleneck": A.first_bottleneck(samples, c.thresholds), "t0": t_start,
+                "t1": t_end, "load_summary": res.summary}
+
+    def _ramp_rate(self, staged: dict[str, Any] | None, n: int) -> tuple[float | None, str]:
+        """Requests/s per client for the open-loop ramp (None: closed loop), and why."""
+        r = self.cfg.ramp_rate
+        if r == "closed":
+            return None, "closed loop (--ramp-rate closed)"
+        if r != "auto":
+            return float(r) / n, f"{float(r):,.0f} req/s at {n:,} clients (--ramp-rate)"
+        peak = staged and staged.get("peak_throughput")
+        if peak:
+            return AUTO_RAMP_SHARE * peak / n, (f"open loop rising to {AUTO_RAMP_SHARE:.0%} of the stages' peak "
+                                                f"({peak:,.0f} req/s) at {n:,} clients")
+        return AUTO_RAMP_PER_CLIENT, f"open loop, {AUTO_RAMP_PER_CLIENT:g} req/s per client (no stages were run)"
 
     def run_recovery(self, staged: dict[str, Any] | None) -> dict[str, Any]:
         c, th = self.cfg, self.cfg.thresholds
@@ -466,13 +566,14 @@ class Runner:
         if blast > self.max_clients:
             note = (note + "; " if note else "") + f"blast capped at {self.max_clients} ({self._limit_why()})"
             blast = self.max_clients
+        calm = min(recovery_clients(c, bp["clients"] if bp else None), blast)
         self.phase = "blast"
         self.clients = blast
         farm, base = self._farm(blast, blast)
         try:
             self._wait_farm_second(base, c.blast_s, farm, "blast", {})
-            farm.set_connections(c.recovery_clients)
-            self.clients = c.recovery_clients
+            farm.set_connections(calm)
+            self.clients = calm
             self.phase = "recovery"
             self._wait_farm_second(base, c.blast_s + c.recovery_window_s, farm, "recovery", {})
             rows = self._rows(farm, base, 0, c.blast_s + c.recovery_window_s)
@@ -481,18 +582,24 @@ class Runner:
             res = farm.stop()
         drop = c.blast_s
         self._keep(res.timeline, base, "recovery",
-                   lambda k: blast if k < drop else c.recovery_clients)
+                   lambda k: blast if k < drop else calm)
         self.windows.append({"phase": "blast", "label": f"blast {blast}", "t0": base, "t1": base + drop})
-        self.windows.append({"phase": "recovery", "label": f"recovery {c.recovery_clients}", "t0": base + drop,
+        self.windows.append({"phase": "recovery", "label": f"recovery {calm}", "t0": base + drop,
                              "t1": base + drop + c.recovery_window_s})
         after = [r for r in rows if r["t"] >= drop]
         blast_rows = [r for r in rows if r["t"] < drop]
-        rec = A.recovery_time(after, th)
+        # recovery is timed on the farm's 100 ms rows (t relative to the drop)
+        fine = [{**r, "t": round(r["t"] - drop, 1)} for r in res.fine_timeline
+                if drop <= r["t"] < drop + c.recovery_window_s and r.get("duration", 0.1) >= 0.099]
+        rec = A.recovery_time(fine, th, resolution=0.1)
         h = farm.histogram_between(0, drop)
         b = A.summarize_rows(blast_rows, blast)
         b["latency_ms"] = latency_block(h)
         return {"reference_clients": ref, "blast_clients": blast, "blast_s": drop,
-                "recovery_clients": c.recovery_clients, "drop_t": base + drop, "blast": b,
+                "recovery_clients": calm, "drop_t": base + drop, "blast": b,
                 "after": [{"s": r["t"] - drop, "ok": r["ok"], "errors": sum(r["errors"].values()),
                            "p99_ms": _ms(r["p99_us"])} for r in after],
+                # the 100 ms rows of the blast and the recovery (s: seconds from the drop)
+                "fine": [{"s": round(r["t"] - drop, 1), "ok": r["ok"], "errors": r["error_count"],
+                          "p99_ms": _ms(r["p99_us"])} for r in res.fine_timeline],
                 "recovery": rec, "note": note, "load_summary": res.summary}

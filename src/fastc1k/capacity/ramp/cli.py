@@ -26,6 +26,25 @@ from .run import PHASES, PROG, run_ramp
 __all__ = ["TOOL", "main", "add_arguments", "run_config"]
 
 
+def ramp_rate(text: str) -> float | str:
+    """--ramp-rate: requests/s at the top of the ramp, 'auto' or 'closed'."""
+    if text.lower() in ("auto", "closed"):
+        return text.lower()
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, closed or requests/s, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
+
+
+def max_connections(text: str) -> str:
+    if text.lower() != "auto" and not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
+    return text.lower()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("target (one of)")
     g = t.add_mutually_exclusive_group(required=True)
@@ -35,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("the server started by --serve")
     s.add_argument("--engine", choices=("c", "python"), help="default: c when built, else python")
     s.add_argument("--workers", type=int, default=1, help="worker processes [default 1]")
-    s.add_argument("--max-connections", type=int, help="per worker (ServerConfig.max_connections)")
+    s.add_argument("--max-connections", type=max_connections, default="auto",
+                   help="per worker (ServerConfig.max_connections) [default auto: sized from the fd limit, so "
+                        "that the container's limits, not the server's configured cap, are what is measured]")
     s.add_argument("--backlog", type=int, help="listen backlog (ServerConfig.backlog)")
     s.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="pass ARG to fastc1k.serve (repeatable, e.g. --server-arg=--idle-timeout=5s)")
@@ -60,12 +81,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ramp-clients", type=int, help="resource ramp target [default: the last stage's clients]")
     r.add_argument("--ramp-steps", type=int, help="[default 20]")
     r.add_argument("--ramp-duration", type=float, metavar="S", help="[default 30]")
-    r.add_argument("--ramp-rate", type=float, metavar="REQ/S",
-                   help="resource ramp at this total request rate (open loop) instead of closed loop: shows "
-                        "per-connection limits (fds, memory) before CPU")
+    r.add_argument("--ramp-rate", type=ramp_rate, metavar="REQ/S",
+                   help="the resource ramp is open loop, its rate rising with the clients to this many "
+                        "requests/s at the top, so per-connection limits (fds, memory, listen queue) show "
+                        "before CPU; 'closed': closed loop [default auto: half the stages' peak throughput]")
+    r.add_argument("--precision", type=float, metavar="FRACTION",
+                   help="bisect the breaking point until its bracket is this narrow [default 0.05]")
+    r.add_argument("--probe-duration", type=int, metavar="S",
+                   help="seconds measured per bisection probe (after 1 s to settle) [default 3]")
     r.add_argument("--blast-factor", type=float, help="blast at this times the breaking point [default 2]")
     r.add_argument("--blast-duration", type=int, metavar="S", help="[default 10]")
-    r.add_argument("--recovery-clients", type=int, help="[default 100]")
+    r.add_argument("--recovery-clients", type=int, help="[default 10 %% of the breaking point, at least 100]")
     r.add_argument("--recovery-window", type=int, metavar="S", help="seconds to watch for recovery [default 15]")
     h = p.add_argument_group("thresholds")
     h.add_argument("--break-error-rate", type=float, help="a stage is broken past this [default 0.5]")
@@ -97,7 +123,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     if bad or not phases:
         raise UsageError(f"--phases: choose from {','.join(PHASES)}, got {args.phases!r}")
     th = A.Thresholds(break_p99_ms=args.break_p99_ms)
-    for flag, name in (("break_error_rate", "break_error_rate"), ("stop_error_rate", "stop_error_rate")):
+    for flag, name in (("break_error_rate", "break_error_rate"), ("stop_error_rate", "stop_error_rate"),
+                       ("precision", "precision")):
         v = getattr(args, flag)
         if v is not None:
             if not 0 < v <= 1:
@@ -114,7 +141,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                        ("recovery_clients", "recovery_clients"), ("recovery_window", "recovery_window_s"),
                        ("processes", "processes"), ("source_ips", "source_ips"), ("cluster", "cluster"),
                        ("connect_timeout", "connect_timeout"), ("request_timeout", "request_timeout"),
-                       ("path", "path")):
+                       ("path", "path"), ("probe_duration", "probe_s")):
         v = getattr(args, flag)
         if v is not None:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:

@@ -57,8 +57,7 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
     try:
         if args.serve:
             extra = list(args.server_arg)
-            if args.max_connections:
-                extra += ["--max-connections", str(args.max_connections)]
+            extra += ["--max-connections", args.max_connections]
             if args.backlog:
                 extra += ["--backlog", str(args.backlog)]
             engine = args.engine
