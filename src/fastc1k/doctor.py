@@ -21,7 +21,7 @@ from typing import Any
 
 from ._cli import ArgumentParser, UsageError
 from .config import FD_RESERVE, FIELDS
-from .host import cgroup, proc, sysctl
+from .host import cgroup, conntrack, proc, sysctl
 
 __all__ = ["Facts", "read_facts", "diagnose", "render", "main", "parse_count", "parse_cpu_list",
            "FD_RESERVE", "KERNEL_BYTES_PER_LOOPBACK_PAIR", "RECOMMENDED"]
@@ -71,6 +71,7 @@ class Facts:
     cgroup_cpu: float | None = None          # CPU quota in cores
     cgroup_mem_limit: int | None = None      # bytes
     cgroup_mem_usage: int | None = None      # bytes
+    conntrack: dict | None = None            # host.conntrack.active(): active, why, count, max, drop...
 
     @property
     def ephemeral_ports(self) -> int | None:
@@ -135,7 +136,18 @@ def read_facts(root: str | os.PathLike = "/") -> Facts:
     f.mem_total, f.mem_available = meminfo.get("MemTotal"), meminfo.get("MemAvailable")
     cg = cgroup.read_limits(root)
     f.cgroup_version, f.cgroup_cpu, f.cgroup_mem_limit, f.cgroup_mem_usage = cg.version, cg.cpu, cg.memory, cg.memory_used
+    if Path(root).resolve() == Path("/"):   # a live reading (the rules, the count moving): not from a copied tree
+        f.conntrack = conntrack.active(watch_s=0.3)
     return f
+
+
+def conntrack_room(ct: dict | None) -> int | None:
+    """Connections the conntrack table still takes in this namespace (None: not tracked
+    here, or unknown). One entry per connection, loopback included; closed ones stay in
+    TIME_WAIT 120 s."""
+    if not ct or not ct.get("active") or ct.get("max") is None:
+        return None
+    return max(0, ct["max"] - ct.get("count", 0))
 
 
 # --- arithmetic ----------------------------------------------------------------------------
@@ -177,7 +189,8 @@ def diagnose(f: Facts, target: int = 100_000) -> dict[str, Any]:
     # Server: each worker is a process, so the fd limit caps a worker, not the server.
     workers = math.ceil(target / per_proc) if per_proc else None
     server_mem = None if mem is None else mem // (KERNEL_BYTES_PER_LOOPBACK_PAIR // 2)
-    host_max, host_by = _cap({"fs.file-max": files_free, mem_by: server_mem})
+    ct_room = conntrack_room(f.conntrack)
+    host_max, host_by = _cap({"fs.file-max": files_free, mem_by: server_mem, "nf_conntrack_max": ct_room})
     server_fix = None
     if workers and workers > 1:
         share = math.ceil(target / workers)
@@ -198,7 +211,7 @@ def diagnose(f: Facts, target: int = 100_000) -> dict[str, Any]:
     procs = workers
     # More processes lift the fd limit; only more source addresses lift the port range.
     load_per, load_by = _cap({"ephemeral ports": ports, "fd limit": per_proc})
-    load_host, load_host_by = _cap({"fs.file-max": files_free, mem_by: server_mem})
+    load_host, load_host_by = _cap({"fs.file-max": files_free, mem_by: server_mem, "nf_conntrack_max": ct_room})
     fixes = []
     if sources and sources > 1:
         fixes.append(f"{ports:,} ephemeral ports per source address: --source-ips {_ip_range(sources)} "
@@ -214,7 +227,7 @@ def diagnose(f: Facts, target: int = 100_000) -> dict[str, Any]:
     # Both ends on this host (a loopback test): every connection is two fds and ~9 KB of kernel.
     pairs_mem = None if mem is None else mem // KERNEL_BYTES_PER_LOOPBACK_PAIR
     lo_max, lo_by = _cap({"fs.file-max": None if files_free is None else files_free // 2,
-                          mem_by: pairs_mem})
+                          mem_by: pairs_mem, "nf_conntrack_max": ct_room})
     loopback = {"memory_pairs": pairs_mem, "max_pairs": lo_max, "capped_by": lo_by,
                 "target_fits": None if lo_max is None else target <= lo_max}
 
@@ -242,8 +255,15 @@ def diagnose(f: Facts, target: int = 100_000) -> dict[str, Any]:
     if f.cgroup_cpu is not None:
         notes.append(f"CPU quota {f.cgroup_cpu:g} cores (cgroup v{f.cgroup_version}): "
                      f"more workers than {math.ceil(f.cgroup_cpu)} add fds, not CPU")
+    ct = f.conntrack
+    if ct is not None:
+        ct = {**ct, "room": ct_room, "fix": conntrack.fix() if ct.get("active") else None}
+        if ct.get("active") and ct_room is not None and ct_room < target:
+            notes.append(f"conntrack tracks this namespace's connections ({ct['why']}): "
+                         f"{ct_room:,} more fit under nf_conntrack_max {ct['max']:,}; past it SYNs are dropped "
+                         f"and clients time out while the server idles")
     return {"target": target, "facts": f.as_dict(), "server": server, "load": load,
-            "loopback": loopback, "notes": notes}
+            "loopback": loopback, "conntrack": ct, "notes": notes}
 
 
 # --- report --------------------------------------------------------------------------------
@@ -289,6 +309,11 @@ def render(d: dict[str, Any]) -> str:
         ("cgroup CPU quota", cg_cpu, ""),
         ("cgroup memory limit", cg_mem, ""),
     ]
+    ct = d.get("conntrack")
+    if ct and ct.get("max") is not None:
+        state = {True: "active here", False: "not active here", None: "active: unknown"}[ct.get("active")]
+        rows.append(("nf_conntrack_max (count)", f"{_n(ct['max'])} ({_n(ct.get('count'))})",
+                     f"conntrack {state}: {ct['why']}"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     out = [f"fastc1k doctor: what this host's limits allow (target {d['target']:,} connections)", ""]
@@ -312,6 +337,12 @@ def render(d: dict[str, Any]) -> str:
     if lo["target_fits"] is not None:
         out.append(f"  target {d['target']:,}: " + ("fits, with the fixes above" if lo["target_fits"]
                                                     else f"does not fit: {lo['capped_by']} is the wall"))
+    if ct and ct.get("active"):
+        out += ["", "conntrack (every connection here is tracked, loopback included):",
+                f"  {_n(ct['room'])} more connections fit under nf_conntrack_max {_n(ct['max'])} "
+                f"(count {_n(ct.get('count'))}; drops so far {_n(ct.get('drop'))}, insert failures "
+                f"{_n(ct.get('insert_failed'))})",
+                f"  fix: {ct['fix']}"]
     if d["notes"]:
         out += ["", "notes:"] + [f"  - {n}" for n in d["notes"]]
     return "\n".join(out) + "\n"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from ..host import proc
+from ..host import conntrack, proc
 from ..metrics import parse_prometheus_text
 
 __all__ = ["Monitor", "parse_prometheus"]
@@ -68,13 +68,22 @@ class Monitor:
         self.notes: list[str] = []
         self._base_ooms = 0
         self.own_netns = False    # set by the runner: the kernel counters are then the run's alone
+        self.overflow_baseline: float | None = None
+        self.base_conntrack: dict[str, int] = {}
+        self.port = urlsplit(metrics_url).port if metrics_url else None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Monitor":
+        if not self.own_netns:
+            # the host-wide ListenOverflows rate before the run: what other listeners cause
+            a = proc.netstat().get("ListenOverflows", 0)
+            time.sleep(0.5)
+            self.overflow_baseline = (proc.netstat().get("ListenOverflows", 0) - a) / 0.5
         self.t0 = time.monotonic()
         self.base_netstat = proc.netstat()
         ooms = getattr(self.container, "oom_kills", None)
         self._base_ooms = (ooms() if ooms else None) or 0
+        self.base_conntrack = conntrack.read() or {}
         self._threads = [threading.Thread(target=self._loop, name="capacity-monitor", daemon=True)]
         if self.metrics_url:
             self._threads.append(threading.Thread(target=self._metrics_loop, name="capacity-metrics", daemon=True))
@@ -180,6 +189,17 @@ class Monitor:
         s["sockstat"] = proc.sockstat()
         if self.own_netns:
             s["own_netns"] = True
+        else:
+            s["listen_overflows_baseline"] = self.overflow_baseline
+            q = proc.listen_queue(self.port) if self.port else None
+            if q:
+                s["listen_queue"] = q
+        ct = conntrack.read()
+        if ct:
+            s.update(conntrack_count=ct["count"], conntrack_max=ct["max"])
+            for k in ("drop", "insert_failed"):
+                if k in ct:
+                    s[f"conntrack_{k}"] = ct[k] - self.base_conntrack.get(k, 0)
         used = getattr(self.container, "memory_used", None)
         if used is not None and procs:
             m = used()

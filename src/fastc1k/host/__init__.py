@@ -6,11 +6,12 @@
              address ranges
     sysctl   read (any root), write here or in a named namespace, the host's TCP settings
     proc     psutil and /proc readings: process trees, CPU, RSS, run-queue wait, meminfo,
-             sockstat, TcpExt counters, host CPU, host facts
+             sockstat, TcpExt counters, a listener's queue, host CPU, host facts
+    conntrack  whether the kernel tracks this namespace's connections, count/max, drops
 
 capacity (ramp, scale-out, probe), bench and the doctor call it; nothing else writes to
 /sys/fs/cgroup or runs `ip`.
 """
 # The modules are imported where used (`from fastc1k.host import sysctl`), not here: the
 # supervisor reads one sysctl and need not load psutil for it.
-__all__ = ["cgroup", "net", "proc", "sysctl"]
+__all__ = ["cgroup", "conntrack", "net", "proc", "sysctl"]

@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import subprocess
 from typing import Any, Iterable
 
 import psutil
 
 from . import sysctl
 
-__all__ = ["tree", "cpu_times", "cpu_seconds", "rss", "schedstat", "meminfo", "mem_used_fraction", "sockstat",
-           "netstat", "NETSTAT_KEYS", "host_busy_seconds", "host_info", "nofile_limits", "status", "cpu_model"]
+__all__ = ["listen_queue", "tree", "cpu_times", "cpu_seconds", "rss", "schedstat", "meminfo", "mem_used_fraction",
+           "sockstat", "netstat", "NETSTAT_KEYS", "host_busy_seconds", "host_info", "nofile_limits", "status", "cpu_model"]
 
 NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPAbortOnMemory", "TCPAbortOnTimeout",
                 "TCPAbortOnData", "TCPAbortOnClose", "TCPBacklogDrop", "TCPReqQFullDrop")
@@ -185,3 +186,16 @@ def host_info() -> dict[str, Any]:
     info["summary"] = (f"{ncpu} CPUs, {mem / 2**30:.1f} GiB, Linux {info['kernel']}, load average "
                        f"{load[0]:.2f} at start")
     return info
+
+
+def listen_queue(port: int) -> list[int] | None:
+    """[queued, backlog] of the fullest listening socket on `port` in this namespace
+    (`ss -ltn`: Recv-Q is the accept queue, Send-Q its limit), None if unknown."""
+    try:
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                             timeout=2).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("LISTEN")]
+    qs = [[int(r[1]), int(r[2])] for r in rows if len(r) > 3 and r[1].isdigit() and r[2].isdigit()]
+    return max(qs, key=lambda q: q[0] / max(q[1], 1)) if qs else None

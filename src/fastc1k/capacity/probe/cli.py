@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold", type=float, default=5.0, help="seconds to hold before the second answer [5]")
     p.add_argument("--open-timeout", type=float, default=240.0, help="stop opening after this [240 s]")
     p.add_argument("--in-flight", type=int, default=256, help="handshakes outstanding per client [256]")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="a connection unanswered this long after connect() failed (e.g. stuck in SYN-SENT "
+                        "behind a full conntrack table) [10 s]")
     p.add_argument("--max-memory", type=float, default=0.85, help="stop opening past this fraction of RAM [0.85]")
     p.add_argument("--plan", action="store_true", help="print the plan and the host's limits, open nothing")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
@@ -57,6 +60,7 @@ def run_cli(args: argparse.Namespace) -> int:
     per_proc = 18_000   # connections per process, under the usual 20,000-fd limit
     spec = ProbeSpec(source_ips=ips, target=target, server_pids=args.server_pid, engine=args.engine,
                      hold=args.hold, open_timeout=args.open_timeout, in_flight=args.in_flight,
+                     connect_timeout=args.connect_timeout,
                      max_memory=args.max_memory, quiet=args.quiet)
     if args.connections == "auto":
         lim = host_limits()

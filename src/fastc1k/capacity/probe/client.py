@@ -8,6 +8,7 @@ handshakes outstanding.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import resource
 import select
@@ -56,8 +57,10 @@ def _errslot(err: int) -> int:
 
 
 def client_process(idx: int, n: int, ips: list[str], target: tuple[str, int], in_flight: int,
-            phase, counters, errs, stop_open) -> None:
-    """One client process: open n connections, hold them, verify them, close them."""
+            phase, counters, errs, stop_open, connect_timeout: float = 10.0) -> None:
+    """One client process: open n connections, hold them, verify them, close them. A
+    connection unanswered `connect_timeout` after connect() fails (ETIMEDOUT): a SYN that a
+    full conntrack table dropped is otherwise retried by the kernel for two minutes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -69,6 +72,7 @@ def client_process(idx: int, n: int, ips: list[str], target: tuple[str, int], in
     bufs: dict[int, bytes] = {}
     held: set[int] = set()
     pending = 0          # handshakes + first answers outstanding
+    since: collections.deque = collections.deque()   # (connect time, fd, socket), oldest first
     started = 0
     opened = failed = 0
     fatal = False
@@ -109,6 +113,7 @@ def client_process(idx: int, n: int, ips: list[str], target: tuple[str, int], in
             socks[fd] = s
             bufs[fd] = b""
             pending += 1
+            since.append((time.monotonic(), fd, s))
             # On loopback the handshake usually completes inside connect(): send at once and
             # wait for the answer; only a connection still in SYN_SENT waits for EPOLLOUT.
             try:
@@ -125,6 +130,13 @@ def client_process(idx: int, n: int, ips: list[str], target: tuple[str, int], in
                 errs[ebase + _errslot(e.errno or 0)] += 1
         if fatal or stop_open.value:
             n = started     # open no more; finish what is in flight
+        expired = time.monotonic() - connect_timeout
+        while since and since[0][0] < expired:
+            _, fd, s = since.popleft()
+            if socks.get(fd) is s and fd not in held:   # still in SYN-SENT or unanswered
+                fail(fd, errno.ETIMEDOUT)
+                pending -= 1
+                failed += 1
         for fd, ev in ep.poll(0.05):
             s = socks.get(fd)
             if s is None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from ...config import FD_RESERVE
 from ...doctor import KERNEL_BYTES_PER_LOOPBACK_PAIR as KERNEL_BYTES_PER_PAIR
-from ...host import proc, sysctl
+from ...host import conntrack, proc, sysctl
 from ..stages import server_env
 from .client import C_DONE, C_FAILED, C_LOST, C_OPENED, C_VERIFIED, C_VERIFY_FAILED, CLOSE, HOLD, N_COUNTERS, \
     N_ERRNO, OPEN, REQUEST, VERIFY, client_process, response_done
@@ -52,6 +52,9 @@ class ProbeSpec:
     open_timeout: float = 240.0
     verify_timeout: float = 60.0
     in_flight: int = 256               # outstanding handshakes per client process
+    # a connection not answered this long after connect() failed (ETIMEDOUT): a SYN that a
+    # full conntrack table dropped is retried by the kernel for two minutes, in SYN-SENT
+    connect_timeout: float = 10.0
     max_memory: float = 0.85           # stop opening past this fraction of RAM in use
     quiet: bool = False
 
@@ -99,7 +102,7 @@ def snapshot() -> dict[str, int]:
 def host_limits() -> dict[str, Any]:
     lo, hi = sysctl.port_range() or sysctl.DEFAULT_PORT_RANGE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    conntrack = sysctl.read_int("net.netfilter.nf_conntrack_max")
+    ct = conntrack.active(watch_s=0.3)
     m = proc.meminfo()
     return {
         "nofile_soft": soft, "nofile_hard": hard,
@@ -108,8 +111,9 @@ def host_limits() -> dict[str, Any]:
         "ports_per_source": hi - lo + 1,
         "somaxconn": sysctl.read_int("net.core.somaxconn") or 0,
         "tcp_mem_pages": [int(x) for x in (sysctl.read("net.ipv4.tcp_mem") or "0 0 0").split()],
-        "nf_conntrack_max": conntrack,
-        "nf_conntrack_count": (sysctl.read_int("net.netfilter.nf_conntrack_count") or 0) if conntrack else None,
+        # tracked here (a NAT or ct rule, or the count moving): else the count is stale entries
+        "conntrack_active": ct.get("active"), "conntrack_why": ct.get("why"),
+        "nf_conntrack_max": ct.get("max"), "nf_conntrack_count": ct.get("count"),
         "mem_total": m.get("MemTotal", 0),
         "mem_available": m.get("MemAvailable", 0),
         "cpus": os.cpu_count(),
@@ -236,7 +240,7 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
             n = min(per_client, left)
             left -= n
             p = ctx.Process(target=client_process, args=(i, n, spec.source_ips, target, spec.in_flight, phase, counters, errs,
-                                                  stop_open), daemon=True)
+                                                  stop_open, spec.connect_timeout), daemon=True)
             p.start()
             clients.append(p)
         client_pids = [p.pid for p in clients]
@@ -323,6 +327,12 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
                                  f"fs.file-max {lim['file_max']})"
             elif res.opened >= spec.connections:
                 res.stopped_by = "target reached"
+            elif res.errors.get("ETIMEDOUT") and lim.get("conntrack_active"):
+                now = conntrack.read() or {}
+                res.stopped_by = (f"conntrack: {res.errors['ETIMEDOUT']:,} connections unanswered "
+                                  f"{spec.connect_timeout:g} s after connect() (SYNs dropped: table "
+                                  f"{now.get('count', 0):,} of nf_conntrack_max {now.get('max', 0):,}, "
+                                  f"drop counter {now.get('drop', 0):,})")
             else:
                 res.stopped_by = f"errors: {res.errors}"
         res.next_limit = _next_limit(spec, res, lim)
@@ -345,8 +355,10 @@ def _next_limit(spec: ProbeSpec, res: ProbeResult, lim: dict[str, Any]) -> str:
     caps[f"ports: {len(spec.source_ips)} source addresses x {lim['ports_per_source']}"] = \
         len(spec.source_ips) * lim["ports_per_source"]
     # (per-process fd limits are not listed: more workers and clients lift them)
-    if lim.get("nf_conntrack_max") and lim.get("nf_conntrack_count"):
-        caps[f"nf_conntrack_max {lim['nf_conntrack_max']}"] = lim["nf_conntrack_max"]
+    if lim.get("conntrack_active") and lim.get("nf_conntrack_max"):
+        # every connection is one entry: what is left of the table, less what this run holds
+        room = lim["nf_conntrack_max"] - (lim.get("nf_conntrack_count") or 0)
+        caps[f"nf_conntrack_max {lim['nf_conntrack_max']:,} (conntrack {lim['conntrack_why']})"] = max(0, room)
     name = min(caps, key=caps.get)
     return f"{name} -> about {caps[name]:,} connections"
 
