@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["write_json", "summary_text", "render_charts", "write_html", "write_all", "CHARTS", "stage_table",
            "chart_stages", "html_opening", "pyplot", "png"]
 
-CHARTS = ("stages", "timeline", "resources", "recovery")
+CHARTS = ("stages", "timeline", "resources", "recovery", "versus")
 _PHASE_COLOURS = {"stages": "#4c72b0", "probe": "#937860", "ramp": "#55a868", "blast": "#c44e52",
                   "recovery": "#8172b2"}
 
@@ -131,9 +131,88 @@ def summary_text(report: dict[str, Any]) -> str:
                       else rec["label"].upper()))
         if rc.get("note"):
             out.append(f"  note: {rc['note']}")
+    if r.get("versus"):
+        out.append("")
+        out += versus_text(r)
     out.append("")
     out.append(f"elapsed {r['elapsed_s']:.0f} s")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- versus
+
+def _server_label(report: dict[str, Any]) -> str:
+    srv = report.get("server") or {}
+    return f"fastc1k ({srv['engine']} engine)" if "engine" in srv else srv.get("name", "server")
+
+
+def _figures(phases: dict[str, Any]) -> dict[str, str]:
+    """One server's answers, as the side-by-side table shows them."""
+    st, rp, rc = phases.get("stages") or {}, phases.get("ramp") or {}, phases.get("recovery") or {}
+    bp = st.get("breaking_point")
+    out = {}
+    if st:
+        out["breaking point"] = ((bp.get("text") or f"{bp['clients']:,} clients") + f" ({'; '.join(bp['reasons'])})"
+                                 + (f"; {bp['configured_limit']}" if bp.get("configured_limit") else "")
+                                 if bp else f"none up to {st['stages'][-1]['clients']:,} clients")
+        out["peak throughput"] = _f(st.get("peak_throughput"), "{:,.0f} req/s")
+        out["p99 by clients (ms)"] = ", ".join(f"{s['clients']:,}: {_f((s.get('latency_ms') or {}).get('p99'))}"
+                                               for s in st["stages"])
+    if rp:
+        b = rp.get("bottleneck")
+        out["first bottleneck"] = f"{b['resource']} at {b['clients']:,} clients: {b['evidence']}" if b else "none reached"
+    if rc:
+        rec = rc["recovery"]
+        out["recovery"] = rec["label"] + (f" (blast {rc['blast_clients']:,}, then {rc['recovery_clients']:,})")
+    return out
+
+
+def versus_rows(report: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """(server names, [(figure, [value per server])]) for fastc1k and each --versus server."""
+    runs = [(_server_label(report), report["phases"])] + [
+        (name, v.get("phases") or {}) for name, v in (report.get("versus") or {}).items()]
+    figs = [_figures(ph) for _, ph in runs]
+    keys = [k for k in ("breaking point", "peak throughput", "p99 by clients (ms)", "first bottleneck", "recovery")
+            if any(k in f for f in figs)]
+    return [n for n, _ in runs], [(k, [f.get(k, "-") for f in figs]) for k in keys]
+
+
+def versus_text(report: dict[str, Any]) -> list[str]:
+    names, rows = versus_rows(report)
+    out = [f"Side by side, same plan, same container, same run: {' vs '.join(names)}"]
+    for k, vals in rows:
+        out.append(f"  {k}:")
+        out += [f"    {n:<24} {v}" for n, v in zip(names, vals)]
+    for name, v in (report.get("versus") or {}).items():
+        if v.get("error"):
+            out.append(f"  {name}: {v['error']}")
+    return out
+
+
+def chart_versus(report: dict[str, Any]) -> bytes | None:
+    runs = [(_server_label(report), report["phases"].get("stages"))] + [
+        (n, (v.get("phases") or {}).get("stages")) for n, v in (report.get("versus") or {}).items()]
+    runs = [(n, st) for n, st in runs if st and st.get("stages")]
+    if len(runs) < 2:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, st in runs:
+        ss = st["stages"] + st.get("probes", [])
+        ss = sorted(ss, key=lambda s: s["clients"])
+        x = [s["clients"] for s in ss]
+        axes[0].plot(x, [(s["latency_ms"] or {}).get("p99") for s in ss], "o-", label=name)
+        axes[1].plot(x, [s["throughput"] for s in ss], "o-", label=name)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("p99, ms")
+    axes[1].set_ylabel("throughput, req/s")
+    for ax in axes:
+        ax.set_xlabel("clients")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Same plan, same container: " + " vs ".join(n for n, _ in runs), fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
 
 
 # --------------------------------------------------------------------------- charts
@@ -328,7 +407,7 @@ def render_charts(report: dict[str, Any]) -> tuple[dict[str, bytes], str | None]
     except ImportError:
         return {}, "matplotlib is not installed (pip install 'fastc1k[report]'): no charts"
     out = {}
-    for name, fn in zip(CHARTS, (chart_stages, chart_timeline, chart_resources, chart_recovery)):
+    for name, fn in zip(CHARTS, (chart_stages, chart_timeline, chart_resources, chart_recovery, chart_versus)):
         png = fn(report)
         if png:
             out[name] = png
@@ -362,7 +441,7 @@ def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_
                          [report["target"], report["started"], report["host"]["summary"]],
                          report.get("notes", []), summary_text(report), why_none)
     titles = {"stages": "1. Breaking point", "timeline": "Timeline", "resources": "2. Resources",
-              "recovery": "3. Recovery"}
+              "recovery": "3. Recovery", "versus": "Side by side"}
     st = report["phases"].get("stages")
     for name in CHARTS:
         if name == "timeline" and st:
@@ -380,6 +459,13 @@ def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_
                 parts.append(f"<tr class='{'broken' if s.get('broken') else ''}'>" +
                              "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
             parts.append("</table>")
+        if name == "versus" and report.get("versus"):
+            names, rows = versus_rows(report)
+            parts.append("<h2>Side by side (same plan, same container, same run)</h2><table><tr><th></th>"
+                         + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>"
+                         + "".join(f"<tr><th>{e(k)}</th>" + "".join(f"<td style='text-align:left'>{e(v)}</td>"
+                                                                   for v in vals) + "</tr>" for k, vals in rows)
+                         + "</table>")
         if name in charts:
             b64 = base64.b64encode(charts[name]).decode()
             parts.append(f"<h2>{titles[name]}</h2><img alt='{name}' src='data:image/png;base64,{b64}'>")

@@ -20,6 +20,7 @@ from ...host.net import parse_source_ips
 from .. import analysis as A
 from ..console import Tool, p99_limit, stage_list
 from ..container import ContainerError, ContainerSpec
+from ..nginx import nginx_missing
 from ..stages import DEFAULT_STAGES, RunConfig
 from .run import PHASES, PROG, run_ramp
 
@@ -64,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run in the host's network namespace; by default --serve runs the server and the load in "
                         "a namespace of their own when permitted (root), so the kernel's TCP counters "
                         "(ListenOverflows, ...) are this run's alone; the host's TCP sysctls are copied in")
+    s.add_argument("--versus", choices=("nginx",),
+                   help="then run the same plan against nginx (Debian's, a config the suite writes with the "
+                        "same routes and limits) under the same container limits, and report both side by side")
     s.add_argument("--container", metavar="SPEC",
                    help="cpus=0.5,memory=256M,nofile=4096,somaxconn=128[,net.*=v][,netns]: cgroup CPU quota and "
                         "memory limit, RLIMIT_NOFILE, own network namespace with its sysctls (root; otherwise a "
@@ -172,6 +176,10 @@ def run_cli(args: argparse.Namespace) -> int:
             raise UsageError("--container applies to the server that --serve starts, not to --target")
     elif args.server_pid:
         raise UsageError("--server-pid goes with --target")
+    if args.versus and not args.serve:
+        raise UsageError("--versus runs the plan against a server the suite starts: use it with --serve")
+    if args.versus and nginx_missing():
+        raise UsageError(f"--versus nginx: {nginx_missing()}")
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
     if cfg.cluster:

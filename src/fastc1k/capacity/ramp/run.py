@@ -3,6 +3,7 @@ phases (stages, resource ramp, blast and recovery), and the report."""
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import sys
 from typing import Any
@@ -14,6 +15,7 @@ from ...host.net import enter_netns
 from ...host.proc import host_info
 from ..console import Progress, busy_note
 from ..container import Container, ContainerSpec
+from ..nginx import NginxProcess
 from ..report import summary_text, write_all
 from ..stages import RunConfig, Runner, ServerProcess
 
@@ -34,6 +36,25 @@ def _peaks(samples: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any
             "fds": f"{top['fds']}/{top['fd_limit']}",
             "listen_overflows": max(s.get("listen_overflows", 0) for s in sm),
             "loop_lag_p99_us": max((s.get("server") or {}).get("fastc1k_loop_lag_p99_us", 0) for s in sm)}
+
+
+def run_versus(args: argparse.Namespace, plan: RunConfig, container: Any, progress: Any,
+               in_netns: bool) -> dict[str, Any]:
+    """The same plan against nginx, in the same container and namespace, after fastc1k."""
+    other = NginxProcess(args.workers, container.preexec() if container else None)
+    try:
+        other.start()
+        if not args.quiet:
+            print(other.startup_line, file=sys.stderr)
+        r = Runner(other.url, plan, server=other, container=container, progress=progress, metrics=False,
+                   own_netns=in_netns).run()
+    except RuntimeError as exc:
+        return {"server": {"name": "nginx"}, "error": f"nginx run failed: {exc}", "phases": {}}
+    finally:
+        other.stop()
+    phases = {k: r.pop(k) for k in PHASES if k in r}
+    return {"server": {"name": "nginx", "workers": args.workers, "argv": other.argv,
+                       "startup_line": other.startup_line}, "phases": phases, **r}
 
 
 def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> int:
@@ -74,12 +95,16 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
             if urlsplit(url).path not in ("", "/"):
                 url = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
                 notes.append(f"--target is the server root; requests go to {cfg.path}")
+        plan = copy.deepcopy(cfg)    # the same plan for the --versus server (a Runner fills in its cfg)
         runner = Runner(url, cfg, server=server, container=container, progress=progress,
                         server_pid=args.server_pid, own_netns=in_netns)
         if not args.quiet:
-            print(f"{PROG}: {', '.join(cfg.phases)} against {url}, about {runner.planned_s:.0f} s of load",
-                  file=sys.stderr)
+            print(f"{PROG}: {', '.join(cfg.phases)} against {url}, about {runner.planned_s:.0f} s of load"
+                  + (f" (then the same against {args.versus})" if args.versus else ""), file=sys.stderr)
         out = runner.run()
+        if args.versus:
+            server.stop()
+            out["versus"] = {args.versus: run_versus(args, plan, container, progress, in_netns)}
     except (RuntimeError, OSError, ValueError) as exc:
         progress.done()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
