@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: compile test test-pure test-c bench ceiling clean debug test-asan testinstalled test-hostile fuzz soak c1m image
+.PHONY: compile test test-pure test-c bench ceiling capacity-figures vswrk clean debug test-asan testinstalled test-hostile fuzz soak c1m image
 
 compile:            ## build the extensions in place (src/fastc1k/*.so)
 	$(PY) setup.py build_ext --inplace
@@ -35,6 +35,12 @@ bench:             ## pytest-benchmark suites, every server side by side (~10 mi
 
 ceiling:           ## the README's Performance figures and chart, bench/results/ceiling.* (~5 min; as root)
 	PYTHONPATH=src:. $(PY) -m bench.ceiling
+
+capacity-figures:  ## the README's capacity table: both engines and nginx in one container, bench/results/capacity.* (~10 min; as root)
+	PYTHONPATH=src:. $(PY) -m bench.figures capacity
+
+vswrk:             ## the README's load generator vs wrk figures, bench/results/vswrk.* (~3 min)
+	PYTHONPATH=src:. $(PY) -m bench.figures vswrk
 
 FUZZ_SECONDS ?= 600
 test-hostile:       ## hostile input, parser differential, short fuzz, soak (10 s), 10k-connection probe; both engines

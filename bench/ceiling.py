@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastc1k._readme import write_block
 from fastc1k.host import proc
 
 from . import drivers, measure, workloads
@@ -221,20 +222,9 @@ def markdown(report: dict) -> str:
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-MARK_START, MARK_END = "<!-- ceiling:start -->", "<!-- ceiling:end -->"
-
-
 def update_readme(md: str, readme: Path = README) -> bool:
     """Replace the README's block between the ceiling markers with this run's table."""
-    try:
-        text = readme.read_text()
-    except OSError:
-        return False
-    a, b = text.find(MARK_START), text.find(MARK_END)
-    if a < 0 or b < a:
-        return False
-    readme.write_text(text[:a + len(MARK_START)] + "\n" + md + text[b:])
-    return True
+    return write_block(str(readme), "ceiling", md)
 
 
 def chart(report: dict, path: Path) -> Path | None:

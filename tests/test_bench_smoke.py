@@ -109,3 +109,44 @@ def test_quota_group_is_removed_after_stop():
     assert dirs and all(os.path.isdir(d) for d in dirs)
     q.close()
     assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_figures_blocks_render_from_their_json():
+    """bench.figures turns its condensed JSON into the README blocks (no figure typed by hand)."""
+    from bench import figures
+    m = {"date_utc": "2026-11-30 19:30:00", "cpu": "cpu", "cores": 2, "kernel": "6", "loadavg": ["1", "2", "3"],
+         "loadavg_end": ["4", "5", "6"]}
+    srv = {"breaks_between": [9870, 10340], "breaks_because": ["p99 1200 ms > 1000 ms"],
+           "configured_limit": "configured limit reached (max_connections=9,936 per worker): x", "probes": 3,
+           "precision": 0.05, "peak_throughput": 50000.0, "p99_ms_by_clients": {100: 1.5, 1000: 20.0},
+           "throughput_by_clients": {100: 40000}, "first_bottleneck": {"resource": "cpu", "clients": 570,
+                                                                       "evidence": "server CPU 0.50 of 0.50"},
+           "recovery_label": "0.3 s ± 100 ms", "blast_clients": 20000, "recovery_clients": 1034}
+    md = figures.capacity_markdown({"name": "capacity", "command": "make capacity-figures", "machine": m,
+                                    "servers": {"fastc1k C engine": srv, "nginx": {**srv, "configured_limit": None}}})
+    assert "| breaking point (bisected to 5 %) | **9,870–10,340** clients" in md
+    assert "configured limit reached (max_connections=9,936 per worker)" in md
+    assert "| p99 at 1,000 clients | 20.0 ms | 20.0 ms |" in md and "0.3 s ± 100 ms" in md
+    assert "load average 1 2 3 → 4 5 6" in md and "bench/results/capacity.json" in md
+    case = {"ratio_median": 0.8, "ratio_min": 0.7, "ratio_max": 0.9, "ours_us": 5.0, "ours_user_us": 0.5,
+            "wrk_us": 6.0, "wrk_user_us": 1.0}
+    md = figures.vswrk_markdown({"name": "vswrk", "command": "make vswrk", "machine": m, "rounds": 5, "seconds": 4,
+                                 "cases": {"c100": case}})
+    assert "| c=100 | **0.80** (0.70–0.90) | 5.00 (0.50) | 6.00 (1.00) |" in md
+
+
+def test_every_readme_figure_block_has_its_command():
+    """Each block between markers in the README is one a command of the project rewrites."""
+    import re
+    from fastc1k._readme import replace_block
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    blocks = set(re.findall(r"<!-- ([\w-]+):start -->", readme))
+    writers = {"ceiling": "bench.ceiling", "config-table": "fastc1k.serve config-table",
+               "capacity": "bench.figures capacity", "vswrk": "bench.figures vswrk",
+               "scaleout": "the scale-out run (--readme)"}
+    typed = {"c1m"}   # the one-million run (~12 GB, minutes): its block is not yet written by the probe
+    assert blocks <= set(writers) | typed, blocks - set(writers) - typed
+    assert {"ceiling", "capacity", "vswrk", "config-table"} <= blocks
+    for name in blocks:
+        assert readme.count(f"<!-- {name}:end -->") == 1
+        assert f"<!-- {name}:start -->\nX\n<!-- {name}:end -->" in replace_block(readme, name, "X")

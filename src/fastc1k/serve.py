@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from ._cli import ArgumentParser, UsageError
 from ._compat import ENGINES, EngineError, load_engine
+from ._readme import replace_block
 from .config import FD_RESERVE, FIELDS, ConfigError, ServerConfig
 from .metrics import parse_prometheus_text
 from .routes import Routes
@@ -389,15 +390,12 @@ def serve_main(argv: Sequence[str]) -> int:
     return sup.run()
 
 
-TABLE_START, TABLE_END = "<!-- config-table:start -->", "<!-- config-table:end -->"
-
-
 def readme_with_table(text: str) -> str:
     """`text` (the README) with the configuration table between its markers regenerated."""
-    start, end = text.find(TABLE_START), text.find(TABLE_END)
-    if start < 0 or end < start:
-        raise UsageError(f"the README has no {TABLE_START} ... {TABLE_END} markers")
-    return text[:start + len(TABLE_START)] + "\n" + config_table() + "\n" + text[end:]
+    try:
+        return replace_block(text, "config-table", config_table())
+    except ValueError as exc:
+        raise UsageError(f"the README has {exc}") from None
 
 
 def table_main(argv: Sequence[str]) -> int:
