@@ -23,11 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+from fastc1k._readme import write_block
+
 from .servers import SERVERS, RunningServer, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
-MARK_START, MARK_END = "<!-- cluster:start -->", "<!-- cluster:end -->"
 COMMAND = "PYTHONPATH=src python -m bench.cluster"
 LOAD_CPU = 1
 
@@ -134,12 +135,7 @@ def markdown(rep: dict) -> str:
 
 
 def update_readme(md: str) -> bool:
-    text = README.read_text()
-    a, b = text.find(MARK_START), text.find(MARK_END)
-    if a < 0 or b < a:
-        return False
-    README.write_text(text[:a + len(MARK_START)] + "\n" + md + text[b:])
-    return True
+    return write_block(str(README), "cluster", md)
 
 
 def main(argv=None) -> int:

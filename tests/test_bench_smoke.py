@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: bench/
 
 from bench import ceiling, drivers, measure, servers, workloads  # noqa: E402
+from fastc1k._readme import markers  # noqa: E402
 
 SMOKE_SERVERS = ["nginx", "c", "python", "uvloop"]  # the floor runs in the ceiling test
 
@@ -93,9 +94,10 @@ def test_ceiling_report_end_to_end(tmp_path):
 
 def test_readme_block_is_replaced_between_the_markers(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{ceiling.MARK_START}\nold table\n{ceiling.MARK_END}\nafter\n")
+    start, end = markers("ceiling")
+    readme.write_text(f"intro\n{start}\nold table\n{end}\nafter\n")
     assert ceiling.update_readme("| new |\n", readme)
-    assert readme.read_text() == f"intro\n{ceiling.MARK_START}\n| new |\n{ceiling.MARK_END}\nafter\n"
+    assert readme.read_text() == f"intro\n{start}\n| new |\n{end}\nafter\n"
     readme.write_text("no markers\n")
     assert not ceiling.update_readme("| new |\n", readme)
     assert readme.read_text() == "no markers\n"
@@ -143,7 +145,7 @@ def test_every_readme_figure_block_has_its_command():
     blocks = set(re.findall(r"<!-- ([\w-]+):start -->", readme))
     writers = {"ceiling": "bench.ceiling", "config-table": "fastc1k.serve config-table",
                "capacity": "bench.figures capacity", "vswrk": "bench.figures vswrk",
-               "scaleout": "the scale-out run (--readme)"}
+               "scaleout": "the scale-out run (--readme)", "cluster": "bench.cluster"}
     typed = {"c1m"}   # the one-million run (~12 GB, minutes): its block is not yet written by the probe
     assert blocks <= set(writers) | typed, blocks - set(writers) - typed
     assert {"ceiling", "capacity", "vswrk", "config-table"} <= blocks

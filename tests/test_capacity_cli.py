@@ -120,7 +120,10 @@ def synthetic_report() -> dict:
 
 def test_report_outputs(tmp_path):
     r = synthetic_report()
+    r["versus"] = {"nginx": {"server": {"name": "nginx"}, "phases": synthetic_report()["phases"]}}
     text = report.summary_text(r)
+    assert "Side by side, same plan, same container, same run: fastc1k (c engine) vs nginx" in text
+    assert "    nginx                    500 clients" in text
     assert "breaking point: 500 clients" in text and "3. Recovery" in text and "note: synthetic" in text
     assert "timed on 100 ms rows): 0.4 s ± 100 ms (the plan's bar: 30 s" in text
     assert "first bottleneck" in text or "no resource reached" in text
@@ -128,6 +131,7 @@ def test_report_outputs(tmp_path):
     assert json.loads(open(paths["json"]).read())["phases"]["stages"]["breaking_point"]["clients"] == 500
     html = open(paths["html"]).read()
     pytest.importorskip("matplotlib")
-    assert html.count("data:image/png;base64,") == 4 and "class='broken'" in html
+    assert html.count("data:image/png;base64,") == 5 and "class='broken'" in html
+    assert "<h2>Side by side (same plan, same container, same run)</h2>" in html
     for name in report.CHARTS:
         assert open(paths[name], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -195,7 +195,7 @@ def chart_versus(report: dict[str, Any]) -> bytes | None:
     runs = [(n, st) for n, st in runs if st and st.get("stages")]
     if len(runs) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, st in runs:
         ss = st["stages"] + st.get("probes", [])
@@ -212,7 +212,7 @@ def chart_versus(report: dict[str, Any]) -> bytes | None:
         ax.legend(fontsize=8)
     fig.suptitle("Same plan, same container: " + " vs ".join(n for n, _ in runs), fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 # --------------------------------------------------------------------------- charts
