@@ -136,7 +136,7 @@ def capacity(readme: bool, quick: bool) -> None:
             data["servers"][label] = condense(rep["phases"])
             for name, v in (rep.get("versus") or {}).items():
                 data["servers"][name] = condense(v.get("phases") or {})
-    data["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    data["machine"]["loadavg_end"] = [f"{x:.2f}" for x in os.getloadavg()]
     order = [n for n in ("fastc1k C engine", "nginx", "fastc1k pure Python") if n in data["servers"]]
     data["servers"] = {n: data["servers"][n] for n in order}
     if quick:   # a trial: the durations are not the ones the README states
@@ -169,7 +169,7 @@ def vswrk(readme: bool, rounds: int, seconds: int) -> None:
                             "machine": machine(), "rounds": rounds, "seconds": seconds, "cases": {}}
     with RunningServer(SERVERS["c"], quota=False, cpu=0) as srv:
         report = vw.main([srv.url(), "--rounds", str(rounds), "--seconds", str(seconds), "--core", "1"])
-    data["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    data["machine"]["loadavg_end"] = [f"{x:.2f}" for x in os.getloadavg()]
     for case, r in report.items():
         rows = r["rounds"]
         data["cases"][case] = {
