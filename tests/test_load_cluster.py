@@ -122,6 +122,17 @@ def test_unreachable_scheduler_is_one_line_and_exit_2():
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:" in p.stderr
 
 
+BARE = """
+import runpy, sys
+class NoFastc1k:
+    def find_spec(self, name, path=None, target=None):
+        if name == "fastc1k" or name.startswith("fastc1k."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoFastc1k())
+runpy.run_module("dask", run_name="__main__")
+"""
+
+
 def test_workers_without_fastc1k_or_another_version_or_no_c_are_refused(tmp_path):
     """Three workers the coordinator must refuse, each named with what it runs."""
     old = tmp_path / "old" / "fastc1k"
@@ -133,12 +144,14 @@ def test_workers_without_fastc1k_or_another_version_or_no_c_are_refused(tmp_path
     (noc / "__init__.py").write_text("")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--no-dashboard"], stderr=subprocess.DEVNULL, cwd=tmp_path)]
     try:
         for name, path in (("bare", ""), ("old", str(old.parent)), ("noc", str(noc.parent.parent))):
-            procs.append(subprocess.Popen(["dask", "worker", address, "--nthreads", "1", "--name", name,
-                                           "--no-dashboard", "--no-nanny"], cwd=tmp_path,
+            # "bare": fastc1k cannot be imported in that worker (it may be installed here)
+            launch = BARE if name == "bare" else "import runpy; runpy.run_module('dask', run_name='__main__')"
+            procs.append(subprocess.Popen([sys.executable, "-c", launch, "worker", address, "--nthreads", "1",
+                                           "--name", name, "--no-dashboard", "--no-nanny"], cwd=tmp_path,
                                           env=_env(path), stderr=subprocess.DEVNULL))
         client = distributed.Client(address, timeout=20)
         client.wait_for_workers(3, timeout=30)
@@ -201,7 +214,7 @@ def two_machines():
 def test_two_machines_shares_stages_and_a_lost_machine(two_machines, tmp_path):
     port = _free_port()
     address = f"tcp://{ROOT_IP}:{port}"
-    procs = [subprocess.Popen(["dask", "scheduler", "--host", ROOT_IP, "--port", str(port),
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", ROOT_IP, "--port", str(port),
                                "--no-dashboard"], cwd=tmp_path, stderr=subprocess.DEVNULL)]
     workers = {}
     try:
@@ -210,7 +223,7 @@ def test_two_machines_shares_stages_and_a_lost_machine(two_machines, tmp_path):
             if ns == NS[0]:
                 env["FASTC1K_SOURCE_IPS"] = f"{NET}.2-{NET}.3"
             workers[ns] = subprocess.Popen(
-                ["ip", "netns", "exec", ns, "dask", "worker", address, "--host", NS_IP[ns],
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "dask", "worker", address, "--host", NS_IP[ns],
                  "--nthreads", "1", "--no-dashboard", "--no-nanny", "--name", ns],
                 cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
             procs.append(workers[ns])
