@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: compile test test-pure test-c bench ceiling capacity-figures vswrk clean debug test-asan testinstalled test-hostile fuzz soak c1m image
+.PHONY: compile test test-pure test-c bench ceiling capacity-figures vswrk cluster-figures clean debug test-asan testinstalled test-hostile fuzz soak c1m image
 
 compile:            ## build the extensions in place (src/fastc1k/*.so)
 	$(PY) setup.py build_ext --inplace
@@ -41,6 +41,9 @@ capacity-figures:  ## the README's capacity table: both engines and nginx in one
 
 vswrk:             ## the README's load generator vs wrk figures, bench/results/vswrk.* (~3 min)
 	PYTHONPATH=src:. $(PY) -m bench.figures vswrk
+
+cluster-figures:   ## the README's load-farm-on-Dask figures, bench/results/cluster.json (~2 min)
+	PYTHONPATH=src:. $(PY) -m bench.cluster
 
 FUZZ_SECONDS ?= 600
 test-hostile:       ## hostile input, parser differential, short fuzz, soak (10 s), 10k-connection probe; both engines

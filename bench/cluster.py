@@ -29,7 +29,7 @@ from .servers import SERVERS, RunningServer, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
-COMMAND = "PYTHONPATH=src python -m bench.cluster"
+COMMAND = "make cluster-figures   # = PYTHONPATH=src:. python -m bench.cluster"
 LOAD_CPU = 1
 
 
