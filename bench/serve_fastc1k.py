@@ -3,7 +3,8 @@
 A single process (no supervisor master), so the CPU the bench reads from /proc is the
 engine's alone. Routes: the built-ins (/api/health, /api/data, /metrics) plus
 /bench/handler, a Python handler with the same JSON body as /api/health (the handler
-workload). SIGTERM/SIGINT stop it.
+workload); or, with `--wsgi MODULE:NAME`, that WSGI app on every path (the WSGI bench).
+SIGTERM/SIGINT stop it.
 """
 from __future__ import annotations
 
@@ -23,9 +24,14 @@ def main() -> int:
     ap.add_argument("--engine", choices=("c", "python"), required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--max-connections", type=int, default=19000)
+    ap.add_argument("--wsgi", metavar="MODULE:NAME", default=None)
     args = ap.parse_args()
-    routes = Routes()
-    routes.handler("/bench/handler", handler)
+    if args.wsgi:
+        from fastc1k.serve import load_wsgi
+        routes = load_wsgi(args.wsgi)
+    else:
+        routes = Routes()
+        routes.handler("/bench/handler", handler)
     cfg = ServerConfig(host="127.0.0.1", port=args.port, max_connections=args.max_connections,
                        idle_timeout=300.0, header_timeout=60.0, backlog=16384)
     server = Server(cfg, routes, engine=args.engine)

@@ -76,8 +76,19 @@ def _padded(req):
     return req.query.encode().ljust(1024, b".")
 
 
+# FASTC1K_TEST_WSGI=1: every test server also mounts a WSGI app (it answers the paths no
+# route takes, with the engine's own 404), so the conformance and hostile suites run with
+# the WSGI path live (tests/test_wsgi_suites.py does that run).
+WSGI_MOUNTED = os.environ.get("FASTC1K_TEST_WSGI") == "1"
+
+
+def _wsgi_not_found(environ, start_response):
+    start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+    return [b"not found\n"]
+
+
 def make_routes() -> Routes:
-    routes = Routes()
+    routes = Routes(wsgi=_wsgi_not_found if WSGI_MOUNTED else None, builtin_prefix="" if WSGI_MOUNTED else None)
     routes.static("/static", b"hello\n")
     routes.handler("/echo", _echo, methods=["GET", "POST", "PUT"])
     routes.handler("/inspect", _inspect, methods=["GET", "POST"])

@@ -94,7 +94,9 @@ cdef class Worker:
     cdef void _drop_refs(self) noexcept with gil
     cdef void _drop_pending(self, int fd, uint16_t flags) noexcept with gil
     cdef int _begin_wsgi(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, bint cont) noexcept with gil
-    cdef int _respond_wsgi(self, int fd, Conn *c) noexcept with gil
+    cdef object _environ(self, int fd, Conn *c, Req *q, size_t off, size_t hlen)
+    cdef int _call_wsgi(self, int fd, Conn *c, Req *q, size_t off, size_t hlen) noexcept with gil
+    cdef int _respond_wsgi(self, int fd, Conn *c, object env) noexcept with gil
     cdef int _pump(self, int fd, Conn *c) noexcept with gil
     cdef int _error(self, int fd, Conn *c, int status, bint head_only, int ri) noexcept nogil
     cdef void _count_parse_error(self, int status) noexcept nogil

@@ -745,12 +745,13 @@ cdef class Worker:
         ri = self._lookup(q.path, q.path_len)
         if ri < 0 and self.wsgi_app is not None:
             c.resp = R_WSGI
-            if q.chunked or q.content_length:
-                if q.expect_continue and q.v11 and off + hlen == c.buf_len:
-                    # the app decides: its wsgi.input sends 100 Continue when read
-                    self._begin_wsgi(fd, c, q, off, hlen, True)
-                    return self._respond(fd, c)
-                c.flags |= F_WANT_BODY
+            if not (q.chunked or q.content_length):
+                return self._call_wsgi(fd, c, q, off, hlen)  # environ and app in one GIL section
+            if q.expect_continue and q.v11 and off + hlen == c.buf_len:
+                # the app decides: its wsgi.input sends 100 Continue when read
+                self._begin_wsgi(fd, c, q, off, hlen, True)
+                return self._respond(fd, c)
+            c.flags |= F_WANT_BODY
             self._begin_wsgi(fd, c, q, off, hlen, False)
         elif ri < 0:
             c.resp = R_404
@@ -830,10 +831,7 @@ cdef class Worker:
         if c.resp == R_404:
             return self._error(fd, c, 404, head_only, -1)
         if c.resp == R_WSGI:
-            rc = self._respond_wsgi(fd, c)
-            if rc == 0 and not (c.flags & F_KEEP):
-                c.flags |= F_CLOSING
-            return rc
+            return self._respond_wsgi(fd, c, None)
         if c.resp & R_405:
             return self._error(fd, c, 405, head_only, c.resp & ~R_405)
         r = &self.rt[c.resp]
@@ -962,14 +960,17 @@ cdef class Worker:
             pass  # _respond_py answers 500 when the request is missing
         return 0
 
+    cdef object _environ(self, int fd, Conn *c, Req *q, size_t off, size_t hlen):
+        remote = self._peers.get(fd)
+        if remote is None:
+            remote = self._peers[fd] = wsgi.peer_fd(fd)
+            c.flags |= F_PEER
+        return _wsgi_environ(self.wsgi_base, c.buf + off, q, hlen, remote)
+
     cdef int _begin_wsgi(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, bint cont) noexcept with gil:
-        """A WSGI request's head: its environ now (the buffer moves on), the body later."""
+        """A WSGI request with a body: its environ now (the buffer moves on), the body later."""
         try:
-            remote = self._peers.get(fd)
-            if remote is None:
-                remote = self._peers[fd] = wsgi.peer_fd(fd)
-                c.flags |= F_PEER
-            env = _wsgi_environ(self.wsgi_base, c.buf + off, q, hlen, remote)
+            env = self._environ(fd, c, q, off, hlen)
             if cont:
                 env["wsgi.input"] = wsgi.ContinueInput(fd, q.content_length, q.chunked, self.config)
             self._pending[fd] = [env, bytearray() if c.flags & F_WANT_BODY else None]
@@ -978,20 +979,37 @@ cdef class Worker:
             wsgi.log.exception("cannot build the WSGI environ")  # _respond_wsgi answers 500
         return 0
 
-    cdef int _respond_wsgi(self, int fd, Conn *c) noexcept with gil:
-        """Call the app (fastc1k.wsgi.Exchange); queue its head and first body pieces."""
+    cdef int _call_wsgi(self, int fd, Conn *c, Req *q, size_t off, size_t hlen) noexcept with gil:
+        """A WSGI request without a body: its environ, then the app."""
+        try:
+            env = self._environ(fd, c, q, off, hlen)
+        except Exception:
+            wsgi.log.exception("cannot build the WSGI environ")
+            env = None
+        return self._respond_wsgi(fd, c, env)
+
+    cdef int _respond_wsgi(self, int fd, Conn *c, object env) noexcept with gil:
+        """Call the app (fastc1k.wsgi.Exchange) on env (None: the pending request's, its body
+        read); queue its head and first body pieces (as _respond does for a route)."""
         cdef bint head_only = (c.flags & F_HEAD) != 0
         cdef int rc, status = 500
         cdef bytes b
-        pend = self._pending.pop(fd, None)
-        c.flags &= ~F_PENDING_PY
+        if self.draining:
+            c.flags &= ~F_KEEP
+        if self.niov == 0:
+            self._refs.clear()  # nothing queued points into them any more
         ex = None
         try:
-            if pend is None:
+            if env is None and c.flags & F_PENDING_PY:
+                pend = self._pending.pop(fd)
+                c.flags &= ~F_PENDING_PY
+                env = pend[0]
+                _attach_body(env, bytes(pend[1]) if pend[1] is not None else b"")
+            elif env is not None:
+                _attach_body(env, b"")
+            else:
                 raise RuntimeError("WSGI request lost")
-            env = pend[0]
-            wsgi.attach_body(env, bytes(pend[1]) if pend[1] is not None else b"")
-            ex = wsgi.Exchange(self.wsgi_app, env, head_only, not (c.flags & F_V10), (c.flags & F_KEEP) != 0)
+            ex = _Exchange(self.wsgi_app, env, head_only, not (c.flags & F_V10), (c.flags & F_KEEP) != 0)
             ok = ex.run()
             status = ex.status
         except Exception:
@@ -1014,7 +1032,6 @@ cdef class Worker:
         b = ex.head
         self._refs.append(b)
         self._refs.append(pieces)
-        self.has_refs = True
         self._add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), False)
         if not ex.has_date:
             self._add(self.date, DATE_LEN, False)
@@ -1026,8 +1043,13 @@ cdef class Worker:
         if not ex.done:
             self._streams[fd] = ex
             c.flags |= F_STREAM
-        elif self.niov + 8 > IOV_CAP // 2 or self.out_total > 65536:
-            return -1 if self._flush(fd, c) < 0 else 0  # do not pile up Python objects
+        if not (c.flags & F_KEEP):
+            c.flags |= F_CLOSING
+        if not ex.done or self.niov + 8 > IOV_CAP // 2 or self.out_total > 65536:
+            rc = self._flush(fd, c)  # do not pile up Python objects
+            if rc >= 0 and self.niov == 0:
+                self._refs.clear()
+            return -1 if rc < 0 else 0
         return 0
 
     cdef int _pump(self, int fd, Conn *c) noexcept with gil:

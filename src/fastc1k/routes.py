@@ -100,7 +100,7 @@ class Routes:
         if wsgi is not None and not callable(wsgi):
             raise TypeError(f"the WSGI app must be callable, got {type(wsgi).__name__}")
         prefix = (builtin_prefix or "").rstrip("/")
-        if builtin_prefix is not None:
+        if builtin_prefix:  # "" keeps them at the root, beside the app
             _check_path(builtin_prefix)
         if builtins and (wsgi is None or builtin_prefix is not None):
             self.static(prefix + "/api/health", HEALTH_BODY, JSON)

@@ -277,12 +277,66 @@ def _latin1(s: Any, what: str) -> bytes:
         raise AppError(f"{what} is not latin-1: {s!r}") from None
 
 
-class Exchange:
-    """One WSGI request and its response; see the module docstring for the protocol."""
+_HEADS: dict[tuple, tuple[int, bytes, int, bool]] = {}  # (status, headers) seen -> _check_head()
+_HEADS_MAX = 1024
 
-    __slots__ = ("app", "environ", "head_only", "v11", "keep_alive", "status", "status_line", "headers",
-                 "length", "has_date", "head", "body", "done", "chunked", "committed", "result", "it",
-                 "pending", "file", "left", "written", "closed", "input")
+
+def _check_head(status: Any, headers: Any) -> tuple[int, bytes, int, bool]:
+    """Validate start_response's arguments -> (status code, the head's bytes up to the
+    framing header, the app's Content-Length or -1, whether the app sent Date)."""
+    m = _STATUS.fullmatch(status) if type(status) is str else None
+    if m is None:
+        raise AppError(f"bad status {status!r}: want '<3 digits> <reason>'")
+    lines = [b"HTTP/1.1 ", _latin1(status, "status"), b"\r\n"]
+    if type(headers) is not list:
+        raise AppError(f"response headers must be a list, got {type(headers).__name__}")
+    length, has_date, has_server = -1, False, False
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise AppError(f"a response header must be a (name, value) tuple, got {item!r}")
+        name, value = item
+        if type(name) is not str or not _TOKEN.fullmatch(name):
+            raise AppError(f"bad response header name {name!r}")
+        v = _latin1(value, f"header {name}")
+        if _BAD_VALUE.search(value):
+            raise AppError(f"response header {name} holds CR, LF or another control character")
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            raise AppError(f"hop-by-hop header {name!r} is the server's (PEP 3333)")
+        if low == "content-length":
+            if not value.isdigit() or not value.isascii() or length >= 0:
+                raise AppError(f"bad or repeated Content-Length {value!r}")
+            length = int(value)
+        elif low == "date":
+            has_date = True
+        elif low == "server":
+            has_server = True
+        lines += (name.encode("ascii"), b": ", v, b"\r\n")
+    if not has_server:
+        lines.insert(3, b"Server: fastc1k\r\n")
+    return int(m.group(1)), b"".join(lines), length, has_date
+
+
+class Exchange:
+    """One WSGI request and its response; see the module docstring for the protocol.
+    (Class attributes are the defaults: __init__ sets only what every request has.)"""
+
+    status = 0
+    prefix: bytes | None = None   # the head up to the framing header (None: no start_response yet)
+    length = -1                   # the app's Content-Length, -1 if none
+    has_date = False
+    head = b""
+    body: list[bytes] = []
+    done = True
+    chunked = False
+    committed = False             # headers final: a body byte was produced or written
+    result: Any = None
+    it: Any = None
+    pending: list[Any] = []       # framed pieces not yet sent (pump; a list of its own once used)
+    file: list[int] | None = None  # [in_fd, offset, count] for sendfile
+    left = -1                     # Content-Length bytes still to send (-1: no limit)
+    written: list[bytes] = []
+    closed = False
 
     def __init__(self, app: Callable, environ: dict, head_only: bool, v11: bool, keep_alive: bool) -> None:
         self.app = app
@@ -290,23 +344,6 @@ class Exchange:
         self.head_only = head_only
         self.v11 = v11
         self.keep_alive = keep_alive
-        self.status = 0
-        self.status_line: bytes | None = None
-        self.headers: list[tuple[str, str]] | None = None
-        self.length = -1              # the app's Content-Length, -1 if none
-        self.has_date = False
-        self.head = b""
-        self.body: list[bytes] = []
-        self.done = True
-        self.chunked = False
-        self.committed = False        # headers final: a body byte was produced or written
-        self.result: Any = None
-        self.it: Any = None
-        self.pending: list[Any] = []  # framed pieces not yet sent (pump)
-        self.file: list[int] | None = None   # [in_fd, offset, count] for sendfile
-        self.left = -1                # Content-Length bytes still to send (-1: no limit)
-        self.written: list[bytes] = []
-        self.closed = False
         self.input = environ.get("wsgi.input")  # as given (middleware may wrap the environ's)
 
     # the app's side ------------------------------------------------------------------
@@ -317,50 +354,35 @@ class Exchange:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None  # no reference cycle (PEP 3333)
-        elif self.status_line is not None:
+        elif self.prefix is not None:
             raise AppError("start_response called a second time without exc_info")
-        m = _STATUS.fullmatch(status) if type(status) is str else None
-        if m is None:
-            raise AppError(f"bad status {status!r}: want '<3 digits> <reason>'")
-        line = _latin1(status, "status")
-        if type(headers) is not list:
-            raise AppError(f"response headers must be a list, got {type(headers).__name__}")
-        length, has_date = -1, False
-        for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                raise AppError(f"a response header must be a (name, value) tuple, got {item!r}")
-            name, value = item
-            if type(name) is not str or not _TOKEN.fullmatch(name):
-                raise AppError(f"bad response header name {name!r}")
-            _latin1(value, f"header {name}")
-            if _BAD_VALUE.search(value):
-                raise AppError(f"response header {name} holds CR, LF or another control character")
-            low = name.lower()
-            if low in HOP_BY_HOP:
-                raise AppError(f"hop-by-hop header {name!r} is the server's (PEP 3333)")
-            if low == "content-length":
-                if not value.isdigit() or not value.isascii() or length >= 0:
-                    raise AppError(f"bad or repeated Content-Length {value!r}")
-                length = int(value)
-            elif low == "date":
-                has_date = True
-        self.status, self.status_line, self.headers = int(m.group(1)), line, headers
-        self.length, self.has_date = length, has_date
+        try:  # most apps send the same few heads: validated once, then a dict hit
+            key = (status, tuple(headers))
+            hit = _HEADS.get(key)
+        except TypeError:  # unhashable: not a list of (str, str); _check_head says what
+            key = hit = None
+        if hit is None:
+            hit = _check_head(status, headers)
+            if key is not None and type(headers) is list:
+                if len(_HEADS) >= _HEADS_MAX:
+                    _HEADS.clear()
+                _HEADS[key] = hit
+        self.status, self.prefix, self.length, self.has_date = hit
         return self.write
 
     def write(self, data: bytes) -> None:
         """The legacy write(): buffered in order before the iterable's items (PEP 3333 lets a
         server buffer it); it commits the headers like a body chunk does."""
-        if self.status_line is None:
+        if self.prefix is None:
             raise AppError("write() before start_response")
         if type(data) is not bytes:
             raise AppError(f"write() takes bytes, got {type(data).__name__}")
         if data:
             self.committed = True
             if self.head:  # after run(): goes out with the iterable's items
-                self.pending += self._frame(data)
+                self._pending().extend(self._frame(data))
             else:
-                self.written.append(data)
+                self.written = self.written + [data]
 
     # the engine's side ----------------------------------------------------------------
     def run(self) -> bool:
@@ -393,7 +415,7 @@ class Exchange:
                     if c:
                         self.committed = True
                         chunks = chunks + [c] if chunks else [c]
-            if self.status_line is None:
+            if self.prefix is None:
                 raise AppError("the app returned without calling start_response")
             self.committed = True
             self._commit(chunks, exhausted, span)
@@ -424,25 +446,23 @@ class Exchange:
         no_body = self.head_only or status in (204, 304) or status < 200
         if status < 200:
             raise AppError(f"interim status {status} as a final response")
-        lines = [b"HTTP/1.1 ", self.status_line, b"\r\n"]
-        if not any(n.lower() == "server" for n, _ in self.headers):
-            lines.append(b"Server: fastc1k\r\n")
-        for n, v in self.headers:
-            lines += (n.encode("latin-1"), b": ", v.encode("latin-1"), b"\r\n")
         length = self.length
+        total = sum(map(len, chunks)) if exhausted else -1
         if span is not None and length < 0:
             length = span[2]
-            lines.append(b"Content-Length: %d\r\n" % length)
+            self.head = self.prefix + b"Content-Length: %d\r\n" % length
         elif length < 0 and exhausted and status not in (204, 304):
-            length = sum(map(len, chunks))
-            lines.append(b"Content-Length: %d\r\n" % length)
+            length = total
+            self.head = self.prefix + b"Content-Length: %d\r\n" % length
         elif length < 0 and status not in (204, 304):
+            self.head = self.prefix
             if self.v11:
                 self.chunked = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                self.head += b"Transfer-Encoding: chunked\r\n"
             else:
                 self.keep_alive = False  # HTTP/1.0: the end of the body is the close
-        self.head = b"".join(lines)
+        else:
+            self.head = self.prefix
         self.left = length
         if no_body:
             self.done = True
@@ -455,9 +475,13 @@ class Exchange:
             if self.done and self.left > 0:
                 self.keep_alive = False
             return
-        body: list[bytes] = []
-        for c in chunks:
-            body += self._frame(c)
+        if exhausted and (length < 0 or total <= length):  # as it is: nothing to frame or cut
+            body = chunks if type(chunks) is list else list(chunks)
+            self.left = length - total if length >= 0 else -1
+        else:
+            body = []
+            for c in chunks:
+                body += self._frame(c)
         self.done = exhausted
         if exhausted:
             if self.chunked:
@@ -482,7 +506,7 @@ class Exchange:
 
     def pump(self, fd: int, counters: Any = None, index: int = 0) -> int:
         """Send what is left; DONE, BLOCKED (call again on EPOLLOUT) or ABORT (close)."""
-        pending = self.pending
+        pending = self._pending()
         while True:
             if pending:
                 try:
@@ -553,6 +577,11 @@ class Exchange:
                 self.close()
                 return ABORT
             pending += self._frame(c)
+
+    def _pending(self) -> list:
+        if "pending" not in self.__dict__:  # the class's empty default is shared: a list of our own
+            self.pending = []
+        return self.pending
 
     def close(self) -> None:
         """Call the iterable's close() once (PEP 3333), logging what it raises."""

@@ -1,0 +1,271 @@
+"""The WSGI bench: `python -m bench.wsgi_bench` (about 5 minutes with the defaults).
+
+fastc1k's two engines serving a WSGI app (`--wsgi`), beside the WSGI servers people run:
+gunicorn (sync worker), granian (`--interface wsgi`), fastpysgi, waitress, and bjoern when
+it is installed (it needs libev to build). One worker each, the same app each time
+(bench/wsgi_app.py: `hello`, a plain PEP 3333 app, then `flask_app`, Flask), the
+ceiling's method (bench/METHOD.md): every server pinned to core 0 in a 0.5-CPU quota of
+its own, keep-alive c=100, pair-by-pair rounds (A B C ..., A B C ...); a figure is the
+median over rounds, a ratio the median of per-round ratios (min–max). Before any load,
+memory per idle keep-alive connection on the fresh hello servers. For each app, the app
+alone (called in-process, no server) beside the table: what of a request is the app's.
+
+Writes bench/results/wsgi.json and wsgi.md, and the README block between
+<!-- wsgi:start --> and <!-- wsgi:end -->.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from . import ceiling, drivers, workloads
+from .servers import BENCH, ServerSpec, RunningServer, HEALTH
+
+__all__ = ["WsgiSpec", "WSGI_SERVERS", "run", "markdown", "main"]
+
+RESULTS = BENCH / "results"
+COMMAND = "PYTHONPATH=src python -m bench.wsgi_bench"
+APPS = ("hello", "flask_app")
+WSGI_SERVERS = ("c", "python", "gunicorn", "granian", "fastpysgi", "waitress", "bjoern")
+OURS = ("c", "python")
+LABELS = {"c": "fastc1k C engine", "python": "fastc1k pure Python", "gunicorn": "gunicorn (sync)",
+          "granian": "granian (wsgi)", "fastpysgi": "fastpysgi", "waitress": "waitress", "bjoern": "bjoern"}
+WORKLOAD = workloads.Workload("wsgi-c100", "WSGI, keep-alive c=100, 0.5-CPU quota", connections=100)
+# gunicorn's sync worker answers every request with Connection: close: it holds no idle
+# keep-alive connection, so the idle-memory figure does not apply to it
+NO_KEEPALIVE = ("gunicorn",)
+
+
+@dataclasses.dataclass(frozen=True)
+class WsgiSpec(ServerSpec):
+    server: str = ""
+    app: str = "hello"
+
+    def unavailable(self) -> str | None:
+        if self.server in OURS:
+            return ServerSpec(self.server, "", frozenset()).unavailable()
+        module = {"granian": "granian", "gunicorn": "gunicorn", "fastpysgi": "fastpysgi",
+                  "waitress": "waitress", "bjoern": "bjoern"}[self.server]
+        if importlib.util.find_spec(module) is None:
+            extra = " (needs libev-dev to build)" if module == "bjoern" else ""
+            return f"{module} not installed (pip install {module}){extra}"
+        if self.app == "flask_app" and importlib.util.find_spec("flask") is None:
+            return "flask not installed"
+        return None
+
+    def command(self, port: int, workdir: Path) -> list[str]:
+        py, target = sys.executable, f"bench.wsgi_app:{self.app}"
+        s = self.server
+        if s in OURS:
+            return [py, str(BENCH / "serve_fastc1k.py"), "--engine", s, "--port", str(port), "--wsgi", target]
+        if s == "gunicorn":
+            return [py, "-m", "gunicorn", "-w", "1", "-k", "sync", "-b", f"127.0.0.1:{port}", "--backlog", "16384",
+                    "--log-level", "warning", target]
+        if s == "granian":
+            return [py, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+                    "--workers", "1", "--runtime-mode", "st", "--runtime-threads", "1", "--blocking-threads", "1",
+                    "--backlog", "16384", "--log-level", "warning", "--no-ws", target]
+        if s == "waitress":
+            return [py, "-m", "waitress", "--host=127.0.0.1", f"--port={port}", "--backlog=16384",
+                    "--connection-limit=20000", target]
+        if s in ("fastpysgi", "bjoern"):
+            return [py, "-m", "bench.wsgi_app", s, self.app, str(port)]
+        raise ValueError(s)
+
+    def conn_struct_bytes(self) -> int | None:
+        return ServerSpec("c", "", frozenset()).conn_struct_bytes() if self.server == "c" else None
+
+
+def spec(server: str, app: str) -> WsgiSpec:
+    return WsgiSpec(f"wsgi-{server}-{app.split('_')[0]}", LABELS[server], frozenset({HEALTH}), server=server, app=app)
+
+
+def app_alone_us(app_name: str, calls: int = 20000) -> float:
+    """The app's own CPU per request: called in-process, no server (environ copied from one
+    built once; the iterable consumed and closed), median of 3 batches."""
+    import wsgiref.util
+    from . import wsgi_app
+    app = getattr(wsgi_app, app_name)
+    base: dict = {"REQUEST_METHOD": "GET", "PATH_INFO": HEALTH, "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.1",
+                  "HTTP_HOST": "127.0.0.1", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000"}
+    wsgiref.util.setup_testing_defaults(base)
+
+    def start_response(status, headers, exc_info=None):
+        return None
+    out = []
+    for _ in range(3):
+        t0 = time.process_time()
+        for _ in range(calls):
+            env = base.copy()
+            env["wsgi.input"] = io.BytesIO(b"")
+            it = app(env, start_response)
+            for _chunk in it:
+                pass
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        out.append((time.process_time() - t0) / calls * 1e6)
+    return statistics.median(out)
+
+
+def run(servers: list[str], rounds: int, duration: float, idle: int, log=print, warmup: float = 1.0) -> dict:
+    why = drivers.driver_missing()
+    if why:
+        raise SystemExit(f"bench.wsgi_bench: {why}")
+    report = {"machine": ceiling.machine(), "servers": servers, "rounds": rounds, "round_s": duration,
+              "workload": WORKLOAD.title, "apps": {}, "skipped": {}}
+    for app in APPS:
+        specs = []
+        for n in servers:
+            sp = spec(n, app)
+            why = sp.unavailable()
+            if why:
+                report["skipped"].setdefault(n, why)
+                log(f"skip {n} ({app}): {why}")
+            else:
+                specs.append(sp)
+        running: list[RunningServer] = []
+        res: dict = {"alone_us": app_alone_us(app), "memory": {}, "rounds": [], "summary": {}}
+        try:
+            for sp in specs:
+                try:
+                    running.append(RunningServer(sp))
+                except RuntimeError as exc:
+                    report["skipped"].setdefault(sp.server, str(exc))
+                    log(f"skip {sp.server} ({app}): {exc}")
+            log(f"{app}: servers up: {', '.join(s.spec.server for s in running)}; app alone "
+                f"{res['alone_us']:.2f} us/call")
+            if idle and app == "hello":
+                for s in running:
+                    if s.spec.server in NO_KEEPALIVE:
+                        continue
+                    res["memory"][s.spec.server] = workloads.idle_memory(s, idle)
+                    log(f"idle memory {s.spec.server}: {res['memory'][s.spec.server]['rss_per_conn']:.0f} B/conn")
+            for s in running if warmup else ():
+                workloads.measure_run(s, WORKLOAD, duration=warmup, max_requests=0)
+            for r in range(rounds):
+                row = {s.spec.server: workloads.measure_run(s, WORKLOAD, duration=duration, max_requests=0)
+                       for s in running}
+                res["rounds"].append(row)
+                log(f"{app} round {r + 1}/{rounds}: " + "  ".join(
+                    f"{n} {m['cpu_us']:.1f}us {m['rps'] / 1000:.1f}k/s" for n, m in row.items()))
+        finally:
+            for s in running:
+                s.stop()
+        res["summary"] = summarize(res["rounds"], res["alone_us"])
+        report["apps"][app] = res
+    report["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    return report
+
+
+def summarize(rounds: list[dict], alone_us: float) -> dict:
+    """Per server: medians, and × the best anchor (the cheapest non-fastc1k server of each round)."""
+    if not rounds:
+        return {}
+    out = {}
+    for n in rounds[0]:
+        ms = [row[n] for row in rounds]
+        s = {k: statistics.median(m[k] for m in ms) for k in ("cpu_us", "user_us", "sys_us", "rps")}
+        s["errors"] = sum(sum(m["errors"].values()) for m in ms)
+        s["server_us"] = max(0.0, s["cpu_us"] - alone_us)
+        ratios = []
+        for row in rounds:
+            anchors = [m["cpu_us"] for k, m in row.items() if k not in OURS and m["requests"] > 0]
+            if anchors:
+                ratios.append(row[n]["cpu_us"] / min(anchors))
+        if ratios:
+            s["vs_best"] = (statistics.median(ratios), min(ratios), max(ratios))
+        out[n] = s
+    return out
+
+
+def _r(v) -> str:
+    return f"{v[0]:.2f} ({v[1]:.2f}–{v[2]:.2f})" if v else "n/a"
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"Measured {m['date_utc']} UTC on {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, load average "
+             f"{' '.join(m['loadavg'])} → {' '.join(m.get('loadavg_end', []))}; {report['rounds']} rounds of "
+             f"{report['round_s']:g} s; {report['workload']}; one worker per server. `{COMMAND}`"]
+    goals = {"hello": "≤ 0.8", "flask_app": "≤ 0.9"}
+    head = ["", "| figure | measured (median, min–max of rounds) | goal |", "|---|---|---|"]
+    for app, res in report["apps"].items():
+        c = res["summary"].get("c")
+        if c:
+            head.append(f"| {app}: C engine CPU per request × the best other server | {_r(c.get('vs_best'))} "
+                        f"| {goals[app]} |")
+    mc = report["apps"].get("hello", {}).get("memory", {}).get("c")
+    if mc:
+        head.append(f"| memory per idle keep-alive connection, C engine + WSGI | {mc['rss_per_conn']:.0f} B | ≤ 128 B |")
+    lines += head
+    for app, res in report["apps"].items():
+        lines += ["", f"**{app}** — server CPU per request (µs, user+sys of the server's processes); the app alone "
+                      f"(called in-process, no server) takes {res['alone_us']:.2f} µs, the rest is the server's", "",
+                  "| server | µs/request | user | sys | server's part (− app alone) | × best other | req/s | errors |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for n, s in sorted(res["summary"].items(), key=lambda kv: kv[1]["cpu_us"]):
+            lines.append(f"| {LABELS[n]} | {s['cpu_us']:.2f} | {s['user_us']:.2f} | {s['sys_us']:.2f} | "
+                         f"{s['server_us']:.2f} | {_r(s.get('vs_best'))} | {s['rps']:,.0f} | {s['errors']} |")
+        if res["memory"]:
+            lines += ["", "Memory per idle keep-alive connection (fresh servers, before any load; RSS delta / answered "
+                          "connections): " + ", ".join(f"{LABELS[n]} {mm['rss_per_conn']:,.0f} B"
+                                                       for n, mm in res["memory"].items())
+                      + "; gunicorn's sync worker closes every connection after its response."]
+    if report["skipped"]:
+        lines += [""] + [f"Skipped {n}: {why}." for n, why in report["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+README = BENCH.parent / "README.md"
+MARK_START, MARK_END = "<!-- wsgi:start -->", "<!-- wsgi:end -->"
+
+
+def update_readme(md: str, readme: Path = README) -> bool:
+    text = readme.read_text()
+    a, b = text.find(MARK_START), text.find(MARK_END)
+    if a < 0 or b < a:
+        return False
+    readme.write_text(text[:a + len(MARK_START)] + "\n" + md + text[b:])
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.wsgi_bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--servers", default=",".join(WSGI_SERVERS), help="comma list (default: %(default)s)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per server per round")
+    ap.add_argument("--idle", type=int, default=2000, help="idle connections for memory (0: skip)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--no-readme", action="store_true")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LABELS]
+    if unknown or args.rounds < 1 or args.duration < 1:
+        print(f"bench.wsgi_bench: bad arguments (unknown servers {unknown}; rounds >= 1, duration >= 1)",
+              file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    report = run(names, args.rounds, args.duration, args.idle, log=lambda m: print(m, file=sys.stderr, flush=True))
+    report["command"] = COMMAND
+    report["wall_s"] = round(time.monotonic() - t0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "wsgi.json").write_text(json.dumps(report, indent=1, default=str))
+    md = markdown(report)
+    (args.out / "wsgi.md").write_text(md)
+    if not args.no_readme and args.out.resolve() == RESULTS.resolve():
+        update_readme(md)
+    print(md)
+    print(f"wrote {args.out / 'wsgi.json'} and wsgi.md in {report['wall_s']} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
