@@ -148,3 +148,20 @@ def test_namespace_somaxconn_caps_the_backlog(tmp_path):
     assert r["phases"]["ramp"]["bottleneck"]["resource"] == "listen_overflows"
     with open("/proc/sys/net/core/somaxconn") as f:
         assert f.read().strip() == host
+
+
+def test_versus_nginx_runs_the_same_plan_in_the_same_container(tmp_path):
+    """--versus nginx: one report, both servers, the same stages under the same limits."""
+    r = capacity(tmp_path, "--engine", ENGINE, "--versus", "nginx", "--container", "cpus=0.5",
+                 "--phases", "stages", "--stages", "100,200", "--stage-duration", "1", "--final-duration", "1",
+                 "--max-clients", "200", "--no-charts")
+    ng = r["versus"]["nginx"]
+    assert not ng.get("error"), ng
+    assert "nginx: serving http://127.0.0.1:" in ng["server"]["startup_line"]
+    ours = [s["clients"] for s in r["phases"]["stages"]["stages"]]
+    theirs = [s["clients"] for s in ng["phases"]["stages"]["stages"]]
+    assert ours == theirs == [100, 200]
+    assert all(s["throughput"] > 0 for s in ng["phases"]["stages"]["stages"])
+    assert "Side by side, same plan, same container, same run: fastc1k" in r["_stdout"]
+    assert "    nginx  " in r["_stdout"]
+    assert "Side by side" in (tmp_path / "capacity-report.html").read_text()
