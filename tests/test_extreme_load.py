@@ -108,6 +108,24 @@ def test_nofile_1024_names_fds(tmp_path):
 
 
 @pytest.mark.root
+def test_cpu_quota_breaking_point_is_bisected_not_a_cap_and_recovery_timed_at_100ms(tmp_path):
+    """Under a 0.2-CPU quota the latency bar (p99 200 ms here) breaks first: bisected to 5 %,
+    not named as the configured cap (auto: the fd limit's, far above), recovery on 100 ms rows."""
+    r = capacity(tmp_path, "--engine", ENGINE, "--container", "cpus=0.2", "--stages", "200,1600",
+                 "--stage-duration", "2", "--final-duration", "2", "--probe-duration", "1", "--break-p99-ms", "200",
+                 "--max-clients", "4000", "--phases", "stages,recovery", "--blast-duration", "2",
+                 "--recovery-window", "5", "--no-charts")
+    skip_unless_applied(r, "cpus")
+    bp = r["phases"]["stages"]["breaking_point"]
+    if bp is None:
+        pytest.skip(f"no stage broke under the quota: {r['phases']['stages']['stop_reason']}")
+    assert bp["last_good_clients"] and bp["clients"] - bp["last_good_clients"] <= 0.05 * bp["clients"] + 1, bp
+    assert any("p99" in why for why in bp["reasons"]) and bp["configured_limit"] is None, bp
+    rec = r["phases"]["recovery"]["recovery"]
+    assert rec["resolution_s"] == 0.1 and rec["recovered"], r["phases"]["recovery"]["fine"]
+
+
+@pytest.mark.root
 def test_cpu_quota_names_cpu(tmp_path):
     r = capacity(tmp_path, "--engine", ENGINE, "--container", "cpus=0.2", "--phases", "ramp",
                  "--ramp-clients", "200", "--ramp-steps", "4", "--ramp-duration", "4", "--ramp-rate", "closed",
