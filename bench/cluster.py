@@ -56,6 +56,13 @@ class Cluster:
         with Client(self.address, timeout=30) as c:
             c.wait_for_workers(1, timeout=60)
 
+    def worker_cpu_s(self) -> float:
+        """CPU time of the dask worker process itself (its relay and event loop; not the
+        load processes, its children)."""
+        import psutil
+        t = psutil.Process(self.procs[1].pid).cpu_times()
+        return t.user + t.system
+
     def close(self):
         for p in reversed(self.procs):
             p.terminate()
@@ -90,16 +97,21 @@ def cpu_per_request(url: str, rounds: int, seconds: float, log) -> dict:
         for r in range(rounds):
             spec = LoadSpec(url=url, connections=1000, processes=1)
             local = _run(spec, None, seconds)["summary"]
+            w0 = cluster.worker_cpu_s()
             remote = _run(LoadSpec(url=url, connections=1000), DaskExecutor(cluster.address), seconds)["summary"]
+            worker_us = (cluster.worker_cpu_s() - w0) / remote["requests"] * 1e6
             a, b = local["client_cpu_us_per_request"], remote["client_cpu_us_per_request"]
             per.append({"local_us": a, "cluster_us": b, "ratio": round(b / a, 3),
+                        "dask_worker_us": round(worker_us, 3), "ratio_with_dask_worker": round((b + worker_us) / a, 3),
                         "local_req_s": local["req_per_s"], "cluster_req_s": remote["req_per_s"]})
-            log(f"round {r + 1}: client CPU/request local {a:.3f} us, cluster {b:.3f} us, ratio {b / a:.3f}")
+            log(f"round {r + 1}: client CPU/request local {a:.3f} us, cluster {b:.3f} us (+ the Dask worker's "
+                f"own {worker_us:.3f} us), ratio {b / a:.3f}")
     finally:
         cluster.close()
     ratios = [p["ratio"] for p in per]
     return {"rounds": per, "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
-            "ratio_max": max(ratios), "goal": 1.05}
+            "ratio_max": max(ratios), "goal": 1.05,
+            "ratio_with_dask_worker_median": statistics.median(p["ratio_with_dask_worker"] for p in per)}
 
 
 def coordinator_cpu(url: str, seconds: float, log) -> dict:
@@ -128,7 +140,9 @@ def markdown(rep: dict) -> str:
     return (f"Measured {rep['when']} (`{COMMAND}`, bench/results/cluster.json; the C engine on core 0, "
             f"the load on core 1, one Dask worker on this host): client CPU per request at c=1000, "
             f"the farm on Dask ÷ the local farm, median of {len(c['rounds'])} rounds "
-            f"**{c['ratio_median']:.3f}** ({c['ratio_min']:.3f}–{c['ratio_max']:.3f}; goal ≤ 1.05). "
+            f"**{c['ratio_median']:.3f}** ({c['ratio_min']:.3f}–{c['ratio_max']:.3f}; goal ≤ 1.05), "
+            f"{c['ratio_with_dask_worker_median']:.3f} counting the Dask worker process's own CPU too (its "
+            f"event loop, heartbeats and the relay: a cost per second, not per request). "
             f"The coordinator's own CPU with {k['processes']} load processes reporting every "
             f"second and every 100 ms: **{k['cluster']:.2%}** of one core on Dask (goal ≤ 2 %), "
             f"{k['local']:.2%} for the local farm.\n")
