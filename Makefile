@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: compile test test-pure test-c bench ceiling capacity-figures vswrk cluster-figures clean debug test-asan testinstalled test-hostile fuzz soak c1m image
+.PHONY: compile test test-pure test-c bench ceiling capacity-figures vswrk cluster-figures clean debug test-asan testinstalled test-hostile fuzz soak c1m image scaleout
 
 compile:            ## build the extensions in place (src/fastc1k/*.so)
 	$(PY) setup.py build_ext --inplace
@@ -44,6 +44,10 @@ vswrk:             ## the README's load generator vs wrk figures, bench/results/
 
 cluster-figures:   ## the README's load-farm-on-Dask figures, bench/results/cluster.json (~2 min)
 	PYTHONPATH=src:. $(PY) -m bench.cluster
+
+scaleout:          ## the README's scale-out table and chart, bench/results/scaleout.* (~10 min; as root)
+	PYTHONPATH=src $(PY) -m fastc1k.capacity scaleout --replicas 1,2,4 --balancer kernel,haproxy-http,haproxy-tcp \
+		--container cpus=0.1,memory=256M --fault kill,freeze --out bench/results --readme README.md --quiet
 
 FUZZ_SECONDS ?= 600
 test-hostile:       ## hostile input, parser differential, short fuzz, soak (10 s), 10k-connection probe; both engines

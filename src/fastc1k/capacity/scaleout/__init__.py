@@ -18,6 +18,8 @@ the arguments.
     balancer    HAProxy / nginx: config, process, stats socket
     kernel_lb   nftables DNAT in a node namespace (kube-proxy's nftables mode); kservice,
                 health, kcpu
+    kscale      --balancer kernel,haproxy-http,haproxy-tcp: the balancers side by side behind
+                one node namespace, the faults behind each, the README block
     config      ScaleoutConfig
     run         Deployment, Sampler, run_scaling, run_fault, run
     analysis    bound_of, analyse_fault, analyse

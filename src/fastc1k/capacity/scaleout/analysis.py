@@ -12,13 +12,13 @@ __all__ = ["bound_of", "analyse_fault", "analyse"]
 
 
 def bound_of(stage: dict[str, Any], n: int, quota: float | None, lb_cores: float, ncpu: int,
-             loadgen_procs: int) -> dict[str, Any]:
+             loadgen_procs: int, lb_name: str = "balancer") -> dict[str, Any]:
     """What bounded the throughput of this (peak) stage: the resource closest to (or
     past) its ceiling, with every utilisation as evidence."""
     c = stage.get("cost") or {}
     util = {}
     if c.get("balancer_cores") is not None:
-        util["balancer"] = (c["balancer_cores"] / lb_cores, f"balancer {c['balancer_cores']:.2f} of {lb_cores:g} core")
+        util["balancer"] = (c["balancer_cores"] / lb_cores, f"{lb_name} {c['balancer_cores']:.2f} of {lb_cores:g} core(s)")
     if c.get("replicas_cores") is not None:
         cap = n * quota if quota else n * 1.0
         util["replicas"] = (c["replicas_cores"] / cap, f"replicas {c['replicas_cores']:.2f} of {cap:g} cores "
@@ -42,7 +42,8 @@ def bound_of(stage: dict[str, Any], n: int, quota: float | None, lb_cores: float
     own = [k for k in ("replicas", "balancer", "loadgen") if k in util and util[k][0] >= 0.9]
     name = max(own, key=lambda k: util[k][0]) if own else max(util, key=lambda k: util[k][0])
     ratio = util[name][0]
-    what = {"balancer": "the balancer's single core", "replicas": "the replicas' CPU quota",
+    what = {"balancer": "the balancer's single core" if lb_name == "balancer" else f"the {lb_name}",
+            "replicas": "the replicas' CPU quota",
             "host": "the host's CPUs (balancer, replicas and load generator share them)",
             "loadgen": "the load generator"}[name]
     if name == "host" and others is not None and others >= 0.25 * ncpu:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ...host import proc
+from ...host import net, proc
 
 __all__ = ["Backend", "BalancerSpec", "Balancer", "BalancerError", "haproxy_config", "nginx_config",
            "free_port"]
@@ -71,6 +71,7 @@ class BalancerSpec:
     retry_on: str = "conn-failure empty-response response-timeout"
     health_path: str = "/api/health"
     cpu: int | None = None         # pin to this core (None: no pinning)
+    netns: str | None = None       # run inside this named network namespace (kservice's node)
 
     def validate(self) -> "BalancerSpec":
         if self.kind not in BALANCERS:
@@ -254,9 +255,11 @@ class Balancer:
         with open(self.config_path, "w") as f:
             f.write(text)
         argv = self.argv()
-        cpu = self.spec.cpu
+        cpu, netns = self.spec.cpu, self.spec.netns
 
         def pin() -> None:
+            if netns:
+                net.enter(netns)
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
         self._log = open(os.path.join(self.dir, "output.log"), "w+")

@@ -16,9 +16,10 @@ from .. import analysis as A
 from ..console import Progress, Tool, p99_limit, stage_list
 from ..container import ContainerSpec
 from ..stages import RunConfig
-from .balancer import ALGORITHMS, BALANCERS, BalancerSpec
+from .balancer import ALGORITHMS, BalancerSpec
 from .config import DEFAULT_BREAK_P99_MS, PROG, ScaleoutConfig
 from .fleet import privileges, stop_all
+from .kscale import NeedsRoot, main_compare, require_root, side_by_side, teardown_all
 from .report import summary_text, write_reports
 from .run import run
 
@@ -41,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="each replica's limits, as the capacity suite's --container [default cpus=0.25,memory=256M]")
     p.add_argument("--engine", choices=("c", "python"), help="default: c when built")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="passed to fastc1k.serve")
-    p.add_argument("--balancer", choices=BALANCERS, default="haproxy")
+    p.add_argument("--balancer", default="haproxy", metavar="LIST",
+                   help="haproxy or nginx (with --mode), or a comma-separated list of kernel, haproxy-http, "
+                        "haproxy-tcp, nginx run side by side behind a node namespace (needs root) [haproxy]")
     p.add_argument("--balance", choices=ALGORITHMS, default="leastconn",
                    help="[leastconn: routes around a hung replica before its health check does]")
     p.add_argument("--mode", choices=("http", "tcp"), default="http",
@@ -62,12 +65,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"a stage is broken with p99 over this [default {DEFAULT_BREAK_P99_MS:g}]")
     r.add_argument("--no-recovery", action="store_true", help="skip the blast and recovery per replica count")
     f = p.add_argument_group("fault injection")
-    f.add_argument("--fault", choices=("kill", "freeze", "none"), default="kill")
+    f.add_argument("--fault", default="kill", metavar="LIST",
+                   help="kill, freeze, none, or kill,freeze (side by side: each, behind each balancer) [kill]")
     f.add_argument("--fault-replicas", type=int, help="[default: the largest count]")
     f.add_argument("--fault-clients", type=int, help="[default: what one replica held]")
     f.add_argument("--fault-duration", type=int, default=10, metavar="S", help="seconds after the fault [10]")
     o = p.add_argument_group("output")
+    k = p.add_argument_group("the kernel balancer (--balancer kernel,...)")
+    k.add_argument("--pick", choices=("random", "inc"), default="random",
+                   help="numgen mode: random (kube-proxy's) or inc (round robin) [random]")
+    k.add_argument("--probe", default="100,250,2", metavar="MS,MS,N",
+                   help="readiness probe interval, time-out (ms), failures to remove [100,250,2]")
+    k.add_argument("--conntrack-max", type=int, metavar="N",
+                   help="set nf_conntrack_max to N for the run [default: raised to 4 x --max-clients if below]")
     o.add_argument("--out", default=".", metavar="DIR")
+    o.add_argument("--readme", metavar="FILE",
+                   help="side by side: also rewrite the block between <!-- scaleout:start/end --> in FILE")
     o.add_argument("--no-charts", action="store_true")
     o.add_argument("--quiet", action="store_true")
     p.add_argument("--version", action="version", version=f"fastc1k {__version__}")
@@ -91,10 +104,14 @@ def config_from(args: argparse.Namespace) -> ScaleoutConfig:
         raise UsageError("--maxconn must be 100..9900 (two fds per connection, 20,000 fds per process)")
     if args.fault_replicas is not None and args.fault_replicas < 2:
         raise UsageError("--fault-replicas must be >= 2 (one is killed, the others must take the load)")
-    bs = BalancerSpec(kind=args.balancer, mode=args.mode, algorithm=args.balance, maxconn=args.maxconn,
+    side = side_by_side(args)
+    fault = args.fault if not side else (side[1] or ("none",))[0]
+    if not side and fault not in ("kill", "freeze", "none"):
+        raise UsageError(f"--fault must be kill, freeze or none with one balancer, not {fault!r}")
+    bs = BalancerSpec(kind=args.balancer if not side else "haproxy", mode=args.mode, algorithm=args.balance, maxconn=args.maxconn,
                       check_inter_ms=args.check_interval, retries=args.retries).validate()
     return ScaleoutConfig(replicas=args.replicas, container=spec, engine=args.engine, balancer=bs,
-                          run=RunConfig(**kw), fault=args.fault, fault_replicas=args.fault_replicas,
+                          run=RunConfig(**kw), fault=fault, fault_replicas=args.fault_replicas,
                           fault_clients=args.fault_clients, fault_after_s=args.fault_duration,
                           use_netns=not args.host_net, pin=not args.no_pin, server_args=list(args.server_arg))
 
@@ -104,6 +121,13 @@ def run_cli(args: argparse.Namespace) -> int:
         cfg = config_from(args)
     except ValueError as exc:   # ContainerError, a bad balancer spec
         raise UsageError(str(exc)) from None
+    side = side_by_side(args)
+    if side:
+        try:
+            require_root()
+        except NeedsRoot as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
     # SIGTERM: unwind through the finally below (atexit alone does not run on a signal)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     priv = privileges()
@@ -112,8 +136,13 @@ def run_cli(args: argparse.Namespace) -> int:
     prog = Progress(quiet=args.quiet)
 
     def progress(st: dict[str, Any]) -> None:
-        prog({**st, "phase": f"N={st.get('replicas')} {st['phase']}"})
+        who = f"{st['balancer']} " if st.get("balancer") else ""
+        prog({**st, "phase": f"{who}N={st.get('replicas')} {st['phase']}"})
     try:
+        if side:
+            code = main_compare(args, cfg, *side, progress)
+            prog.done()
+            return code
         rep = run(cfg, progress)
     except (RuntimeError, OSError, ValueError) as exc:
         prog.done()
@@ -121,6 +150,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 1
     finally:
         stop_all()
+        teardown_all()
     prog.done()
     paths = write_reports(rep, args.out, charts=not args.no_charts)
     print(summary_text(rep))

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ...host import cgroup, proc
 from ...host.cgroup import Cgroup
@@ -176,9 +176,11 @@ class Replica:
 class Fleet:
     """N replicas: their namespaces, veths, cgroups and servers; stop() undoes all of it."""
 
-    def __init__(self, n: int, spec: ReplicaSpec, priv: dict[str, Any] | None = None) -> None:
+    def __init__(self, n: int, spec: ReplicaSpec, priv: dict[str, Any] | None = None,
+                 slot: Callable[[int], Any] | None = None) -> None:
         self.n = n
         self.spec = spec
+        self.slot = slot   # replica i's network, when not a veth to the host (kservice.NodeSlot)
         self.priv = priv or privileges()
         self.run_id = f"{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
         self.replicas: list[Replica] = []
@@ -191,11 +193,15 @@ class Fleet:
             use_ns = self.spec.use_netns and self.priv["netns"]
             if self.n > 63:
                 raise ValueError("at most 63 replicas")
-            block = free_block(NET_PREFIX, os.getpid() // 7) if use_ns else 0
+            block = free_block(NET_PREFIX, os.getpid() // 7) if use_ns and not self.slot else 0
             tag = self.run_id.replace("-", "")[-6:]
             for i in range(self.n):
                 net = None
-                if use_ns:
+                if self.slot:
+                    net = self.slot(i)
+                    self.nets.append(net)
+                    self.notes += net.setup(self.spec.container.sysctls)
+                elif use_ns:
                     net = ReplicaNet(f"fastc1k-{self.run_id}-r{i}", f"fk{tag}h{i}", f"fk{tag}n{i}",
                                      f"{NET_PREFIX}.{block}.{4 * i + 1}", f"{NET_PREFIX}.{block}.{4 * i + 2}")
                     self.nets.append(net)

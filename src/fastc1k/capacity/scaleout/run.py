@@ -24,7 +24,7 @@ from .balancer import Balancer, BalancerError, BalancerSpec
 from .config import PROG, ScaleoutConfig, describe_replica
 from .fleet import Fleet, ReplicaSpec, privileges
 
-__all__ = ["Sampler", "Deployment", "run_scaling", "StatsPoller", "run_fault", "run"]
+__all__ = ["Sampler", "Deployment", "run_scaling", "run_count", "StatsPoller", "run_fault", "run"]
 
 
 class Sampler:
@@ -131,58 +131,74 @@ def _stage_costs(stages: list[dict[str, Any]], timeline: list[dict[str, Any]], s
 def run_scaling(cfg: ScaleoutConfig, priv: dict[str, Any], progress: Callable[[dict[str, Any]], None]
                 ) -> list[dict[str, Any]]:
     results = []
-    ncpu = len(os.sched_getaffinity(0))
     for n in cfg.replicas:
         with Deployment(n, cfg, priv) as dep:
-            lb = dep.lb
-            assert lb is not None
-            sampler = Sampler(lb, dep.fleet).start()
-            stats0 = lb.servers()
-            cpu0 = lb.cpu_seconds()
-            runner = Runner(lb.url, cfg.run, server=None, progress=lambda st, n=n: progress({**st, "replicas": n}),
-                            server_pid=lb.pid, metrics=False)
-            out = runner.run()
-            cpu1 = lb.cpu_seconds()
-            stats1 = lb.servers()
-            sampler.sample()
-            sampler.stop()
-            lb_alive = lb.alive()
-            lb_log = lb.output()[-600:]
-            backends = [b.__dict__ for b in dep.fleet.backends()]
-        st = out.get("stages") or {"stages": []}
-        # HAProxy counts requests in http mode, connections in tcp mode (and nginx nothing):
-        # then the load generator's count of the requests it sent through the balancer.
-        tcp = cfg.balancer.mode == "tcp"
-        if stats1 and not tcp:
-            passed = sum(v["requests"] for v in stats1.values()) - sum(v["requests"] for v in stats0.values())
-        else:
-            passed = sum(r["ok"] + sum((r.get("errors") or {}).values()) for r in out.get("timeline") or [])
-        quota = cfg.container.cpus if priv.get("cgroup") else None
-        _stage_costs(st["stages"], out.get("timeline", []), sampler, runner.t0)
-        ss = st["stages"]
-        peak = max(ss, key=lambda s: s["throughput"]) if ss else None
-        lb_cores = 1.0   # HAProxy nbthread 1, nginx worker_processes 1
-        procs = cfg.run.processes or math.ceil(max([s["clients"] for s in ss] or [1]) / 15000)
-        results.append({
-            "replicas": n,
-            "backends": backends,
-            "stages": st,
-            "recovery": out.get("recovery"),
-            "timeline": out.get("timeline"),
-            "windows": out.get("windows"),
-            "notes": out.get("notes", []) + ([] if lb_alive else [f"the balancer died: {lb_log}"]),
-            "aborted": out.get("aborted"),
-            "elapsed_s": out.get("elapsed_s"),
-            "balancer": {"cpu_s": round(cpu1 - cpu0, 3), "requests": passed,
-                         "us_per_request": round((cpu1 - cpu0) / passed * 1e6, 2) if passed else None,
-                         "per_server_requests": {k: v["requests"] - stats0.get(k, {}).get("requests", 0)
-                                                 for k, v in stats1.items()},
-                         "per_server_unit": "connections" if tcp else "requests"},
-            "peak_stage": peak and {"clients": peak["clients"], "throughput": peak["throughput"],
-                                    "cost": peak.get("cost")},
-            "bound": bound_of(peak, n, quota, lb_cores, ncpu, procs) if peak else None,
-        })
+            results.append(run_count(n, dep, cfg, priv, progress))
     return results
+
+
+def run_count(n: int, dep: Any, cfg: ScaleoutConfig, priv: dict[str, Any],
+              progress: Callable[[dict[str, Any]], None], unit: str | None = None, lb_cores: float = 1.0,
+              lb_name: str = "balancer",
+              before: Callable[[], None] | None = None,
+              after: Callable[[Runner, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The ramp against one deployment of n replicas. `unit`: what the balancer's
+    per-server counters count ("requests", or "connections" for an L4 balancer: then
+    the load generator's count is the requests passed); `lb_cores`: the balancer's CPU
+    ceiling; `before`/`after` let a balancer add its own measurements (kservice)."""
+    ncpu = len(os.sched_getaffinity(0))
+    lb = dep.lb
+    assert lb is not None
+    if unit is None:
+        unit = "connections" if cfg.balancer.mode == "tcp" else "requests"
+    sampler = Sampler(lb, dep.fleet).start()
+    if before:
+        before()
+    stats0 = lb.servers()
+    cpu0 = lb.cpu_seconds()
+    runner = Runner(lb.url, cfg.run, server=None, progress=lambda st: progress({**st, "replicas": n}),
+                    server_pid=lb.pid, metrics=False)
+    out = runner.run()
+    cpu1 = lb.cpu_seconds()
+    stats1 = lb.servers()
+    sampler.sample()
+    sampler.stop()
+    lb_alive = lb.alive()
+    lb_log = lb.output()[-600:]
+    backends = [b.__dict__ for b in dep.fleet.backends()]
+    st = out.get("stages") or {"stages": []}
+    # HAProxy counts requests in http mode, connections in tcp mode (and nginx nothing):
+    # then the load generator's count of the requests it sent through the balancer.
+    if stats1 and unit == "requests":
+        passed = sum(v["requests"] for v in stats1.values()) - sum(v["requests"] for v in stats0.values())
+    else:
+        passed = sum(r["ok"] + sum((r.get("errors") or {}).values()) for r in out.get("timeline") or [])
+    quota = cfg.container.cpus if priv.get("cgroup") else None
+    _stage_costs(st["stages"], out.get("timeline", []), sampler, runner.t0)
+    res = {
+        "replicas": n,
+        "backends": backends,
+        "stages": st,
+        "recovery": out.get("recovery"),
+        "timeline": out.get("timeline"),
+        "windows": out.get("windows"),
+        "notes": out.get("notes", []) + ([] if lb_alive else [f"the balancer died: {lb_log}"]),
+        "aborted": out.get("aborted"),
+        "elapsed_s": out.get("elapsed_s"),
+        "balancer": {"cpu_s": round(cpu1 - cpu0, 3), "requests": passed,
+                     "us_per_request": round((cpu1 - cpu0) / passed * 1e6, 2) if passed else None,
+                     "per_server_requests": {k: v["requests"] - stats0.get(k, {}).get("requests", 0)
+                                             for k, v in stats1.items()},
+                     "per_server_unit": unit},
+    }
+    if after:
+        after(runner, res)
+    ss = st["stages"]
+    peak = max(ss, key=lambda s: s["throughput"]) if ss else None
+    procs = cfg.run.processes or math.ceil(max([s["clients"] for s in ss] or [1]) / 15000)
+    res["peak_stage"] = peak and {"clients": peak["clients"], "throughput": peak["throughput"], "cost": peak.get("cost")}
+    res["bound"] = bound_of(peak, n, quota, lb_cores, ncpu, procs, lb_name) if peak else None
+    return res
 
 
 class StatsPoller:
@@ -211,12 +227,14 @@ class StatsPoller:
 
 
 def run_fault(cfg: ScaleoutConfig, priv: dict[str, Any], n: int, clients: int,
-              progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Steady load on n replicas; replica r0 killed (or frozen) after fault_before_s."""
+              progress: Callable[[dict[str, Any]], None], deploy: Callable[[int], Any] | None = None
+              ) -> dict[str, Any]:
+    """Steady load on n replicas; replica r0 killed (or frozen) after fault_before_s.
+    `deploy(n)`: the deployment to use (default: the fleet behind cfg's balancer)."""
     LoadSpec, LoadFarm = load_api()
     if cfg.fault == "freeze" and not priv.get("freezer"):
         raise RuntimeError("--fault freeze needs the cgroup freezer (root): " + "; ".join(priv["missing"]))
-    with Deployment(n, cfg, priv) as dep:
+    with (deploy(n) if deploy else Deployment(n, cfg, priv)) as dep:
         lb = dep.lb
         assert lb is not None
         victim = dep.fleet.replicas[0]

@@ -1,0 +1,97 @@
+"""The side-by-side scale-out run (issue 15): --balancer kernel,haproxy-http,haproxy-tcp.
+Usage errors and the needs-root answer run everywhere; the bounded 2-replica kernel run
+needs root, nft and ip; the README block is checked on a made-up report."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fastc1k.capacity.scaleout import kernel_lb as K
+from fastc1k.host import net
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+ROOT = os.geteuid() == 0 and bool(shutil.which("nft")) and bool(shutil.which("ip"))
+needs_root = pytest.mark.skipif(not ROOT, reason="the kernel balancer needs root, nft and ip")
+
+
+def test_side_by_side_without_root_says_it_needs_root(monkeypatch, capsys):
+    from fastc1k.capacity import scaleout
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert scaleout.main(["--balancer", "kernel", "--replicas", "2", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "the kernel balancer needs root" in err
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--balancer", "kernel,ipvs"], "--balancer: a comma-separated list"),
+    (["--balancer", "kernel", "--probe", "100,250"], "--probe: interval ms"),
+    (["--balancer", "kernel", "--fault", "kill,none"], "--fault: kill, freeze"),
+    (["--balancer", "haproxy", "--fault", "kill,freeze"], "needs the side by side run"),
+])
+def test_side_by_side_bad_flags_are_one_line_usage_errors(argv, msg, capsys):
+    from fastc1k.capacity import scaleout
+    assert scaleout.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and msg in err
+
+
+@needs_root
+def test_two_replica_kernel_run_spreads_connections_removes_a_killed_replica_and_leaves_nothing(tmp_path):
+    """The bounded CI run of the CLI: 2 replicas behind the kernel balancer, a short ramp,
+    r0 killed under load."""
+    p = subprocess.Popen([sys.executable, "-m", "fastc1k.capacity.scaleout", "--replicas", "2", "--balancer", "kernel",
+                          "--container", "cpus=0.2,memory=256M", "--quick", "--stages", "40", "--max-clients", "40",
+                          "--no-recovery", "--fault", "kill", "--fault-duration", "3", "--pick", "inc",
+                          "--out", str(tmp_path), "--no-charts", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+    out, err = p.communicate(timeout=150)
+    assert p.returncode == 0, err[-2000:]
+    rep = json.loads((tmp_path / "scaleout.json").read_text())
+    (res,) = rep["results"]
+    own = res["replica_counters"]   # each replica's own /metrics
+    assert set(own) == {"r0", "r1"} and all(v["accepted"] >= 15 and v["requests"] > 100 for v in own.values())
+    assert res["balancer"]["per_server_requests"] == {"r0": 20, "r1": 20}   # round robin, by the rules' counters
+    assert res["removals_during_ramp"] == []
+    (f,) = rep["faults"]
+    assert f["mode"] == "kill" and f["marked_down_s"] is not None and f["marked_down_s"] < 1.0
+    assert f["failed_share_of_stage"] < 0.01 and not f["cascade"]
+    # torn down: no namespace, host table or node veth of that run is left
+    assert not [ns for ns in net.netns_names() if ns.startswith(f"{K.PREFIX}-{p.pid}-")]
+    assert f"fc1k_kbal_{p.pid}_" not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert f"kb{p.pid % 100000}x" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def test_the_readme_block_is_a_table_written_between_the_markers(tmp_path):
+    from fastc1k.capacity.scaleout import kscale
+    row = {"replicas": 1, "breaking_point": 750, "unbroken_up_to": None, "max_throughput": 21586.0,
+           "efficiency": 1.0, "p99_at_reference_ms": 145.5, "balancer_us_per_request": 1.94,
+           "bound": {"label": "the replicas' CPU quota", "evidence": "replicas 0.10 of 0.1 cores (quota)"}}
+    fault = {"mode": "kill", "balancer": "kernel", "victim": "r0", "replicas": 4, "clients": 750,
+             "failed_after_fault": 59, "stage_requests": 627424, "failed_share_of_stage": 59 / 627424,
+             "marked_down_s": 0.23, "stall_s": 0, "cascade": False,
+             "health_check": kscale.KernelOptions().probe.describe()}
+    rep = {"started": "2026-11-30T19:30:00+00:00", "host": {"summary": "AMD EPYC, 2 cores"},
+           "host_load": {"before": [1.0, 2.0, 3.0], "after": [2.0, 2.0, 3.0]}, "replica_desc": "fastc1k 1 worker",
+           "kernel": kscale.KernelOptions().describe(), "balancers": ["kernel"],
+           "analysis": {"kernel": {"rows": [row], "reference_clients": 750}}, "faults": [fault],
+           "results": [{"balancer_kind": "kernel", "replicas": 1, "removals_during_ramp": [
+               {"replica": "r0", "ready": False, "reason": "timeout", "t": 9.1, "stage_clients": 1000,
+                "stage_p99_ms": 310.0}]}]}
+    block = kscale.readme_block(rep, "bench/results/scaleout.png")
+    assert "| kernel | 1 | 750 | 21,586 | 1.00 | 145.5 ms | 1.94 | the replicas' CPU quota: replicas 0.10" in block
+    assert "59 failed of 627424 (0.009 %), out of the rules after 0.23 s (probe every 100 ms" in block
+    assert "![scale-out" in block and "load average 1.0 2.0 3.0 → 2.0 2.0 3.0" in block
+    assert "took a loaded replica for dead 1 time(s) during the ramp (at 1000 clients" in block
+    assert "- kill one of 4: failed 0.009 %, out of the rules after 0.23 s, cascade no (goal: < 1 %, <= 1 s, none): " \
+           "held" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{kscale.MARK_START}\nold\n{kscale.MARK_END}\nbottom\n")
+    assert kscale.update_readme(str(readme), block)
+    assert readme.read_text() == f"top\n{kscale.MARK_START}\n{block}{kscale.MARK_END}\nbottom\n"
+    readme.write_text("no markers\n")
+    assert not kscale.update_readme(str(readme), block)
