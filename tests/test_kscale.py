@@ -90,8 +90,15 @@ def test_the_readme_block_is_a_table_written_between_the_markers(tmp_path):
     assert "- kill one of 4: failed 0.009 %, out of the rules after 0.23 s, cascade no (goal: < 1 %, <= 1 s, none): " \
            "held" in block
     readme = tmp_path / "README.md"
-    readme.write_text(f"top\n{kscale.MARK_START}\nold\n{kscale.MARK_END}\nbottom\n")
-    assert kscale.update_readme(str(readme), block)
-    assert readme.read_text() == f"top\n{kscale.MARK_START}\n{block}{kscale.MARK_END}\nbottom\n"
+    readme.write_text("top\n<!-- scaleout:start -->\nold\n<!-- scaleout:end -->\nbottom\n")
+    (tmp_path / "out").mkdir()
+    rep.update(notes=[], config={"replicas": [1]})
+    paths = kscale.write_outputs(rep, str(tmp_path / "out"), charts=False, readme=str(readme))
+    assert set(paths) == {"json", "md", "readme"}
+    md = open(paths["md"]).read()   # the same block, without the chart (none drawn)
+    assert md == block.replace("\n\n![scale-out: throughput, breaking point and balancer CPU against replicas]"
+                               "(bench/results/scaleout.png)", "")
+    assert readme.read_text() == f"top\n<!-- scaleout:start -->\n{md}<!-- scaleout:end -->\nbottom\n"
     readme.write_text("no markers\n")
-    assert not kscale.update_readme(str(readme), block)
+    with pytest.raises(OSError, match="no <!-- scaleout:start -->"):
+        kscale.write_outputs(rep, str(tmp_path / "out"), charts=False, readme=str(readme))

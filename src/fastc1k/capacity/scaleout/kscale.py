@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ... import __version__
+from ..._readme import markers, write_block
 from ...host.net import in_netns
 from ...host.proc import host_info
 from .analysis import analyse
@@ -492,22 +493,8 @@ def readme_block(rep: dict[str, Any], chart_path: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-MARK_START, MARK_END = "<!-- scaleout:start -->", "<!-- scaleout:end -->"
+README_BLOCK = "scaleout"   # <!-- scaleout:start --> ... <!-- scaleout:end -->
 SOFTIRQ_NOTE = " (packets, veth: charged to the process they interrupted)"   # said once, under the table
-
-
-def update_readme(path: str, block: str) -> bool:
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return False
-    a, b = text.find(MARK_START), text.find(MARK_END)
-    if a < 0 or b < a:
-        return False
-    with open(path, "w") as f:
-        f.write(text[:a + len(MARK_START)] + "\n" + block + text[b:])
-    return True
 
 
 def write_outputs(rep: dict[str, Any], out_dir: str, charts: bool = True, readme: str | None = None,
@@ -533,8 +520,9 @@ def write_outputs(rep: dict[str, Any], out_dir: str, charts: bool = True, readme
     with open(paths["md"], "w") as f:
         f.write(block)
     if readme:
-        if not update_readme(readme, block):
-            raise OSError(f"{readme} has no {MARK_START} ... {MARK_END} markers")
+        if not write_block(readme, README_BLOCK, block):
+            start, end = markers(README_BLOCK)
+            raise OSError(f"{readme} has no {start} ... {end} markers")
         paths["readme"] = readme
     return paths
 
