@@ -291,7 +291,7 @@ class DaskExecutor:
 
     def _check(self, workers: dict) -> dict:
         import fastc1k
-        found = self._client.run(_probe_factory(), on_error="return")
+        found = self._client.run(_probe_factory(), workers=list(workers), on_error="return")
         bad, info = [], {}
         for addr in workers:
             got = found.get(addr)
