@@ -160,7 +160,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
 TOOL = Tool("scaleout", PROG, "the staged ramp against 1, 2, 4 ... replicas behind a balancer, and a fault",
             "The scale-out proof: the capacity suite's staged ramp against 1, 2, 4 ... fastc1k replicas (each its "
-            "own cgroup and network namespace) behind HAProxy, with a replica killed under load.",
+            "own cgroup and network namespace) behind HAProxy, or behind the kernel (nftables, as a Kubernetes "
+            "Service) and HAProxy side by side (--balancer kernel,haproxy-http,haproxy-tcp), with a replica killed "
+            "under load.",
             add_arguments, run_cli)
 
 

@@ -32,6 +32,7 @@ from ...host.proc import host_info
 from .analysis import analyse
 from .balancer import Balancer, BalancerError, BalancerSpec
 from .config import ScaleoutConfig, describe_replica
+from .report import _f
 from .fleet import Fleet, ReplicaSpec, privileges
 from .health import ProbeSpec
 from .kcpu import NetfilterProfile, PidTracker
@@ -319,10 +320,6 @@ def run_compare(cfg: ScaleoutConfig, balancers: tuple[str, ...], faults: tuple[s
 
 # --------------------------------------------------------------------------- report
 
-def _f(x: Any, fmt: str = "{:.1f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
 def _rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for bal in rep["balancers"]:
@@ -391,11 +388,23 @@ def goals(rep: dict[str, Any], balancer: str = "kernel") -> list[str]:
                    + ("held" if ok else f"missed: bound by {b.get('label') or 'unknown'}"))
     brk = [(r["replicas"], r["breaking_point"] or r["unbroken_up_to"]) for r in rows]
     if len(brk) > 1:
-        rising = all(b2 and b1 and b2 > b1 for (_, b1), (_, b2) in zip(brk, brk[1:]))
-        out.append("breaking point " + " -> ".join(f"{b or '-'}" for _, b in brk) + " clients (goal: rises with N): "
-                   + ("held" if rising else "missed: " + "; ".join(
-                       f"N={r['replicas']} bound by {(r.get('bound') or {}).get('label') or 'unknown'}"
-                       for r in rows[1:])))
+        # an unbroken count is a lower bound: it rose if that bound is above the last break;
+        # after an unbroken count there is nothing to compare
+        verdicts = []
+        for a, b in zip(rows, rows[1:]):
+            if not a["breaking_point"]:
+                verdicts.append(None)
+            else:
+                verdicts.append((b["breaking_point"] or b["unbroken_up_to"] or 0) > a["breaking_point"])
+        text = " -> ".join(f"{'>' if not r['breaking_point'] else ''}{b or '-'}" for r, (_, b) in zip(rows, brk))
+        if None in verdicts and False not in verdicts:
+            out.append(f"breaking point {text} clients (goal: rises with N): no verdict, a count did not break "
+                       f"up to the client cap (raise --max-clients)")
+        else:
+            out.append(f"breaking point {text} clients (goal: rises with N): "
+                       + ("held" if all(verdicts) else "missed: " + "; ".join(
+                           f"N={r['replicas']} bound by {(r.get('bound') or {}).get('label') or 'unknown'}"
+                           for r, v in zip(rows[1:], verdicts) if v is False)))
         p99 = [r["p99_at_reference_ms"] for r in rows]
         if all(x is not None for x in p99):
             falls = all(b < a for a, b in zip(p99, p99[1:]))
