@@ -28,7 +28,7 @@ def write(root: Path, rel: str, text: str) -> None:
 
 
 def fake_host(root: Path, *, nofile=(20000, 20000), ports=(32768, 60999), file_max=2466183,
-              file_nr=484, nr_open=1048576, somaxconn=4096, syn_backlog=2048, tw_reuse=2,
+              file_nr=484, nr_open=1048576, somaxconn=4096, syn_backlog=2048, tw_reuse=2, watches=4853906,
               mem_total_kb=24684096, mem_avail_kb=24312004, cpus="0-1",
               cap_eff="000001fffeffffff", cgroup="0::/\n") -> Path:
     """A /proc + /sys tree shaped like this machine's (the defaults are its values)."""
@@ -46,7 +46,7 @@ def fake_host(root: Path, *, nofile=(20000, 20000), ports=(32768, 60999), file_m
         "net/core/somaxconn": somaxconn, "net/ipv4/tcp_max_syn_backlog": syn_backlog,
         "net/ipv4/ip_local_port_range": f"{ports[0]}\t{ports[1]}", "net/ipv4/tcp_tw_reuse": tw_reuse,
         "net/ipv4/tcp_fin_timeout": 60, "net/core/netdev_max_backlog": 1000,
-        "net/ipv4/tcp_syncookies": 1,
+        "net/ipv4/tcp_syncookies": 1, "fs/epoll/max_user_watches": watches,
     }
     for key, value in sysctls.items():
         write(root, f"proc/sys/{key}", f"{value}\n")
@@ -215,6 +215,20 @@ def test_enough_everywhere_needs_no_fix(tmp_path):
 def test_tw_reuse_off_caps_the_reconnect_rate(tmp_path):
     d = doctor.diagnose(doctor.read_facts(fake_host(tmp_path, tw_reuse=0)))
     assert any("TIME_WAIT" in n and "470" in n for n in d["notes"])  # 28,232 ports / 60 s
+
+
+def test_epoll_watches_read_and_cap_the_host(tmp_path):
+    """fs.epoll.max_user_watches: one watch per connection, per user, so it caps a server
+    (and both ends of a loopback test) and the report says how to raise it."""
+    f = doctor.read_facts(fake_host(tmp_path, watches=50_000))
+    assert f.epoll_watches == 50_000
+    d = doctor.diagnose(f, target=100_000)
+    assert d["server"]["host_max"] == 50_000 and d["server"]["host_capped_by"] == "fs.epoll.max_user_watches"
+    assert d["loopback"]["max_pairs"] == 25_000
+    assert any("max_user_watches 50,000" in n and "sysctl -w fs.epoll.max_user_watches=" in n for n in d["notes"])
+    assert "fs.epoll.max_user_watches" in doctor.render(d)
+    roomy = doctor.diagnose(doctor.read_facts(fake_host(tmp_path / "b")), target=100_000)
+    assert not any("max_user_watches" in n for n in roomy["notes"])
 
 
 def test_small_somaxconn_is_reported(tmp_path):

@@ -44,6 +44,7 @@ cdef class Worker:
         char date[DATE_LEN + 1]
         uint64_t data_id
         int pid
+        public uint64_t max_answer      # a handler answer's bytes at most (MAX_ANSWER; tests lower it)
         const char *data_head           # build_head(200, JSON, 0) minus "0\r\n"
         size_t data_head_len
         const char *err_head[ERR_SLOTS]
@@ -107,6 +108,7 @@ cdef class Worker:
     cdef void _interest(self, int fd, Conn *c, bint out) noexcept nogil
     cdef void _linger(self, int fd, Conn *c) noexcept nogil
     cdef void _close(self, int fd, Conn *c) noexcept nogil
+    cdef void _say_listen_failed(self, int e) noexcept with gil
     cdef void _sweep(self) noexcept nogil
     cdef char *_buf_get(self) noexcept nogil
     cdef void _buf_put(self, Conn *c) noexcept nogil

@@ -19,6 +19,7 @@ from .includes.system cimport *
 from .includes.liburing cimport *
 from .core.debug cimport FC_DBG, FC_ASSERT
 
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ from .routes import STATIC, HANDLER, DATA, METRICS, WSGI, JSON, PROMETHEUS, Requ
 
 __all__ = ["Worker", "parse_request", "uring_unavailable", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE"]
 
+log = logging.getLogger("fastc1k")
 ENGINE_NAME = "c"
 ENGINE_READY = True
 CONN_STRUCT_SIZE = sizeof(Conn)
@@ -73,10 +75,11 @@ def _check_layout():
         "accept_paused": I_ACCEPT_PAUSED, "handler_errors": I_HANDLER_ERRORS, "pool_size": I_POOL_SIZE,
         "pool_in_use": I_POOL_IN_USE, "pool_peak": I_POOL_PEAK, "pool_exhausted": I_POOL_EXHAUSTED,
         "loop_waits": I_LOOP_WAITS, "loop_events": I_LOOP_EVENTS, "loop_lag_max_us": I_LAG_MAX,
-        'loop_lag_bucket{le_us="1"}': I_LAG_BUCKET0,
+        'loop_lag_bucket{le_us="1"}': I_LAG_BUCKET0, "accept_unwatched": I_ACCEPT_UNWATCHED,
+        "listen_rearm_failed": I_LISTEN_REARM_FAILED,
     }
     bad = {k: (v, idx.get(k)) for k, v in want.items() if idx.get(k) != v}
-    if bad or metrics.LAG_BUCKETS != LAG_BUCKETS or metrics.N_WORDS < I_LAG_BUCKET0 + LAG_BUCKETS:
+    if bad or metrics.LAG_BUCKETS != LAG_BUCKETS or metrics.N_WORDS <= I_LISTEN_REARM_FAILED:
         raise ImportError(f"fastc1k._core was built for another metrics layout: {bad}")
     for i, s in enumerate(metrics.STATUS_CODES):
         if metrics.status_index(s) != I_RESP_200 + i:
@@ -95,7 +98,7 @@ def _check_shared():
     mine = {
         "MAX_EVENTS": MAX_EVENTS, "ACCEPT_BATCH": ACCEPT_BATCH, "IOV_CAP": IOV_CAP, "SCRATCH_SIZE": SCRATCH_SIZE,
         "MAX_WAIT_MS": MAX_WAIT_MS, "LINGER_MS": LINGER_MS, "EMFILE_PAUSE_MS": EMFILE_PAUSE_MS,
-        "MAX_CHUNK_LINE": MAX_CHUNK_LINE, "S_FREE": S_FREE, "S_HEAD": S_HEAD, "S_BODY": S_BODY,
+        "MAX_CHUNK_LINE": MAX_CHUNK_LINE, "MAX_ANSWER": MAX_ANSWER, "S_FREE": S_FREE, "S_HEAD": S_HEAD, "S_BODY": S_BODY,
         "S_LINGER": S_LINGER, "F_FRESH": F_FRESH, "F_KEEP": F_KEEP, "F_V10": F_V10, "F_HEAD": F_HEAD,
         "F_WANT_BODY": F_WANT_BODY, "F_CLOSING": F_CLOSING, "F_PAUSED": F_PAUSED, "F_OUT_OWNED": F_OUT_OWNED,
         "F_REJECTED": F_REJECTED, "F_CHUNKED": F_CHUNKED, "F_PENDING_PY": F_PENDING_PY, "F_STREAM": F_STREAM,
@@ -226,6 +229,7 @@ cdef class Worker:
         if self.efd < 0:
             raise OSError("eventfd failed")
         self.pid = os.getpid()
+        self.max_answer = MAX_ANSWER
         self._build_routes(routes)
         self._build_errors()
         self.date_sec = -1
@@ -297,7 +301,7 @@ cdef class Worker:
     def run(self):
         """Serve until stop(); returns after the loop ended and every connection closed."""
         cdef epoll_event ev
-        cdef int i
+        cdef int i, e
         cdef uint64_t *m = self.m
         if self.running:
             raise RuntimeError("Worker.run() is already running")
@@ -319,12 +323,20 @@ cdef class Worker:
             self.epfd = epoll_create1(EPOLL_CLOEXEC)
             if self.epfd < 0:
                 raise OSError("epoll_create1 failed")
-            ev.events = EPOLLIN
+            ev.events = EPOLLIN | EPOLLEXCLUSIVE  # a shared listener wakes one worker, not all
             ev.data.fd = self.lfd
             if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.lfd, &ev) != 0:
-                raise OSError("epoll_ctl(listener) failed")
+                e = errno
+                close(self.epfd)
+                self.epfd = -1
+                raise OSError(e, f"epoll_ctl(listener) failed: {os.strerror(e)}")
+            ev.events = EPOLLIN
             ev.data.fd = self.efd
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.efd, &ev)
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.efd, &ev) != 0:
+                e = errno  # without its wake-up fd the worker could never be stopped: do not start
+                close(self.epfd)
+                self.epfd = -1
+                raise OSError(e, f"epoll_ctl(eventfd) failed: {os.strerror(e)}")
         self.accepting = True
         self.draining = self.quit = False
         self.max_fd = -1
@@ -523,22 +535,33 @@ cdef class Worker:
         self.accept_resume = self.now + EMFILE_PAUSE_MS
 
     cdef void _listen(self, bint on) noexcept nogil:
-        """Watch the listener or stop watching it (drain, accept pause)."""
+        """Watch the listener or stop watching it (drain, accept pause). Watching it again
+        may fail (ENOMEM, ENOSPC): then it is counted, logged and retried after
+        EMFILE_PAUSE_MS, never a worker that silently stops accepting."""
         cdef epoll_event ev
         self.accepting = on
         if self.uring:
             u_listen(self, on)
         elif on:
-            ev.events = EPOLLIN
+            ev.events = EPOLLIN | EPOLLEXCLUSIVE  # a shared listener wakes one worker, not all
             ev.data.fd = self.lfd
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.lfd, &ev)
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.lfd, &ev) != 0:
+                self.accepting = False
+                self.accept_resume = self.now + EMFILE_PAUSE_MS
+                self.m[I_LISTEN_REARM_FAILED] += 1
+                self._say_listen_failed(errno)
         else:
             epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, NULL)
+
+    cdef void _say_listen_failed(self, int e) noexcept with gil:
+        log.warning("worker %d: watching the listener again failed (%s); retrying in %d ms",
+                    self.pid, os.strerror(e), EMFILE_PAUSE_MS)
 
     cdef void _admit(self, int fd) noexcept nogil:
         """A new connection: its table entry, its first read armed, its header deadline
         (or, past max_connections, a 503 and a close)."""
         cdef int one = 1
+        cdef bint watched
         cdef Conn *c
         cdef epoll_event ev
         if fd >= self.nconns:  # cannot happen: the table covers RLIMIT_NOFILE
@@ -553,13 +576,18 @@ cdef class Worker:
         if fd > self.max_fd:
             self.max_fd = fd
         if self.uring:
-            if u_watch(self, fd) < 0:
-                self._close(fd, c)
-                return
+            watched = u_watch(self, fd) >= 0
         else:
             ev.events = EPOLLIN
             ev.data.fd = fd
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+            watched = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) == 0
+        if not watched:
+            # the event set refused it (ENOSPC past fs.epoll.max_user_watches, ENOMEM): it
+            # could never be served, so close it now, uncounted as active, and count that
+            self.m[I_ACCEPT_UNWATCHED] += 1
+            c.flags = F_REJECTED
+            self._close(fd, c)
+            return
         if self.served >= self.max_connections:
             c.flags = F_REJECTED
             self.m[I_REJECTED] += 1
@@ -916,8 +944,11 @@ cdef class Worker:
                 if pend[1] is not None:
                     req.body = bytes(pend[1])
                 status, ctype, extra, body = render_result(route, route.handler(req))
+                if len(body) > self.max_answer:
+                    raise ValueError(f"a handler answer of {len(body)} bytes is over {self.max_answer}")
                 head = responses.build_head(status, ctype, len(body), extra)
         except Exception:
+            log.exception("handler for %s failed; answering 500", route.path)
             self.m[I_HANDLER_ERRORS] += 1
             return self._error(fd, c, 500, head_only, -1)
         rc = self._room(fd, c)
@@ -1146,7 +1177,7 @@ cdef class Worker:
             # output is already waiting for EPOLLOUT: append behind it, in order
             old = c.out_len
             left = old + self.out_total
-            p = <char *>malloc(left + sizeof(size_t))
+            p = <char *>malloc(left + sizeof(size_t)) if left <= 0xFFFFFFFFU else NULL  # out_len: 32 bits
             if p == NULL:
                 self.niov = 0
                 self._close(fd, c)
@@ -1192,7 +1223,7 @@ cdef class Worker:
             c.out = <char *>self.iov[i].iov_base + off  # prebuilt memory: no copy
         else:
             # dynamic pieces: copy; the block ends with its size (to find its start later)
-            p = <char *>malloc(left + sizeof(size_t))
+            p = <char *>malloc(left + sizeof(size_t)) if left <= 0xFFFFFFFFU else NULL  # out_len: 32 bits
             if p == NULL:
                 self.niov = 0
                 self._close(fd, c)

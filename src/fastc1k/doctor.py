@@ -58,6 +58,7 @@ class Facts:
     file_max: int | None = None
     files_in_use: int | None = None
     somaxconn: int | None = None
+    epoll_watches: int | None = None         # fs.epoll.max_user_watches: fds one user may watch
     tcp_max_syn_backlog: int | None = None
     port_range: tuple[int, int] | None = None
     tcp_tw_reuse: int | None = None
@@ -126,6 +127,7 @@ def read_facts(root: str | os.PathLike = "/") -> Facts:
     f.file_max = sysctl.read_int("fs.file-max", root)
     f.files_in_use = sysctl.read_int("fs.file-nr", root)
     f.somaxconn = sysctl.read_int("net.core.somaxconn", root)
+    f.epoll_watches = sysctl.read_int("fs.epoll.max_user_watches", root)
     f.tcp_max_syn_backlog = sysctl.read_int("net.ipv4.tcp_max_syn_backlog", root)
     f.tcp_tw_reuse = sysctl.read_int("net.ipv4.tcp_tw_reuse", root)
     f.tcp_fin_timeout = sysctl.read_int("net.ipv4.tcp_fin_timeout", root)
@@ -190,7 +192,10 @@ def diagnose(f: Facts, target: int = 100_000) -> dict[str, Any]:
     workers = math.ceil(target / per_proc) if per_proc else None
     server_mem = None if mem is None else mem // (KERNEL_BYTES_PER_LOOPBACK_PAIR // 2)
     ct_room = conntrack_room(f.conntrack)
-    host_max, host_by = _cap({"fs.file-max": files_free, mem_by: server_mem, "nf_conntrack_max": ct_room})
+    # every connection is one epoll watch, counted per user across all its processes
+    watches = f.epoll_watches
+    host_max, host_by = _cap({"fs.file-max": files_free, mem_by: server_mem, "nf_conntrack_max": ct_room,
+                              "fs.epoll.max_user_watches": watches})
     server_fix = None
     if workers and workers > 1:
         share = math.ceil(target / workers)
@@ -227,7 +232,8 @@ def diagnose(f: Facts, target: int = 100_000) -> dict[str, Any]:
     # Both ends on this host (a loopback test): every connection is two fds and ~9 KB of kernel.
     pairs_mem = None if mem is None else mem // KERNEL_BYTES_PER_LOOPBACK_PAIR
     lo_max, lo_by = _cap({"fs.file-max": None if files_free is None else files_free // 2,
-                          mem_by: pairs_mem, "nf_conntrack_max": ct_room})
+                          mem_by: pairs_mem, "nf_conntrack_max": ct_room,
+                          "fs.epoll.max_user_watches": None if watches is None else watches // 2})
     loopback = {"memory_pairs": pairs_mem, "max_pairs": lo_max, "capped_by": lo_by,
                 "target_fits": None if lo_max is None else target <= lo_max}
 
@@ -249,6 +255,10 @@ def diagnose(f: Facts, target: int = 100_000) -> dict[str, Any]:
         notes.append(f"net.core.somaxconn {f.somaxconn} caps the accept queue below --backlog "
                      f"{_DEFAULTS['backlog']}: a connect burst overflows it (ListenOverflows); "
                      f"sysctl/apply.sh sets {RECOMMENDED['net.core.somaxconn']}")
+    if watches is not None and watches < target:
+        notes.append(f"fs.epoll.max_user_watches {watches:,} is below the target: past it a worker cannot "
+                     f"watch a new connection (closed at once, counted as accept_unwatched); "
+                     f"sysctl -w fs.epoll.max_user_watches={max(target * 2, 1 << 20)}")
     if f.tcp_max_syn_backlog is not None and f.tcp_max_syn_backlog < 4096 and f.tcp_syncookies != 1:
         notes.append(f"tcp_max_syn_backlog {f.tcp_max_syn_backlog} with syncookies off: "
                      "half-open connections past it are dropped during a connect burst")
@@ -301,6 +311,8 @@ def render(d: dict[str, Any]) -> str:
          f"0: closed client ports wait {TIME_WAIT_SECONDS} s; 1: reuse; 2: loopback only"),
         ("net.core.somaxconn", _n(f["somaxconn"]), f"accept queue per listener: {_n(s['accept_queue'])} "
                                                    f"with --backlog {_DEFAULTS['backlog']}"),
+        ("fs.epoll.max_user_watches", _n(f["epoll_watches"]),
+         "fds one user may watch with epoll, all its processes: one per connection"),
         ("net.ipv4.tcp_max_syn_backlog", _n(f["tcp_max_syn_backlog"]),
          f"half-open connections per listener (syncookies {_n(f['tcp_syncookies'])})"),
         ("memory total / available", f"{_bytes(f['mem_total'])} / {_bytes(f['mem_available'])}",

@@ -69,6 +69,11 @@ _C += [
 ]
 _C += [Counter("loop_lag_bucket", "counter", "loop iterations by duration", f'le_us="{1 << i}"')
        for i in range(LAG_BUCKETS)]
+_C += [
+    Counter("accept_unwatched", "counter",
+            "accepted connections closed at once: the event set refused them (fs.epoll.max_user_watches)"),
+    Counter("listen_rearm_failed", "counter", "times watching the listener again after a pause failed (retried)"),
+]
 
 COUNTERS: tuple[Counter, ...] = tuple(_C)
 IDX: dict[str, int] = {}
@@ -221,20 +226,39 @@ _WORKER_PROCESS_FAMILIES = (
 )
 
 
-def _worker_process_lines(pids: Sequence[int]) -> list[str]:
-    """CPU, RSS, open fds and fd limit of every live worker (read from /proc by psutil)."""
+# /metrics is answered inside a worker's loop, and reading a process's figures costs /proc
+# reads that grow with its open fds (num_fds lists them): each process's figures are read
+# at most once per PROCESS_FIGURES_TTL seconds, however often the page is scraped.
+PROCESS_FIGURES_TTL = 1.0
+_figures: dict[int, tuple[float, tuple | None]] = {}
+
+
+def process_figures(pid: int) -> tuple[float, int, int, int] | None:
+    """(CPU seconds, RSS bytes, open fds, RLIMIT_NOFILE soft) of `pid`, None if it is gone;
+    cached for PROCESS_FIGURES_TTL seconds."""
+    now = time.monotonic()
+    hit = _figures.get(pid)
+    if hit is not None and now - hit[0] < PROCESS_FIGURES_TTL:
+        return hit[1]
     import psutil
 
-    rows: list[tuple[int, tuple[float, ...]]] = []
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            with p.oneshot():
-                t = p.cpu_times()
-                rows.append((pid, (round(t.user + t.system, 3), p.memory_info().rss, p.num_fds(),
-                                   p.rlimit(psutil.RLIMIT_NOFILE)[0])))
-        except (psutil.Error, OSError):
-            continue  # exited meanwhile (the master folds its slot)
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            t = p.cpu_times()
+            value = (round(t.user + t.system, 3), p.memory_info().rss, p.num_fds(),
+                     p.rlimit(psutil.RLIMIT_NOFILE)[0])
+    except (psutil.Error, OSError):
+        value = None  # exited meanwhile (the master folds its slot)
+    if len(_figures) > 4096:
+        _figures.clear()
+    _figures[pid] = (now, value)
+    return value
+
+
+def _worker_process_lines(pids: Sequence[int]) -> list[str]:
+    """CPU, RSS, open fds and fd limit of every live worker (process_figures)."""
+    rows = [(pid, v) for pid in pids if (v := process_figures(pid)) is not None]
     lines: list[str] = []
     for k, (fam, kind, help_) in enumerate(_WORKER_PROCESS_FAMILIES):
         lines += [f"# HELP {fam} {help_}", f"# TYPE {fam} {kind}"]
@@ -243,18 +267,14 @@ def _worker_process_lines(pids: Sequence[int]) -> list[str]:
 
 
 def process_series(pid: int | None = None) -> list[tuple[str, str, str, float]]:
-    """CPU, RSS and fds of one process, as extra families for render_prometheus."""
-    import psutil
-
-    p = psutil.Process(pid or os.getpid())
-    with p.oneshot():
-        t = p.cpu_times()
-        rss = p.memory_info().rss
-        fds = p.num_fds()
-    import resource
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """CPU, RSS and fds of one process, as extra families for render_prometheus
+    (process_figures: read at most once a second)."""
+    figures = process_figures(pid or os.getpid())
+    if figures is None:
+        return []
+    cpu, rss, fds, soft = figures
     return [
-        ("fastc1k_process_cpu_seconds_total", "counter", "user+system CPU of this worker", t.user + t.system),
+        ("fastc1k_process_cpu_seconds_total", "counter", "user+system CPU of this worker", cpu),
         ("fastc1k_process_resident_memory_bytes", "gauge", "RSS of this worker", rss),
         ("fastc1k_process_open_fds", "gauge", "open fds of this worker", fds),
         ("fastc1k_process_max_fds", "gauge", "RLIMIT_NOFILE soft limit of this worker", soft),

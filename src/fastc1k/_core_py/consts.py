@@ -10,6 +10,7 @@ SCRATCH_SIZE = 65536        # lingering-close discard read
 MAX_WAIT_MS = 50            # the loop wakes at least this often (signals, timers)
 LINGER_MS = 1000            # read-and-discard window after an error response
 EMFILE_PAUSE_MS = 100       # stop accepting this long when out of fds
+MAX_ANSWER = 0x7FFF0000     # a handler answer's bytes at most (C's Conn.out_len is 32 bits): else 500
 MAX_CHUNK_LINE = 4096       # chunk-size line with extensions, CRLF excluded
 
 # connection states
@@ -61,6 +62,7 @@ I_POOL_SIZE, I_POOL_IN_USE, I_POOL_PEAK, I_POOL_EXHAUSTED = (
     _IDX[k] for k in ("pool_size", "pool_in_use", "pool_peak", "pool_exhausted"))
 I_LOOP_WAITS, I_LOOP_EVENTS, I_LAG_MAX = (_IDX[k] for k in ("loop_waits", "loop_events", "loop_lag_max_us"))
 I_LAG_BUCKET0 = _IDX['loop_lag_bucket{le_us="1"}']
+I_ACCEPT_UNWATCHED, I_LISTEN_REARM_FAILED = _IDX["accept_unwatched"], _IDX["listen_rearm_failed"]
 # parse error status -> its counter (parse_errors{kind=...})
 I_PARSE_ERROR = {s: _IDX[f'parse_errors{{kind="{k}"}}'] for k, s in _metrics.PARSE_ERROR_STATUS.items()}
 I_PE_BAD_REQUEST = _IDX['parse_errors{kind="bad_request"}']

@@ -5,6 +5,7 @@ self.conns (see docs/ENGINES.md "Events carry a bare fd")."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import selectors
 import socket
@@ -13,11 +14,11 @@ import time
 from .. import metrics, responses, wsgi
 from ..config import ServerConfig
 from ..routes import HANDLER, JSON, Request, Routes
-from .consts import (ACCEPT_BATCH, EMFILE_PAUSE_MS, F_CHUNKED, F_CLOSING, F_FRESH, F_HEAD, F_KEEP,
+from .consts import (MAX_ANSWER, ACCEPT_BATCH, EMFILE_PAUSE_MS, F_CHUNKED, F_CLOSING, F_FRESH, F_HEAD, F_KEEP,
                      F_PAUSED, F_PENDING_PY, F_REJECTED, F_STREAM, F_V10, F_WANT_BODY, LINGER_MS,
                      MAX_WAIT_MS, R_404, R_405, R_WSGI, S_BODY, S_FREE, S_HEAD, S_LINGER, SCRATCH_SIZE, T_HEADER,
                      T_IDLE, T_KINDS, T_LINGER, T_SEND)
-from .consts import (I_ACCEPT_PAUSED, I_ACCEPTED, I_ACTIVE, I_BYTES_IN, I_CLOSED, I_ENGINE, I_LAG_BUCKET0,
+from .consts import (I_ACCEPT_PAUSED, I_ACCEPT_UNWATCHED, I_ACCEPTED, I_LISTEN_REARM_FAILED, I_ACTIVE, I_BYTES_IN, I_CLOSED, I_ENGINE, I_LAG_BUCKET0,
                      I_LAG_MAX, I_LOOP_EVENTS, I_LOOP_WAITS, I_PARSE_ERROR, I_PE_BAD_REQUEST, I_PID,
                      I_POOL_EXHAUSTED, I_POOL_IN_USE, I_POOL_PEAK, I_POOL_SIZE, I_REJECTED, I_REQUESTS,
                      I_STARTED_MS, I_TO_HEADER, I_TO_IDLE, I_TO_SEND)
@@ -27,6 +28,8 @@ from .timers import TList, t_clear, t_due, t_expired, t_set
 from .writer import CONTINUE_100, Writer
 
 __all__ = ["Worker", "Conn"]
+
+log = logging.getLogger("fastc1k")
 
 
 class Conn:
@@ -83,6 +86,7 @@ class Worker(Writer):
         self.now = 0
         self.data_id = 0
         self.pid = os.getpid()
+        self.max_answer = MAX_ANSWER  # a handler answer's bytes at most (tests lower it)
         self._build_routes(routes)
         self._build_errors()
         self.wsgi_app = routes.wsgi
@@ -189,8 +193,7 @@ class Worker(Writer):
             self._sweep()
             if not self.accepting and not self.draining and self.stop_mode == 0 \
                     and t_due(self.accept_resume, self.now):
-                sel.register(self.sock, EV_READ)
-                self.accepting = True
+                self._listen(True)
             if self.draining:
                 if t_due(self.idle_close_at, self.now):
                     self._close_idle()
@@ -234,8 +237,7 @@ class Worker(Writer):
         self.graceful_deadline = self.now + graceful_ms
         self.idle_close_at = self.now + min(graceful_ms // 2, 500)
         if self.accepting:
-            self.sel.unregister(self.sock)
-            self.accepting = False
+            self._listen(False)
 
     def _close_idle(self) -> None:
         """Draining, past the grace: close the idle connections with nothing waiting."""
@@ -250,7 +252,6 @@ class Worker(Writer):
                         self._close(c)
 
     def _accept(self) -> None:
-        m = self.m
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, _ = self.sock.accept()
@@ -260,30 +261,62 @@ class Worker(Writer):
                 if e.errno in (errno.EINTR, errno.ECONNABORTED, errno.EPROTO):
                     continue
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # out of fds: pause accepting (the backlog waits) instead of spinning
-                    m[I_ACCEPT_PAUSED] += 1
-                    self.sel.unregister(self.sock)
-                    self.accepting = False
-                    self.accept_resume = self.now + EMFILE_PAUSE_MS
+                    self._pause_accepting()
                 return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c = Conn(sock)
-            self.conns[c.fd] = c
-            m[I_ACCEPTED] += 1
-            self.nopen += 1
+            self._admit(sock)
+
+    def _pause_accepting(self) -> None:
+        """Out of fds: stop accepting for EMFILE_PAUSE_MS (the backlog waits) instead of spinning."""
+        self.m[I_ACCEPT_PAUSED] += 1
+        self._listen(False)
+        self.accept_resume = self.now + EMFILE_PAUSE_MS
+
+    def _listen(self, on: bool) -> None:
+        """Watch the listener or stop watching it (drain, accept pause). Watching it again
+        may fail: then it is counted, logged and retried after EMFILE_PAUSE_MS."""
+        self.accepting = on
+        if not on:
+            self.sel.unregister(self.sock)
+            return
+        try:
+            self.sel.register(self.sock, selectors.EVENT_READ)
+        except OSError as e:
+            self.accepting = False
+            self.accept_resume = self.now + EMFILE_PAUSE_MS
+            self.m[I_LISTEN_REARM_FAILED] += 1
+            log.warning("worker %d: watching the listener again failed (%s); retrying in %d ms",
+                        self.pid, os.strerror(e.errno or 0), EMFILE_PAUSE_MS)
+
+    def _admit(self, sock: socket.socket) -> None:
+        """A new connection: its table entry, its first read armed, its header deadline
+        (or, past max_connections, a 503 and a close)."""
+        m = self.m
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c = Conn(sock)
+        self.conns[c.fd] = c
+        m[I_ACCEPTED] += 1
+        self.nopen += 1
+        try:
             self.sel.register(sock, selectors.EVENT_READ)
-            if self.served >= self.cfg.max_connections:
-                c.flags = F_REJECTED
-                m[I_REJECTED] += 1
-                self._error(c, 503, False, -1)
-                if self._flush(c) == 0:
-                    self._linger(c)
-                continue
-            self.served += 1
-            m[I_ACTIVE] = self.served
-            c.flags = F_FRESH
-            t_set(self.tl, c, T_HEADER, self.now)  # a new connection must speak in time
+        except OSError:
+            # the event set refused it (ENOSPC past fs.epoll.max_user_watches, ENOMEM): it
+            # could never be served, so close it now, uncounted as active, and count that
+            m[I_ACCEPT_UNWATCHED] += 1
+            c.flags = F_REJECTED
+            self._close(c)
+            return
+        if self.served >= self.cfg.max_connections:
+            c.flags = F_REJECTED
+            m[I_REJECTED] += 1
+            self._error(c, 503, False, -1)
+            if self._flush(c) == 0:
+                self._linger(c)
+            return
+        self.served += 1
+        m[I_ACTIVE] = self.served
+        c.flags = F_FRESH
+        t_set(self.tl, c, T_HEADER, self.now)  # a new connection must speak in time
 
     def _buf_get(self) -> bytearray | None:
         b = self.pool.get()

@@ -121,6 +121,8 @@ class Writer:
                 if c.body is not None:
                     req.body, c.body = bytes(c.body), None
                 status, ctype, extra, body = render_result(route, route.handler(req))
+                if len(body) > self.max_answer:
+                    raise ValueError(f"a handler answer of {len(body)} bytes is over {self.max_answer}")
                 head = responses.build_head(status, ctype, len(body), extra)  # may reject bad headers
         except Exception:
             log.exception("handler for %s failed; answering 500", route.path)

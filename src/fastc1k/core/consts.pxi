@@ -10,6 +10,7 @@ cdef enum:
     LINGER_MS = 1000            # read-and-discard window after an error response
     EMFILE_PAUSE_MS = 100       # stop accepting this long when out of fds
     MAX_CHUNK_LINE = 4096       # chunk-size line with extensions, CRLF excluded
+    MAX_ANSWER = 0x7FFF0000     # a handler answer's bytes at most (Conn.out_len is 32 bits): else 500
     DATE_LEN = 37               # len("Date: Sat, 28 Nov 2026 06:20:12 GMT\r\n"), checked at import
     ERR_SLOTS = 16              # prebuilt error responses (responses.ERROR_BODIES, checked at import)
     STATUS_SLOTS = 600          # statuses 0..599 index err_slot / status_ctr (checked at import)
@@ -102,3 +103,5 @@ cdef enum:
     I_LAG_MAX = 40
     I_LAG_BUCKET0 = 41
     LAG_BUCKETS = 32
+    I_ACCEPT_UNWATCHED = 73
+    I_LISTEN_REARM_FAILED = 74
