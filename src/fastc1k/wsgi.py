@@ -386,9 +386,25 @@ class Exchange:
 
     # the engine's side ----------------------------------------------------------------
     def run(self) -> bool:
-        """Call the app up to final headers. False: answer 500 (logged) or see `error_status`."""
+        """Call the app up to final headers. False: answer `status` instead (500 logged)."""
         try:
             self.result = result = self.app(self.environ, self.start_response)
+            if type(result) is list and self.prefix is not None and not self.written and self.status == 200 \
+                    and self.input.__class__ is not ContinueInput:
+                # the common `return [body]`: all of it known, nothing to frame, no close()
+                total = 0
+                for c in result:
+                    if type(c) is not bytes:
+                        raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
+                    total += len(c)
+                if self.length < 0 or self.length == total:
+                    self.committed = True
+                    self.head = self.prefix if self.length >= 0 else \
+                        self.prefix + b"Content-Length: %d\r\n" % total
+                    self.left = 0
+                    if not self.head_only:
+                        self.body = result
+                    return True
             chunks = self.written
             exhausted = False
             span = None
