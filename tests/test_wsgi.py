@@ -14,7 +14,9 @@ from wsgiref.validate import validator
 import h11
 import pytest
 
+import fastc1k
 import wsgi_apps
+from conftest import engine_and_backend
 from fastc1k import Routes
 
 BIG_N = 4096  # x 64 KiB = 256 MiB
@@ -134,6 +136,29 @@ def test_environ_has_every_required_key(wsgi_server):
     assert (env["wsgi.multithread"], env["wsgi.multiprocess"], env["wsgi.run_once"]) == (False, False, False)
     assert env["wsgi.input_terminated"] is True
     assert env["input"] and env["errors"] and env["file_wrapper"]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_remote_addr_over_ipv6(engine):
+    name, backend = engine_and_backend(engine)
+    with fastc1k.running_server(engine=name, wsgi=wsgi_apps.plain, host="::1", backend=backend) as srv, \
+            socket.create_connection(srv.address[:2], timeout=5) as s:
+        s.sendall(b"GET /env HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        port = s.getsockname()[1]
+    env = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"], env["SERVER_NAME"]) == ("::1", str(port), "::1")
 
 
 def test_path_info_is_percent_decoded_latin1(wsgi_server):

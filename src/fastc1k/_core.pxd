@@ -22,7 +22,9 @@ cdef class Worker:
         object wsgi_app                 # routes.wsgi: the app requests no route matches go to
         dict wsgi_base                  # wsgi.base_environ(...): copied per request
         dict _streams                   # fd -> wsgi.Exchange still streaming (F_STREAM)
-        dict _peers                     # fd -> (REMOTE_ADDR, REMOTE_PORT) of WSGI connections (F_PEER)
+        uint64_t *peer4                 # fd -> 1<<48 | port<<32 | IPv4 address (F_PEER): WSGI's REMOTE_*
+        uint32_t last_ip                # the last REMOTE_ADDR made, and its str
+        object last_ip_str
         int lfd, epfd, efd, max_fd
         volatile int stop_mode          # 0 run, 1 graceful, 2 now (set by stop())
         bint running, accepting, draining, quit

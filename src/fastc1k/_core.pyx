@@ -200,7 +200,6 @@ cdef class Worker:
         self._refs = []
         self._exc = None
         self._streams = {}
-        self._peers = {}
         self.wsgi_app = routes.wsgi
         if self.wsgi_app is not None:
             host, port = sock.getsockname()[:2]
@@ -223,6 +222,10 @@ cdef class Worker:
         self.scratch = <char *>malloc(SCRATCH_SIZE)
         if self.conns == NULL or self.scratch == NULL:
             raise MemoryError()
+        if self.wsgi_app is not None:  # 8 bytes per fd, touched only by WSGI connections
+            self.peer4 = <uint64_t *>calloc(self.nconns, sizeof(uint64_t))
+            if self.peer4 == NULL:
+                raise MemoryError()
         if pool_init(&self.pool, config.buffer_size, config.pool_size, config.pool_max) != 0:
             raise MemoryError("read buffer pool")
         self.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
@@ -294,6 +297,7 @@ cdef class Worker:
             close(self.epfd)
         pool_free(&self.pool)
         free(self.conns)
+        free(self.peer4)
         free(self.rt)
         free(self.scratch)
 
@@ -384,6 +388,8 @@ cdef class Worker:
         pool_free(&self.pool)
         free(self.conns)
         self.conns = NULL
+        free(self.peer4)
+        self.peer4 = NULL
 
     @property
     def backend(self):
@@ -992,11 +998,7 @@ cdef class Worker:
         return 0
 
     cdef object _environ(self, int fd, Conn *c, Req *q, size_t off, size_t hlen):
-        remote = self._peers.get(fd)
-        if remote is None:
-            remote = self._peers[fd] = wsgi.peer_fd(fd)
-            c.flags |= F_PEER
-        return _wsgi_environ(self.wsgi_base, c.buf + off, q, hlen, remote)
+        return _wsgi_environ(self.wsgi_base, c.buf + off, q, hlen, _peer(self, fd, c))
 
     cdef int _begin_wsgi(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, bint cont) noexcept with gil:
         """A WSGI request with a body: its environ now (the buffer moves on), the body later."""
@@ -1113,15 +1115,14 @@ cdef class Worker:
         self.has_refs = False
 
     cdef void _drop_pending(self, int fd, uint16_t flags) noexcept with gil:
-        """Forget fd's Python state: a pending request, a stream (its close() is called), a peer."""
+        """Forget fd's Python state: a pending request, a stream (its close() is called)."""
         if flags & F_PENDING_PY:
             self._pending.pop(fd, None)
         if flags & F_STREAM:
             ex = self._streams.pop(fd, None)
             if ex is not None:
                 ex.close()
-        if flags & F_PEER:
-            self._peers.pop(fd, None)
+
 
     cdef void _count_parse_error(self, int status) noexcept nogil:
         cdef int i = I_PE_BAD_REQUEST
@@ -1316,7 +1317,7 @@ cdef class Worker:
         if c.flags & F_OUT_OWNED:
             memcpy(&total, c.out + c.out_len, sizeof(size_t))
             free(c.out + c.out_len - total)
-        if c.flags & (F_PENDING_PY | F_STREAM | F_PEER):
+        if c.flags & (F_PENDING_PY | F_STREAM):
             self._drop_pending(fd, c.flags)
         if self.uring:
             u_release(self, fd)  # closes fd once the kernel holds no request on it

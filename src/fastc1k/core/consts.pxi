@@ -36,7 +36,7 @@ cdef enum:
     F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
     F_PENDING_PY = 1 << 11      # a handler request waits in Worker._pending
     F_STREAM = 1 << 12          # a WSGI response is still streaming (Worker._streams; pump on EPOLLOUT)
-    F_PEER = 1 << 13            # Worker._peers holds this connection's remote address
+    F_PEER = 1 << 13            # Worker.peer4[fd] holds this connection's remote IPv4 address and port
 
 # timer lists (one per length; all deadlines in a list have the same offset)
 cdef enum:
