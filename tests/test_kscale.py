@@ -69,7 +69,7 @@ def test_two_replica_kernel_run_spreads_connections_removes_a_killed_replica_and
 def test_the_readme_block_is_a_table_written_between_the_markers(tmp_path):
     from fastc1k.capacity.scaleout import kscale
     row = {"replicas": 1, "breaking_point": 750, "unbroken_up_to": None, "max_throughput": 21586.0,
-           "efficiency": 1.0, "p99_at_reference_ms": 145.5, "balancer_us_per_request": 1.94,
+           "efficiency": 1.0, "p99_at_reference_ms": 145.5, "p99_reference_clients": 750, "balancer_us_per_request": 1.94,
            "bound": {"label": "the replicas' CPU quota", "evidence": "replicas 0.10 of 0.1 cores (quota)"}}
     fault = {"mode": "kill", "balancer": "kernel", "victim": "r0", "replicas": 4, "clients": 750,
              "failed_after_fault": 59, "stage_requests": 627424, "failed_share_of_stage": 59 / 627424,
@@ -80,13 +80,13 @@ def test_the_readme_block_is_a_table_written_between_the_markers(tmp_path):
            "kernel": kscale.KernelOptions().describe(), "balancers": ["kernel"],
            "analysis": {"kernel": {"rows": [row], "reference_clients": 750}}, "faults": [fault],
            "results": [{"balancer_kind": "kernel", "replicas": 1, "removals_during_ramp": [
-               {"replica": "r0", "ready": False, "reason": "timeout", "t": 9.1, "stage_clients": 1000,
+               {"replica": "r0", "ready": False, "reason": "timeout", "t": 9.1, "phase": "stages 1000",
                 "stage_p99_ms": 310.0}]}]}
     block = kscale.readme_block(rep, "bench/results/scaleout.png")
-    assert "| kernel | 1 | 750 | 21,586 | 1.00 | 145.5 ms | 1.94 | the replicas' CPU quota: replicas 0.10" in block
+    assert "| kernel | 1 | 750 | 21,586 | 1.00 | 145.5 ms at 750 | 1.94 | the replicas' CPU quota: replicas 0.10" in block
     assert "59 failed of 627424 (0.009 %), out of the rules after 0.23 s (probe every 100 ms" in block
     assert "![scale-out" in block and "load average 1.0 2.0 3.0 → 2.0 2.0 3.0" in block
-    assert "took a loaded replica for dead 1 time(s) during the ramp (at 1000 clients" in block
+    assert "took a loaded replica for dead 1 time(s) during the run (in stages 1000: p99 past" in block
     assert "- kill one of 4: failed 0.009 %, out of the rules after 0.23 s, cascade no (goal: < 1 %, <= 1 s, none): " \
            "held" in block
     readme = tmp_path / "README.md"

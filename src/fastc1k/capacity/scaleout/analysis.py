@@ -161,7 +161,11 @@ def analyse(results: list[dict[str, Any]], cfg: ScaleoutConfig) -> dict[str, Any
         st = r["stages"]
         bp = st.get("breaking_point")
         ss = st["stages"]
-        at_ref = next((s for s in ss if s["clients"] == ref_clients), None)
+        # the reference load itself (a bisection probe of the first count), else the first
+        # stage or probe above it: p99 grows with clients, so that p99 is an upper bound
+        pool = sorted(ss + st.get("probes", []), key=lambda s: s["clients"])
+        at_ref = next((s for s in pool if s["clients"] == ref_clients), None) or \
+            next((s for s in pool if ref_clients is not None and s["clients"] > ref_clients), None)
         tput = r["peak_stage"]["throughput"] if r.get("peak_stage") else None
         rec = (r.get("recovery") or {}).get("recovery") or {}
         rows.append({
@@ -172,6 +176,7 @@ def analyse(results: list[dict[str, Any]], cfg: ScaleoutConfig) -> dict[str, Any
             "unbroken_up_to": None if bp else (ss[-1]["clients"] if ss else None),
             "max_throughput": tput,
             "p99_at_reference_ms": (at_ref or {}).get("latency_ms", {}).get("p99") if at_ref else None,
+            "p99_reference_clients": at_ref["clients"] if at_ref else None,
             "recovery_s": rec.get("seconds"), "recovery_label": rec.get("label"),
             "efficiency": (tput / ((n / n1) * x1)) if tput and x1 else None,
             "balancer_us_per_request": r["balancer"]["us_per_request"],

@@ -241,16 +241,17 @@ def _count(n: int, balancer: str, cfg: ScaleoutConfig, priv: dict[str, Any], kop
 
 
 def _removals(events: list[Any], res: dict[str, Any], t0: float | None) -> list[dict[str, Any]]:
-    """The prober's removals and returns during the ramp, each with the stage it fell in
+    """The prober's removals and returns during the ramp, each with the phase it fell in
     (a replica whose p99 passes the probe's time-out is taken for dead: the readiness
     probe's own failure mode under overload)."""
     out = []
     for e in events:
         t = None if t0 is None else e.t - t0
-        st = next((s for s in res["stages"]["stages"] if t is not None and s["start_s"] <= t < s["start_s"]
-                   + s["duration_s"]), None)
+        w = next((w for w in res.get("windows") or [] if t is not None and w["t0"] <= t < w["t1"]), None)
+        st = next((s for s in res["stages"]["stages"] if w and w["phase"] == "stages" and s["start_s"] <= t
+                   < s["start_s"] + s["duration_s"]), None)
         out.append({"replica": e.name, "ready": e.ready, "reason": e.reason, "t": None if t is None else round(t, 2),
-                    "stage_clients": st["clients"] if st else None,
+                    "phase": f"{w['phase']} {w['label']}" if w else "between phases",
                     "stage_p99_ms": (st.get("latency_ms") or {}).get("p99") if st else None})
     return out
 
@@ -296,9 +297,17 @@ def run_compare(cfg: ScaleoutConfig, balancers: tuple[str, ...], faults: tuple[s
     load0 = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results = []
+    refs: dict[str, int] = {}   # each balancer's 1-replica breaking load: a stage of every later count
     for n in cfg.replicas:
         for bal in balancers:
-            results.append(_count(n, bal, cfg, priv, kopts, progress))
+            ncfg = cfg
+            if bal in refs:
+                stages = tuple(sorted(set(cfg.run.stages) | {refs[bal]}))
+                ncfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, stages=stages))
+            results.append(_count(n, bal, ncfg, priv, kopts, progress))
+            bp = results[-1]["stages"].get("breaking_point")
+            if n == cfg.replicas[0] and bp:
+                refs[bal] = bp["clients"]
     analysis = {bal: analyse([r for r in results if r["balancer_kind"] == bal], cfg) for bal in balancers}
     fault_list = []
     n = cfg.fault_replicas or max(cfg.replicas)
@@ -323,9 +332,19 @@ def run_compare(cfg: ScaleoutConfig, balancers: tuple[str, ...], faults: tuple[s
 def _rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for bal in rep["balancers"]:
+        ref = rep["analysis"][bal].get("reference_clients")
         for row in rep["analysis"][bal]["rows"]:
-            out.append({**row, "balancer": bal})
+            out.append({**row, "balancer": bal, "_ref": ref})
     return out
+
+
+def _p99_ref(r: dict[str, Any]) -> str:
+    """p99 at the balancer's 1-replica breaking load, or at the first stage above it (an
+    upper bound) when none ran at it."""
+    at = r.get("p99_reference_clients")
+    if r.get("p99_at_reference_ms") is None:
+        return "-"
+    return f"{r['p99_at_reference_ms']:.1f} ms at {at}" + ("" if at == r.get("_ref") else f" (> {r.get('_ref')})")
 
 
 def _fault_line(f: dict[str, Any]) -> str:
@@ -378,14 +397,22 @@ def goals(rep: dict[str, Any], balancer: str = "kernel") -> list[str]:
         return []
     rows = rep["analysis"][balancer]["rows"]
     out = []
+    def us(n: int) -> float | None:   # the replicas' CPU per request at that count's peak
+        res = next((x for x in rep.get("results", []) if x.get("balancer_kind") == balancer and x["replicas"] == n),
+                   None)
+        return (((res or {}).get("peak_stage") or {}).get("cost") or {}).get("replicas_us_per_request")
     for n, want in GOAL_EFFICIENCY.items():
         r = next((x for x in rows if x["replicas"] == n), None)
         if r is None or r["efficiency"] is None:
             continue
         ok = r["efficiency"] >= want
         b = r.get("bound") or {}
-        out.append(f"efficiency at N={n} {r['efficiency']:.2f} (goal >= {want:g}): "
-                   + ("held" if ok else f"missed: bound by {b.get('label') or 'unknown'}"))
+        why = f"missed: bound by {b.get('label') or 'unknown'}"
+        u1, un = us(rows[0]["replicas"]), us(n)
+        if not ok and b.get("resource") == "replicas" and u1 and un:
+            why += (f", and each request cost the replicas {un:.1f} µs of CPU against {u1:.1f} with one (softirq "
+                    f"work is charged to the task it interrupts, other processes' packets included)")
+        out.append(f"efficiency at N={n} {r['efficiency']:.2f} (goal >= {want:g}): " + ("held" if ok else why))
     brk = [(r["replicas"], r["breaking_point"] or r["unbroken_up_to"]) for r in rows]
     if len(brk) > 1:
         # an unbroken count is a lower bound: it rose if that bound is above the last break;
@@ -427,10 +454,10 @@ def _removal_lines(rep: dict[str, Any]) -> list[str]:
     for r in rep["results"]:
         gone = [e for e in r.get("removals_during_ramp") or [] if not e["ready"]]
         if gone:
-            at = sorted({e["stage_clients"] for e in gone if e["stage_clients"]})
+            at = list(dict.fromkeys(e.get("phase") or "?" for e in gone))
             lines.append(f"{r['balancer_kind']}, {r['replicas']} replica(s): the readiness probe took a loaded replica "
-                         f"for dead {len(gone)} time(s) during the ramp (at {', '.join(map(str, at)) or '?'} clients, "
-                         f"p99 past the probe's time-out), each back at its next good probe")
+                         f"for dead {len(gone)} time(s) during the run (in {', '.join(at)}: p99 past the probe's "
+                         f"time-out), each back at its next good probe")
     return lines
 
 
@@ -476,13 +503,13 @@ def readme_block(rep: dict[str, Any], chart_path: str | None) -> str:
              f"`numgen {k['pick']}` DNAT per connection, readiness probe every {p['interval_ms']} ms, time-out "
              f"{p['timeout_ms']} ms, {p['failures_to_remove']} failures to remove (worst case "
              f"{p['worst_case_removal_ms']} ms).", "",
-             "| balancer | replicas | breaks at (clients) | peak req/s | efficiency | p99 at the 1-replica break "
+             "| balancer | replicas | breaks at (clients) | peak req/s | efficiency | p99 at its 1-replica break "
              "| balancer CPU µs/req | bound at the peak |", "|---|---|---|---|---|---|---|---|"]
     for r in _rows(rep):
         brk = str(r["breaking_point"]) if r["breaking_point"] else f"> {r['unbroken_up_to']}"
         b = r.get("bound") or {}
         lines.append(f"| {r['balancer']} | {r['replicas']} | {brk} | {_f(r['max_throughput'], '{:,.0f}')} | "
-                     f"{_f(r['efficiency'], '{:.2f}')} | {_f(r['p99_at_reference_ms'])} ms | "
+                     f"{_f(r['efficiency'], '{:.2f}')} | {_p99_ref(r)} | "
                      f"{_f(r['balancer_us_per_request'], '{:.2f}')} | {b.get('label') or '-'}: "
                      f"{b.get('evidence', '').replace(SOFTIRQ_NOTE, '')} |")
     lines += ["", "Each row's evidence is every part's use at its peak stage; softirqs are the kernel's packet work "
