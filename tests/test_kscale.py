@@ -102,3 +102,19 @@ def test_the_readme_block_is_a_table_written_between_the_markers(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(OSError, match="no <!-- scaleout:start -->"):
         kscale.write_outputs(rep, str(tmp_path / "out"), charts=False, readme=str(readme))
+
+
+def test_a_full_conntrack_table_is_named_as_the_bound():
+    from fastc1k.capacity.scaleout import kscale
+
+    def res(peak: int, drops: int) -> dict:
+        cost = {"conntrack_peak": peak, "conntrack_max": 1000, "conntrack_drops": drops}
+        return {"peak_stage": {"cost": cost}, "bound": {"resource": "replicas", "label": "the replicas' CPU quota",
+                                                        "evidence": "replicas 0.10 of 0.1 cores (quota)"}}
+    full, dropping, roomy = res(950, 0), res(400, 12), res(400, 0)
+    for r in (full, dropping, roomy):
+        kscale._conntrack_bound(r)
+    assert full["bound"]["resource"] == "conntrack" and dropping["bound"]["resource"] == "conntrack"
+    assert "conntrack 400 of 1000 entries, 12 drops" in dropping["bound"]["evidence"]
+    assert roomy["bound"]["resource"] == "replicas" and "conntrack 400 of 1000 entries, 0 drops" in \
+        roomy["bound"]["evidence"]
