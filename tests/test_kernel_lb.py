@@ -22,8 +22,11 @@ from fastc1k.capacity.scaleout.health import HealthChecker, ProbeSpec, probe_onc
 from fastc1k.serve import parse_metrics
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-ROOT = os.geteuid() == 0 and bool(shutil.which("nft")) and bool(shutil.which("ip"))
-needs_root = pytest.mark.skipif(not ROOT, reason="the kernel balancer needs root, nft and ip")
+# root, nft, ip, and a kernel that lets this root make network namespaces (not so in an
+# unprivileged container)
+ROOT = os.geteuid() == 0 and bool(shutil.which("nft")) and bool(shutil.which("ip")) and \
+    subprocess.run(["unshare", "--net", "nft", "list", "tables"], capture_output=True).returncode == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="the kernel balancer needs root, nft, ip and network namespaces")
 
 
 def test_ruleset_dnats_each_new_connection_by_numgen_through_endpoint_chains():
