@@ -20,6 +20,8 @@ work="${WORK:-$src/build/image}"
 dockerfile="${DOCKERFILE:-$src/Dockerfile}"
 LOCAL_BASE="localhost/fastc1k-base:bookworm"
 
+step() { echo "== [$(($(date +%s) - t0)) s] $*"; }
+
 fail() {  # fail WHAT LOGFILE: the log's last lines, then exit 2
   echo "make image: $1 failed; its last lines:" >&2
   tail -n 25 "$2" >&2
@@ -35,7 +37,7 @@ t0=$(date +%s)
 if [ -n "${WHEELHOUSE:-}" ]; then
   cp -r "$WHEELHOUSE"/. "$work/wheelhouse/" && : >"$log"
 else
-  echo "== wheelhouse: sdist, its wheel, the runtime dependencies (Python $pyver)"
+  step "wheelhouse: sdist, its wheel, the runtime dependencies (Python $pyver)"
   "$PY" -m build --sdist --outdir "$work/dist" "$src" >"$log" 2>&1 || fail "python -m build --sdist" "$log"
   "$PY" -m pip wheel -q --wheel-dir "$work/wheelhouse" "$work"/dist/fastc1k-*.tar.gz >>"$log" 2>&1 \
     || fail "pip wheel" "$log"
@@ -49,7 +51,7 @@ if [ -z "$BASE" ]; then
   else
     BASE="$LOCAL_BASE"
     if ! "${PODMAN[@]}" image exists "$BASE"; then
-      echo "== no registry answered: a local base from Debian's packages (mmdebstrap)"
+      step "no registry answered: a local base from Debian's packages (mmdebstrap)"
       command -v mmdebstrap >/dev/null || { echo "make image: no registry and no mmdebstrap (apt-get install mmdebstrap)" >&2; exit 2; }
       mmdebstrap --variant=minbase --include=python3,python3-venv,tini \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -67,10 +69,10 @@ if [ "$basever" != "$pyver" ]; then
   echo "make image: $BASE has Python $basever, the wheel is for $pyver: set PY=python$basever" >&2
   exit 2
 fi
-echo "== base: $BASE (Python $basever)"
+step "base: $BASE (Python $basever)"
 
 old="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
-echo "== podman build -t $IMAGE"
+step "podman build -t $IMAGE"
 # --layers=false --force-rm: a failed build leaves no intermediate images or containers.
 # --format docker: the OCI format has no HEALTHCHECK.
 "${PODMAN[@]}" build --format docker --layers=false --force-rm --pull=never \
@@ -82,4 +84,4 @@ if [ -n "$old" ] && [ "$old" != "$id" ]; then
   "${PODMAN[@]}" rmi "$old" >/dev/null 2>&1 || true   # the previous build, now untagged (kept if in use)
 fi
 size="$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")"
-echo "== $IMAGE: image ${id:0:12}, $((size / 1048576)) MiB, base $BASE, built in $(($(date +%s) - t0)) s"
+step "$IMAGE: image ${id:0:12}, $((size / 1048576)) MiB, base $BASE"

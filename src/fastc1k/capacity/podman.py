@@ -26,8 +26,8 @@ from ..host import sysctl
 from ..host.cgroup import Cgroup
 from .container import ContainerSpec
 
-__all__ = ["PODMAN", "IMAGE", "CONTAINER_PORT", "NETWORKS", "PodmanServer", "PodmanError", "unavailable",
-           "plan_limits", "new_run_id", "remove_run", "conntrack_for_run"]
+__all__ = ["PODMAN", "IMAGE", "CONTAINER_PORT", "NETWORKS", "RUNTIMES", "PodmanServer", "PodmanError", "unavailable",
+           "choose_runtime", "plan_limits", "new_run_id", "remove_run", "conntrack_for_run"]
 
 PODMAN = ("podman", "--runtime", "runc")
 IMAGE = os.environ.get("FASTC1K_IMAGE", "fastc1k:latest")
@@ -69,6 +69,24 @@ def unavailable(image: str = IMAGE) -> str | None:
     if r.returncode != 0:
         return f"no image {image}: build it with `make image`"
     return None
+
+
+RUNTIMES = ("auto", "podman", "kernel")
+
+
+def choose_runtime(requested: str) -> tuple[str, str | None]:
+    """("podman" or "kernel", the line saying why for auto). An explicit podman that cannot
+    run raises PodmanError (the caller exits 2); auto falls back to the kernel parts."""
+    if requested == "kernel":
+        return "kernel", None
+    why = unavailable()
+    if requested == "podman":
+        if why:
+            raise PodmanError(f"--runtime podman: {why}")
+        return "podman", None
+    if why:
+        return "kernel", f"runtime auto: kernel parts, since {why}"
+    return "podman", f"runtime auto: podman (installed, runs, image {IMAGE} present)"
 
 
 def new_run_id() -> str:

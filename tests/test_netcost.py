@@ -1,0 +1,58 @@
+"""The network-cost comparison's arithmetic (fastc1k.capacity.netcost) on made-up
+reports: the common stage, CPU per request (the server's and the host's), the table.
+The real three-way run writes bench/results/netcost.json and the README block."""
+from __future__ import annotations
+
+import pytest
+
+from fastc1k.capacity import netcost as N
+
+
+def report(broken_from: int, cpu: float, host_cores: float, rps: float, runtime: str = "podman") -> dict:
+    stages, samples = [], []
+    for i, clients in enumerate((50, 200, 800)):
+        start = 10.0 * i
+        stages.append({"clients": clients, "start_s": start, "duration_s": 5, "throughput": rps,
+                       "broken": ["p99"] if clients >= broken_from else []})
+        for k in range(51):   # 100 ms samples over the stage; host busy grows at host_cores
+            t = start + k / 10
+            samples.append({"t": t, "cpu_used": cpu, "host_busy_s": 1000 + host_cores * t})
+    bp = next(({"clients": s["clients"], "reasons": ["p99 2000 ms > 1000 ms"]} for s in stages if s["broken"]), None)
+    return {"runtime": {"name": runtime, "network": "publish", "image_id": "49c259189e83abcd",
+                        "applied": {"cpus": 0.5, "memory": 268435456}, "refused": [], "conntrack": "conntrack: ok"},
+            "phases": {"stages": {"stages": stages, "breaking_point": bp, "peak_throughput": rps},
+                       "ramp": {"bottleneck": {"resource": "cpu", "evidence": "server CPU", "clients": 400}},
+                       "recovery": {"recovery": {"label": "< 2 s"}}},
+            "samples": samples, "host": {"summary": "2 CPUs, 23.5 GiB, Linux 6.18"}}
+
+
+def test_cpu_per_request_is_cores_over_throughput():
+    r = report(800, cpu=0.5, host_cores=1.5, rps=5000)
+    got = N.cpu_per_request(r, r["phases"]["stages"]["stages"][1])
+    assert got == {"server_us": pytest.approx(100.0), "host_us": pytest.approx(300.0)}
+
+
+def test_compare_uses_the_largest_stage_every_variant_held():
+    reps = {"podman -p": report(200, 0.5, 1.8, 4000), "podman --network host": report(800, 0.5, 1.2, 5000),
+            "kernel parts": report(10**9, 0.5, 1.0, 5000, runtime="kernel")}
+    c = N.compare(reps)
+    assert c["common_stage_clients"] == 50          # -p broke at 200
+    v = c["variants"]
+    assert v["podman -p"]["breaking_point"] == 200 and v["kernel parts"]["breaking_point"] is None
+    assert v["kernel parts"]["breaking_why"] == "held up to 800 clients"
+    assert v["podman -p"]["host_us"] == pytest.approx(450.0) and v["kernel parts"]["host_us"] == pytest.approx(200.0)
+    md = N.markdown({**c, "date": "2026-11-30 18:00 UTC", "host": "2-CPU machine", "image": "49c259189e83",
+                     "command": "python -m fastc1k.capacity netcost"})
+    assert "| breaking point (clients) | 200 | 800 | - |" in md
+    assert "| host CPU per request at 50 clients (µs, load generator and kernel included) | 450 | 240 | 200 |" in md
+    assert "| first bottleneck | cpu at 400 | cpu at 400 | cpu at 400 |" in md
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--variants", "podman -p,docker"], "--variants: choose from"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, msg, capsys):
+    assert N.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and msg in err
