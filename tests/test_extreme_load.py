@@ -96,7 +96,7 @@ def test_nofile_1024_with_max_connections_auto_breaks_at_the_fd_limit(tmp_path):
 def test_nofile_1024_names_fds(tmp_path):
     # Open loop at a modest rate: connections pile up while the CPU stays low. A cap above the
     # fd limit (not auto), so that the fds run out before the server would answer 503.
-    r = capacity(tmp_path, "--engine", ENGINE, "--container", "nofile=1024", "--max-connections", "5000",
+    r = capacity(tmp_path, "--engine", ENGINE, "--runtime", "kernel", "--container", "nofile=1024", "--max-connections", "5000",
                  "--phases", "ramp",
                  "--ramp-clients", "1300", "--ramp-steps", "13", "--ramp-duration", "6.5", "--ramp-rate", "1000",
                  "--no-charts")
@@ -127,7 +127,7 @@ def test_cpu_quota_breaking_point_is_bisected_not_a_cap_and_recovery_timed_at_10
 
 @pytest.mark.root
 def test_cpu_quota_names_cpu(tmp_path):
-    r = capacity(tmp_path, "--engine", ENGINE, "--container", "cpus=0.2", "--phases", "ramp",
+    r = capacity(tmp_path, "--engine", ENGINE, "--runtime", "kernel", "--container", "cpus=0.2", "--phases", "ramp",
                  "--ramp-clients", "200", "--ramp-steps", "4", "--ramp-duration", "4", "--ramp-rate", "closed",
                  "--no-charts")
     skip_unless_applied(r, "cpus")
@@ -141,7 +141,7 @@ def test_cpu_quota_names_cpu(tmp_path):
 def test_backlog_16_somaxconn_16_shows_listen_overflows(tmp_path):
     # Open loop at a modest rate: the CPU stays low (a closed loop saturates one C worker's
     # core before 2000 clients), so the 16-deep queue is what gives first.
-    r = capacity(tmp_path, "--engine", ENGINE, "--container", "somaxconn=16", "--backlog", "16",
+    r = capacity(tmp_path, "--engine", ENGINE, "--runtime", "kernel", "--container", "somaxconn=16", "--backlog", "16",
                  "--phases", "ramp", "--ramp-clients", "2000", "--ramp-steps", "5", "--ramp-duration", "4",
                  "--ramp-rate", "1000", "--no-charts")
     skip_unless_applied(r, "netns")
@@ -158,7 +158,7 @@ def test_namespace_somaxconn_caps_the_backlog(tmp_path):
     namespace's, and the host's is untouched."""
     with open("/proc/sys/net/core/somaxconn") as f:
         host = f.read().strip()
-    r = capacity(tmp_path, "--engine", ENGINE, "--container", "somaxconn=16", "--backlog", "4096",
+    r = capacity(tmp_path, "--engine", ENGINE, "--runtime", "kernel", "--container", "somaxconn=16", "--backlog", "4096",
                  "--phases", "ramp", "--ramp-clients", "2000", "--ramp-steps", "5", "--ramp-duration", "4",
                  "--ramp-rate", "1000", "--no-charts")  # open loop: CPU stays low (see above)
     skip_unless_applied(r, "netns")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastc1k.capacity import netcost as N
+from fastc1k.capacity.ramp import netcost as N
 
 
 def report(broken_from: int, cpu: float, host_cores: float, rps: float, runtime: str = "podman") -> dict:

@@ -13,6 +13,7 @@ import os
 import resource
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,8 @@ import yaml
 
 from fastc1k.capacity.container import ContainerSpec
 from fastc1k.host.cgroup import Cgroup
+
+from _env import SRC  # noqa: E402  (the package this process imported)
 from fastc1k.capacity.podman import (IMAGE, PODMAN, PodmanServer, new_run_id, plan_limits, podman, remove_run,
                                      unavailable)
 
@@ -286,3 +289,55 @@ def test_podman_unusable_is_one_line_saying_why(monkeypatch):
     assert unavailable().startswith("runc is not installed (podman's default crun refuses")
     monkeypatch.setattr(shutil, "which", lambda t: None)
     assert unavailable() == "podman is not installed (apt-get install podman)"
+
+
+def capacity(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict | None]:
+    p = subprocess.run([sys.executable, "-m", "fastc1k.capacity", "--serve", "--quiet", "--no-charts", "--out",
+                        str(tmp_path), *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    path = tmp_path / "capacity-report.json"
+    return p, (json.loads(path.read_text()) if path.exists() else None)
+
+
+def test_the_capacity_ramp_against_the_image_names_runtime_image_and_limits(tmp_path):
+    p, r = capacity(tmp_path, "--runtime", "podman", "--container", "cpus=0.5,memory=256M,nofile=4096,somaxconn=8192",
+                    "--phases", "stages", "--stages", "20,50", "--stage-duration", "1", "--final-duration", "1",
+                    "--max-clients", "50")
+    assert p.returncode == 0, p.stderr
+    image_id = json.loads(podman("image", "inspect", IMAGE).stdout)[0]["Id"]
+    lines = p.stdout.splitlines()
+    assert lines[1].startswith(f"runtime: podman, image {IMAGE} {image_id[:12]}, -p 127.0.0.1:")
+    assert lines[2] == "limits applied: cpus=0.5, memory=256M, nofile=4096, net.core.somaxconn=8192"
+    rt = r["runtime"]
+    assert rt["image_id"] == image_id and rt["refused"] == [] and rt["conntrack"].startswith("conntrack: ")
+    sm = [s for s in r["samples"] if "cpu_used" in s]
+    assert sm and all(s["fd_limit"] == 4096 and s["mem_limit"] == 256 << 20 for s in sm)   # the container's own
+    assert any(s["cgroup_memory"] > 0 for s in sm) and all(s["oom_kills"] == 0 for s in sm)
+    assert r["phases"]["stages"]["stages"][-1]["ok"] > 0
+    label = next(a for a in rt["argv"] if a.startswith("fastc1k.run="))
+    assert podman("ps", "-a", "-q", "--filter", f"label={label}").stdout.strip() == ""   # removed
+
+
+def test_the_report_names_the_oom_kill_at_the_containers_memory_limit(tmp_path):
+    """Idle keep-alive connections cost the server about 2 KB each (its connection state and
+    the kernel's socket, charged to the cgroup): 6,000 of them do not fit in 24 MiB."""
+    p, r = capacity(tmp_path, "--runtime", "podman", "--container", "cpus=0.5,memory=24M", "--phases", "ramp",
+                    "--ramp-clients", "6000", "--ramp-steps", "6", "--ramp-duration", "6", "--ramp-rate", "2000")
+    assert r is not None, p.stderr
+    assert r["oom_kills"] >= 1 and r["oom_at"]["clients"] <= 6000
+    assert "OOM kill: " in p.stdout and "at the memory limit of 24 MiB" in p.stdout
+    # the kernel killed a worker (the master restarts it: the ramp names it) or the master (the container ends)
+    b = (r["phases"].get("ramp") or {}).get("bottleneck")
+    assert (b and b["resource"] == "oom_kill") or "OOM-killed at its memory limit" in r.get("aborted", ""), r
+
+
+def test_runtime_podman_that_cannot_run_is_one_line_and_exit_2_and_auto_falls_back(tmp_path):
+    absent = "localhost/fc1k-podman-absent:latest"
+    p, r = capacity(tmp_path, "--runtime", "podman", "--image", absent, "--container", "cpus=0.5")
+    assert p.returncode == 2 and r is None
+    assert p.stderr == f"fastc1k.capacity: error: --runtime podman: no image {absent}: build it with `make image`\n"
+    p, r = capacity(tmp_path, "--image", absent, "--container", "nofile=1024", "--phases", "stages",
+                    "--stages", "10", "--stage-duration", "1", "--final-duration", "1", "--max-clients", "10")
+    assert p.returncode == 0, p.stderr
+    assert r["runtime"]["name"] == "kernel"
+    assert f"runtime auto: kernel parts, since no image {absent}: build it with `make image`" in p.stdout

@@ -3,6 +3,7 @@
     python -m fastc1k.capacity ramp --serve                       # one server: stages, ramp, recovery
     python -m fastc1k.capacity scaleout --replicas 1,2,4          # N replicas behind a balancer, a fault
     python -m fastc1k.capacity probe --connections auto           # how many connections this host holds
+    python -m fastc1k.capacity netcost                            # the ramp in podman -p, --network host, kernel parts
 
 Today's forms keep working: without a subcommand the flags choose the tool (`--replicas`:
 scaleout, `--max-connections-probe`: probe, otherwise ramp), and `--serve`, which meant
@@ -18,11 +19,12 @@ from .._cli import ArgumentParser
 from .console import Tool
 from .probe.cli import TOOL as PROBE
 from .ramp.cli import TOOL as RAMP
+from .ramp.netcost import TOOL as NETCOST
 from .scaleout.cli import TOOL as SCALEOUT
 
 __all__ = ["TOOLS", "main", "build_parser", "route"]
 
-TOOLS: dict[str, Tool] = {t.name: t for t in (RAMP, SCALEOUT, PROBE)}
+TOOLS: dict[str, Tool] = {t.name: t for t in (RAMP, SCALEOUT, PROBE, NETCOST)}
 
 
 def build_parser() -> argparse.ArgumentParser:

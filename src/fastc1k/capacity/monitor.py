@@ -71,6 +71,7 @@ class Monitor:
         self.overflow_baseline: float | None = None
         self.base_conntrack: dict[str, int] = {}
         self.port = urlsplit(metrics_url).port if metrics_url else None
+        self.netns_pid: int | None = None   # read the kernel counters of this process's namespace (a container's)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Monitor":
@@ -80,7 +81,7 @@ class Monitor:
             time.sleep(0.5)
             self.overflow_baseline = (proc.netstat().get("ListenOverflows", 0) - a) / 0.5
         self.t0 = time.monotonic()
-        self.base_netstat = proc.netstat()
+        self.base_netstat = proc.netstat(pid=self.netns_pid)
         ooms = getattr(self.container, "oom_kills", None)
         self._base_ooms = (ooms() if ooms else None) or 0
         self.base_conntrack = conntrack.read() or {}
@@ -145,8 +146,10 @@ class Monitor:
                     mem = p.memory_info().rss
                     nfd = p.num_fds()
                     cs = p.num_ctx_switches()
-                lim = p.rlimit(psutil.RLIMIT_NOFILE)[0]
+                lim = proc.nofile_limits(pid=p.pid)[0]
             except (psutil.Error, OSError):
+                continue
+            if lim is None:   # gone meanwhile
                 continue
             alive.add(p.pid)
             prev = self._last_cpu.get(p.pid)
@@ -183,10 +186,10 @@ class Monitor:
                      ctx_voluntary=vol, ctx_involuntary=invol, procs=per_proc)
             lim = getattr(self.container, "memory_limit", None)
             s["mem_limit"] = lim or psutil.virtual_memory().total
-        ns = proc.netstat()
+        ns = proc.netstat(pid=self.netns_pid)
         for k, v in ns.items():
             s[_snake(k)] = v - self.base_netstat.get(k, 0)
-        s["sockstat"] = proc.sockstat()
+        s["sockstat"] = proc.sockstat(self.netns_pid)
         if self.own_netns:
             s["own_netns"] = True
         else:

@@ -74,19 +74,19 @@ def unavailable(image: str = IMAGE) -> str | None:
 RUNTIMES = ("auto", "podman", "kernel")
 
 
-def choose_runtime(requested: str) -> tuple[str, str | None]:
+def choose_runtime(requested: str, image: str = IMAGE) -> tuple[str, str | None]:
     """("podman" or "kernel", the line saying why for auto). An explicit podman that cannot
     run raises PodmanError (the caller exits 2); auto falls back to the kernel parts."""
     if requested == "kernel":
         return "kernel", None
-    why = unavailable()
+    why = unavailable(image)
     if requested == "podman":
         if why:
             raise PodmanError(f"--runtime podman: {why}")
         return "podman", None
     if why:
         return "kernel", f"runtime auto: kernel parts, since {why}"
-    return "podman", f"runtime auto: podman (installed, runs, image {IMAGE} present)"
+    return "podman", f"runtime auto: podman (installed, runs, image {image} present)"
 
 
 def new_run_id() -> str:
@@ -168,6 +168,7 @@ class PodmanServer:
         self.memory_limit: int | None = self.applied.get("memory")
         self.final: dict[str, Any] = {}
         self.cgroup: Cgroup | None = None
+        self._ooms: int | None = None
         self._dir = ""
 
     def start(self) -> "PodmanServer":
@@ -217,6 +218,16 @@ class PodmanServer:
         r = podman("logs", self.name, timeout=10)
         return r.stdout + r.stderr
 
+    def exit_reason(self) -> str:
+        """How the container ended, for the report: its exit code, an OOM kill, its last log lines."""
+        r = podman("inspect", "--format", "{{json .State}}", self.name, timeout=10)
+        st = json.loads(r.stdout) if r.returncode == 0 else {}
+        ooms = self.oom_kills()
+        why = f"container {self.name} exited with code {st.get('ExitCode')}"
+        if st.get("OOMKilled") or ooms:
+            why += f", OOM-killed at its memory limit (the cgroup's oom_kill count: {ooms})"
+        return f"{why}: {self.logs().strip()[-300:]}"
+
     def alive(self) -> bool:
         r = podman("inspect", "--format", "{{.State.Running}}", self.name, timeout=10)
         return r.returncode == 0 and r.stdout.strip() == "true"
@@ -233,8 +244,12 @@ class PodmanServer:
         return self.cgroup.cpu_seconds() if self.cgroup else None
 
     def oom_kills(self) -> int | None:
-        """Processes the kernel killed at the container's memory limit."""
-        return self.cgroup.oom_kills() if self.cgroup else None
+        """Processes the kernel killed at the container's memory limit (the last count read
+        once the container and its cgroup are gone)."""
+        n = self.cgroup.oom_kills() if self.cgroup else None
+        if n is not None:
+            self._ooms = n
+        return self._ooms
 
     def fds(self) -> int | None:
         """Open fds of all the container's processes."""

@@ -55,8 +55,28 @@ def summary_text(report: dict[str, Any]) -> str:
     out = [f"fastc1k capacity report: {r['target']}"
            + (f" (fastc1k {srv['engine']} engine, {srv['workers']} worker(s))" if "engine" in srv else
               f" (server pid {srv['pid']})" if "pid" in srv else " (server not monitored: no --server-pid)")]
+    rt = r.get("runtime") or {}
+    if rt.get("name") == "podman":
+        how = (f"-p {rt['url'].split('//')[1]} -> 8080: bridge, DNAT, conntrack" if rt.get("network") == "publish"
+               else "--network host")
+        out.append(f"runtime: podman, image {rt['image']} {rt['image_id'][:12]}, {how}")
+        out.append("limits applied: " + ", ".join(f"{k}={v / 2**20:g}M" if k == "memory" else f"{k}={v}"
+                                                  for k, v in rt["applied"].items()))
+        out += [f"limit refused: {x}" for x in rt.get("refused") or []]
+        if rt.get("conntrack"):
+            out.append(rt["conntrack"])
+    elif rt.get("name") == "kernel":
+        out.append("runtime: kernel parts (cgroup, RLIMIT_NOFILE, network namespace)")
+    if rt.get("chosen"):
+        out.append(rt["chosen"])
+    if r.get("oom_kills"):
+        at = r.get("oom_at") or {}
+        lim = (r.get("container") or {}).get("applied", {}).get("memory")
+        out.append(f"OOM kill: {r['oom_kills']} process(es) killed at the memory limit"
+                   + (f" of {lim / 2**20:.0f} MiB" if lim else "") + " (the cgroup's oom_kill count)"
+                   + (f", first at {at['clients']} clients ({at['t']:.1f} s into the run)" if at else ""))
     c = r.get("container") or {}
-    if c.get("applied"):
+    if c.get("applied") and rt.get("name") != "podman":
         out.append("container: " + ", ".join(f"{k}={v}" for k, v in c["applied"].items())
                    + (f" (cgroup {c['cgroup']})" if c.get("cgroup") and ("cpus" in c["applied"] or "memory" in c["applied"]) else ""))
     if c.get("netns"):
@@ -508,9 +528,10 @@ def load_machines_html(phases: dict[str, Any]) -> list[str]:
     return out
 
 
-def update_readme_block(path: str, name: str, block: str) -> bool:
+def update_readme_block(path: str, name: str, block: str | None) -> bool:
     """Replace what lies between `<!-- name:start -->` and `<!-- name:end -->` in the file
-    at `path` with `block`; False when the file or its markers are missing."""
+    at `path` with `block` (None: only check they are there); False when the file or its
+    markers are missing."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     try:
         with open(path) as f:
@@ -520,8 +541,9 @@ def update_readme_block(path: str, name: str, block: str) -> bool:
     a, b = text.find(start), text.find(end)
     if a < 0 or b < a:
         return False
-    with open(path, "w") as f:
-        f.write(text[:a + len(start)] + "\n" + block + text[b:])
+    if block is not None:
+        with open(path, "w") as f:
+            f.write(text[:a + len(start)] + "\n" + block + text[b:])
     return True
 
 

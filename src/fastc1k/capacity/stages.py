@@ -181,6 +181,9 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def exit_reason(self) -> str:
+        return f"code {self.proc.returncode if self.proc else None}: {self.stderr().strip()[-400:]}"
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (graceful), then SIGKILL of its process group after `timeout`."""
         if self.proc is None:
@@ -304,8 +307,7 @@ class Runner:
             if farm.errors:
                 raise RuntimeError("a load worker failed:\n" + farm.errors[0])
             if self.server is not None and not self.server.alive():
-                raise RuntimeError(f"the server exited (code {self.server.proc.returncode}): "
-                                   f"{self.server.stderr().strip()[-400:]}")
+                raise RuntimeError(f"the server exited ({self.server.exit_reason()})")
             if self.now() - last_report >= 1.0:
                 last_report = self.now()
                 rows = farm.timeline()

@@ -95,10 +95,11 @@ def status(root: str | os.PathLike = "/") -> dict[str, str]:
     return out
 
 
-def nofile_limits(root: str | os.PathLike = "/") -> tuple[int | None, int | None]:
-    """(soft, hard) RLIMIT_NOFILE from /proc/self/limits (readable from a fake tree);
-    -1 for unlimited."""
-    for line in _text("proc/self/limits", root).splitlines():
+def nofile_limits(root: str | os.PathLike = "/", pid: int | None = None) -> tuple[int | None, int | None]:
+    """(soft, hard) RLIMIT_NOFILE from /proc/self/limits (readable from a fake tree), or
+    another process's (prlimit on another user's process needs CAP_SYS_RESOURCE, which
+    root in a container lacks; its limits file does not); -1 for unlimited."""
+    for line in _text(f"proc/{pid or 'self'}/limits", root).splitlines():
         if line.startswith("Max open files"):
             fields = line[len("Max open files"):].split()
             try:
@@ -133,20 +134,21 @@ def mem_used_fraction() -> float:
     return 1.0 - (m.get("MemAvailable", total) - m.get("SReclaimable", 0)) / total
 
 
-def sockstat() -> dict[str, int]:
-    """TCP: inuse, orphan, tw, alloc, mem (pages), of this network namespace."""
-    for line in _text("/proc/net/sockstat").splitlines():
+def sockstat(pid: int | None = None) -> dict[str, int]:
+    """TCP: inuse, orphan, tw, alloc, mem (pages), of this network namespace (or of the
+    one process `pid` is in: a container's)."""
+    for line in _text(f"/proc/{pid or 'self'}/net/sockstat").splitlines():
         if line.startswith("TCP:"):
             f = line.split()[1:]
             return {f[i]: int(f[i + 1]) for i in range(0, len(f) - 1, 2)}
     return {}
 
 
-def netstat(keys: Iterable[str] = NETSTAT_KEYS) -> dict[str, int]:
-    """TcpExt counters of this network namespace (/proc/net is /proc/self/net)."""
+def netstat(keys: Iterable[str] = NETSTAT_KEYS, pid: int | None = None) -> dict[str, int]:
+    """TcpExt counters of this network namespace (or of the one process `pid` is in)."""
     want = set(keys)
     out: dict[str, int] = {}
-    lines = _text("/proc/net/netstat").splitlines()
+    lines = _text(f"/proc/{pid or 'self'}/net/netstat").splitlines()
     for names, values in zip(lines[0::2], lines[1::2]):
         if names.startswith("TcpExt:"):
             for k, v in zip(names.split()[1:], values.split()[1:]):

@@ -2,6 +2,7 @@
 
     python -m fastc1k.capacity ramp --serve                 # starts fastc1k itself, full report in < 5 min
     python -m fastc1k.capacity ramp --serve --container cpus=0.5,memory=256M,nofile=4096,somaxconn=128
+    python -m fastc1k.capacity ramp --serve --runtime podman --container cpus=0.5,memory=256M   # the image, by podman
     python -m fastc1k.capacity ramp --target http://127.0.0.1:8080 --server-pid 1234
     python -m fastc1k.capacity --serve ...                  # the same (today's form: ramp is the default)
 
@@ -21,6 +22,7 @@ from .. import analysis as A
 from ..console import Tool, p99_limit, stage_list
 from ..container import ContainerError, ContainerSpec
 from ..nginx import nginx_missing
+from ..podman import IMAGE, NETWORKS, RUNTIMES
 from ..stages import DEFAULT_STAGES, RunConfig
 from .run import PHASES, PROG, run_ramp
 
@@ -72,6 +74,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpus=0.5,memory=256M,nofile=4096,somaxconn=128[,net.*=v][,netns]: cgroup CPU quota and "
                         "memory limit, RLIMIT_NOFILE, own network namespace with its sysctls (root; otherwise a "
                         "note and the run goes on without that part)")
+    s.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="what makes the --container: podman (the image of `make image`, limits as podman flags, "
+                        "its port published on 127.0.0.1), kernel (a cgroup, RLIMIT_NOFILE and a namespace of the "
+                        "run's own), auto: podman where it is installed and runs, else kernel [default auto]")
+    s.add_argument("--network", choices=NETWORKS, default="publish",
+                   help="podman: publish (-p 127.0.0.1::8080: bridge, DNAT, conntrack) or host (--network host) "
+                        "[default publish]")
+    s.add_argument("--image", default=IMAGE, help=f"podman: the image [default {IMAGE}]")
     r = p.add_argument_group("durations and stages")
     r.add_argument("--quick", action="store_true", help="scaled-down durations for CI (about 1 minute)")
     r.add_argument("--plan", action="store_true", help="the plan's durations (about 8 minutes or more)")
@@ -192,6 +202,10 @@ def run_cli(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     if spec.netns and args.host_netns:
         raise UsageError(f"--host-netns contradicts --container {args.container}")
+    if args.target and args.runtime == "podman":
+        raise UsageError("--runtime podman starts the server: it goes with --serve, not --target")
+    if args.network != "publish" and args.runtime == "kernel":
+        raise UsageError(f"--network {args.network} is podman's: --runtime kernel has its own namespace")
     return run_ramp(args, cfg, spec)
 
 

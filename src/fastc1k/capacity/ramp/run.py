@@ -6,6 +6,7 @@ import argparse
 import copy
 import datetime
 import sys
+from contextlib import ExitStack
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,8 +15,10 @@ from ..._compat import c_available
 from ...host.net import enter_netns
 from ...host.proc import host_info
 from ..console import Progress, busy_note
+from ..._cli import UsageError
 from ..container import Container, ContainerSpec
 from ..nginx import NginxProcess
+from ..podman import PodmanError, PodmanServer, choose_runtime, conntrack_for_run, remove_run
 from ..report import summary_text, write_all
 from ..stages import RunConfig, Runner, ServerProcess
 
@@ -57,12 +60,37 @@ def run_versus(args: argparse.Namespace, plan: RunConfig, container: Any, progre
                        "startup_line": other.startup_line}, "phases": phases, **r}
 
 
+def _podman_start(args: argparse.Namespace, spec: ContainerSpec, extra: list[str], max_clients: int,
+                  stack: ExitStack) -> tuple[PodmanServer, dict[str, Any], conntrack_for_run]:
+    """The server in the image under podman, the conntrack table sized for the run (each
+    client's connection, and as many again lingering after a reconnect, twice over)."""
+    server = PodmanServer(spec, network=args.network, workers=args.workers, extra=extra, image=args.image)
+    ct = stack.enter_context(conntrack_for_run(4 * max_clients))
+    stack.callback(remove_run, server.run_id)   # whatever the run created, also on ^C
+    stack.callback(server.stop)
+    server.start()
+    rt = {"name": "podman", "image": args.image, "image_id": server.image_id, "network": args.network,
+          "url": server.url, "applied": server.applied, "refused": server.refused, "argv": server.argv}
+    return server, rt, ct
+
+
 def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> int:
     """The whole run from validated arguments; its exit status."""
     notes: list[str] = [n for n in (busy_note(),) if n]
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    runtime, chose = "kernel", None
+    if args.serve and (args.container or args.runtime == "podman"):
+        try:
+            runtime, chose = choose_runtime(args.runtime, args.image)
+        except PodmanError as exc:
+            raise UsageError(str(exc)) from None
+        if runtime == "podman" and args.versus:
+            raise UsageError("--versus runs nginx in the kernel-parts container beside fastc1k: add --runtime kernel")
+        if chose:
+            if not args.quiet:
+                print(f"{PROG}: {chose}", file=sys.stderr)
     in_netns = False
-    if spec.netns or (args.serve and not args.host_netns):
+    if runtime == "kernel" and (spec.netns or (args.serve and not args.host_netns)):
         # Before any thread or child: the whole run lives in the namespace's loopback.
         in_netns, n = enter_netns(spec.sysctls)
         if spec.netns:
@@ -70,11 +98,14 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
         elif not in_netns:
             notes.append("kernel counters (ListenOverflows, ...) are host-wide: other processes' listeners "
                          "count too (an own network namespace needs root)")
-    container = Container(spec).setup() if args.serve else None
+    container = Container(spec).setup() if args.serve and runtime == "kernel" else None
     if container:
         notes += container.notes
     server = None
+    rt: dict[str, Any] = {"name": runtime if args.serve else None, "chosen": chose}
+    ct = None
     progress = Progress(quiet=args.quiet)
+    stack = ExitStack()
     try:
         if args.serve:
             extra = list(args.server_arg)
@@ -82,11 +113,18 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
             if args.backlog:
                 extra += ["--backlog", str(args.backlog)]
             engine = args.engine
-            if engine is None:
+            if engine is None and runtime == "kernel":
                 engine = "c" if c_available() else "python"
                 if engine == "python":
                     notes.append("the C engine is not built: testing the pure-Python engine")
-            server = ServerProcess(engine, args.workers, extra, container.preexec() if container else None).start()
+            if runtime == "podman":
+                server, more, ct = _podman_start(args, spec, extra + (["--engine", engine] if engine else []),
+                                             cfg.max_clients, stack)
+                rt.update(more)
+                container = server
+                engine = engine or "c"   # the image's wheel has the C engine (its build checks)
+            else:
+                server = ServerProcess(engine, args.workers, extra, container.preexec() if container else None).start()
             url = server.url
             if not args.quiet:
                 print(server.startup_line, file=sys.stderr)
@@ -96,8 +134,17 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
                 url = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
                 notes.append(f"--target is the server root; requests go to {cfg.path}")
         plan = copy.deepcopy(cfg)    # the same plan for the --versus server (a Runner fills in its cfg)
+        if runtime == "podman" and args.network == "publish" and cfg.source_ips == "auto":
+            # netavark masquerades only connections from 127.0.0.1 to a port published there:
+            # from 127.0.0.2+ they are DNATed but answered to an address the container does
+            # not route back (connect time-outs). One source address: ~28,000 ports.
+            cfg.source_ips = None
+            notes.append("podman -p: the load comes from 127.0.0.1 alone (netavark masquerades only it)")
         runner = Runner(url, cfg, server=server, container=container, progress=progress,
                         server_pid=args.server_pid, own_netns=in_netns)
+        if runtime == "podman" and args.network == "publish":
+            # the server's listen queue is in the container's namespace: its counters are read there
+            runner.monitor.netns_pid, runner.monitor.own_netns = server.pid, True
         if not args.quiet:
             print(f"{PROG}: {', '.join(cfg.phases)} against {url}, about {runner.planned_s:.0f} s of load"
                   + (f" (then the same against {args.versus})" if args.versus else ""), file=sys.stderr)
@@ -112,12 +159,21 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
     finally:
         if server is not None:
             server.stop()
-        if container is not None:
+        stack.close()
+        if ct is not None:
+            rt["conntrack"] = ct.how   # as it ended (restored, or why not)
+        if container is not None and runtime == "kernel":
             container.cleanup()
     progress.done()
     notes += out.pop("notes")
-    if container:
+    if container and runtime == "kernel":
         notes += [n for n in container.notes if n not in notes]
+    oom = max((s.get("oom_kills") or 0 for s in out["samples"]), default=0)
+    oom_at = next(({"t": round(s["t"], 2), "clients": s["clients"]} for s in out["samples"] if s.get("oom_kills")),
+                  None)
+    if runtime == "podman":
+        oom = max(oom, server.final.get("oom_kills") or 0)
+        rt["final"] = server.final
     phases = {k: out.pop(k) for k in PHASES if k in out}
     for name, ph in phases.items():
         ls = ph.get("load_summary") or {}
@@ -130,7 +186,9 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
         "server": ({"engine": engine, "workers": args.workers, "argv": server.argv, "startup_line": server.startup_line}
                    if server else ({"pid": args.server_pid} if args.server_pid else None)),
         "container": {**spec.describe(), "applied": (container.applied if container else {}),
-                      "cgroup": container.version if container else None, "netns": in_netns},
+                      "cgroup": getattr(container, "version", None) if runtime == "kernel" else runtime,
+                      "netns": in_netns},
+        "runtime": rt, "oom_kills": oom, "oom_at": oom_at,
         "host": host_info(), "config": cfg.as_dict(), "thresholds": cfg.as_dict()["thresholds"],
         "notes": notes, "phases": phases, **out,
     }

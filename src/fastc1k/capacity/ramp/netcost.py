@@ -24,16 +24,16 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from typing import Any, Sequence
 
-from .._cli import ArgumentParser, UsageError
-from .podman import unavailable
-from .report import update_readme_block, write_json
+from ..._cli import UsageError
+from ..console import Tool
+from ..podman import unavailable
+from ..report import update_readme_block, write_json
 
-__all__ = ["VARIANTS", "summarize", "compare", "markdown", "main"]
+__all__ = ["TOOL", "VARIANTS", "summarize", "compare", "markdown", "main"]
 
-PROG = "fastc1k.capacity netcost"
+PROG = "fastc1k.capacity.netcost"
 VARIANTS = {   # name -> the ramp's runtime flags
     "podman -p": ["--runtime", "podman", "--network", "publish"],
     "podman --network host": ["--runtime", "podman", "--network", "host"],
@@ -148,8 +148,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--container", default=DEFAULT_CONTAINER, metavar="SPEC",
                    help=f"the limits of all three [default {DEFAULT_CONTAINER}]")
     p.add_argument("--quick", action="store_true", help="the ramp's scaled-down durations (CI)")
@@ -159,23 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="netcost", metavar="DIR", help="each variant's report goes here [default netcost/]")
     p.add_argument("--results", default=RESULTS, metavar="JSON", help=f"the comparison [default {RESULTS}]")
     p.add_argument("--readme", metavar="README", help=f"replace the block between the {MARKER} markers in this file")
-    return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        names = [x.strip() for x in args.variants.split(",") if x.strip()]
-        bad = [x for x in names if x not in VARIANTS]
-        if bad or not names:
-            raise UsageError(f"--variants: choose from {', '.join(VARIANTS)}; got {args.variants!r}")
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+def run_cli(args: argparse.Namespace) -> int:
+    names = [x.strip() for x in args.variants.split(",") if x.strip()]
+    bad = [x for x in names if x not in VARIANTS]
+    if bad or not names:
+        raise UsageError(f"--variants: choose from {', '.join(VARIANTS)}; got {args.variants!r}")
     why = unavailable() if any(VARIANTS[n][1] == "podman" for n in names) else None
     if why:
-        print(f"{PROG}: error: {why}", file=sys.stderr)
-        return 2
+        raise UsageError(why)
+    if args.readme and not update_readme_block(args.readme, MARKER, None):
+        raise UsageError(f"{args.readme} has no <!-- {MARKER}:start --> ... <!-- {MARKER}:end --> markers")
     reports: dict[str, dict[str, Any]] = {}
     for name in names:
         out = os.path.join(args.out, name.replace(" ", "_").replace("-", ""))
@@ -203,13 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(result, args.results)
     md = markdown(result)
     print(md)
-    if args.readme and not update_readme_block(args.readme, MARKER, md):
-        print(f"{PROG}: error: {args.readme} has no <!-- {MARKER}:start --> ... <!-- {MARKER}:end --> markers",
-              file=sys.stderr)
-        return 2
+    if args.readme:
+        update_readme_block(args.readme, MARKER, md)
     print(f"{PROG}: {args.results}" + (f", {args.readme}" if args.readme else ""), file=sys.stderr)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+TOOL = Tool("netcost", PROG, "what a container's network costs: podman -p, --network host and kernel parts",
+            __doc__.split("\n\n")[0], add_arguments, run_cli)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return TOOL.main(argv)
