@@ -51,7 +51,8 @@ def _header(data: dict[str, Any]) -> str:
 # --- capacity ----------------------------------------------------------------------------------
 
 def _capacity_run(engine: str, versus: bool, out: Path, quick: bool) -> tuple[list[str], dict[str, Any]]:
-    argv = [sys.executable, "-m", "fastc1k.capacity", "--serve", "--engine", engine, "--container", CONTAINER,
+    argv = [sys.executable, "-m", "fastc1k.capacity", "--serve", "--engine", engine, "--runtime", "kernel",
+            "--container", CONTAINER,
             "--quiet", "--no-png", "--out", str(out)] + (["--versus", "nginx"] if versus else []) \
         + (["--quick"] if quick else [])
     p = subprocess.run(argv, capture_output=True, text=True)

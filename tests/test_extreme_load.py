@@ -84,7 +84,8 @@ def test_max_connections_is_bisected_named_as_the_cap_and_recovery_timed_at_100m
 def test_nofile_1024_with_max_connections_auto_breaks_at_the_fd_limit(tmp_path):
     """--serve sizes max_connections from the container's fd limit (1024 - 64 = 960): the
     breaking point is the container's, and the report says where the cap came from."""
-    r = capacity(tmp_path, "--engine", ENGINE, "--container", "nofile=1024", "--stages", "500,900,1200",
+    r = capacity(tmp_path, "--engine", ENGINE, "--runtime", "kernel", "--container", "nofile=1024",
+                 "--stages", "500,900,1200",
                  "--stage-duration", "2", "--final-duration", "2", "--probe-duration", "1",
                  "--max-clients", "1200", "--phases", "stages", "--no-charts")
     skip_unless_applied(r, "nofile")
@@ -111,7 +112,8 @@ def test_nofile_1024_names_fds(tmp_path):
 def test_cpu_quota_breaking_point_is_bisected_not_a_cap_and_recovery_timed_at_100ms(tmp_path):
     """Under a 0.2-CPU quota the latency bar (p99 200 ms here) breaks first: bisected to 5 %,
     not named as the configured cap (auto: the fd limit's, far above), recovery on 100 ms rows."""
-    r = capacity(tmp_path, "--engine", ENGINE, "--container", "cpus=0.2", "--stages", "200,1600",
+    r = capacity(tmp_path, "--engine", ENGINE, "--runtime", "kernel", "--container", "cpus=0.2",
+                 "--stages", "200,1600",
                  "--stage-duration", "2", "--final-duration", "2", "--probe-duration", "1", "--break-p99-ms", "200",
                  "--max-clients", "4000", "--phases", "stages,recovery", "--blast-duration", "2",
                  "--recovery-window", "5", "--no-charts")

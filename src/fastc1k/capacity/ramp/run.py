@@ -79,16 +79,17 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
     notes: list[str] = [n for n in (busy_note(),) if n]
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     runtime, chose = "kernel", None
-    if args.serve and (args.container or args.runtime == "podman"):
+    if args.versus and args.runtime == "podman":
+        raise UsageError("--versus runs nginx in the kernel-parts container beside fastc1k: use --runtime kernel")
+    if args.versus and args.runtime == "auto" and args.container:
+        runtime, chose = "kernel", "runtime auto: kernel parts, since --versus runs nginx in the same container"
+    elif args.serve and (args.container or args.runtime == "podman"):
         try:
             runtime, chose = choose_runtime(args.runtime, args.image)
         except PodmanError as exc:
             raise UsageError(str(exc)) from None
-        if runtime == "podman" and args.versus:
-            raise UsageError("--versus runs nginx in the kernel-parts container beside fastc1k: add --runtime kernel")
-        if chose:
-            if not args.quiet:
-                print(f"{PROG}: {chose}", file=sys.stderr)
+    if chose and not args.quiet:
+        print(f"{PROG}: {chose}", file=sys.stderr)
     in_netns = False
     if runtime == "kernel" and (spec.netns or (args.serve and not args.host_netns)):
         # Before any thread or child: the whole run lives in the namespace's loopback.
