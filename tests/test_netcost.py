@@ -56,3 +56,11 @@ def test_bad_input_is_one_line_and_exit_2(argv, msg, capsys):
     assert N.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and msg in err
+
+
+def test_a_readme_without_the_markers_is_refused_before_any_run(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert N.main(["--variants", "kernel parts", "--readme", str(readme)]) == 2
+    assert capsys.readouterr().err == (f"fastc1k.capacity.netcost: error: {readme} has no <!-- netcost:start --> ... "
+                                       f"<!-- netcost:end --> markers\n")

@@ -528,25 +528,6 @@ def load_machines_html(phases: dict[str, Any]) -> list[str]:
     return out
 
 
-def update_readme_block(path: str, name: str, block: str | None) -> bool:
-    """Replace what lies between `<!-- name:start -->` and `<!-- name:end -->` in the file
-    at `path` with `block` (None: only check they are there); False when the file or its
-    markers are missing."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return False
-    a, b = text.find(start), text.find(end)
-    if a < 0 or b < a:
-        return False
-    if block is not None:
-        with open(path, "w") as f:
-            f.write(text[:a + len(start)] + "\n" + block + text[b:])
-    return True
-
-
 def write_all(report: dict[str, Any], out_dir: str, prefix: str = "capacity-report",
               pngs: bool = True, charts: bool = True) -> dict[str, str]:
     """JSON, HTML and (optionally) one PNG per chart in out_dir; returns their paths."""

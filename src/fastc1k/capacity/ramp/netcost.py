@@ -29,7 +29,8 @@ from typing import Any, Sequence
 from ..._cli import UsageError
 from ..console import Tool
 from ..podman import unavailable
-from ..report import update_readme_block, write_json
+from ..._readme import markers, write_block
+from ..report import write_json
 
 __all__ = ["TOOL", "VARIANTS", "summarize", "compare", "markdown", "main"]
 
@@ -168,8 +169,14 @@ def run_cli(args: argparse.Namespace) -> int:
     why = unavailable() if any(VARIANTS[n][1] == "podman" for n in names) else None
     if why:
         raise UsageError(why)
-    if args.readme and not update_readme_block(args.readme, MARKER, None):
-        raise UsageError(f"{args.readme} has no <!-- {MARKER}:start --> ... <!-- {MARKER}:end --> markers")
+    if args.readme:
+        try:
+            with open(args.readme, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise UsageError(f"--readme {args.readme}: {exc.strerror}") from None
+        if not all(m in text for m in markers(MARKER)):
+            raise UsageError(f"{args.readme} has no {' ... '.join(markers(MARKER))} markers")
     reports: dict[str, dict[str, Any]] = {}
     for name in names:
         out = os.path.join(args.out, name.replace(" ", "_").replace("-", ""))
@@ -198,7 +205,7 @@ def run_cli(args: argparse.Namespace) -> int:
     md = markdown(result)
     print(md)
     if args.readme:
-        update_readme_block(args.readme, MARKER, md)
+        write_block(args.readme, MARKER, md)
     print(f"{PROG}: {args.results}" + (f", {args.readme}" if args.readme else ""), file=sys.stderr)
     return 0
 
