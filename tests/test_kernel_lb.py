@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import site
 import socket
 import subprocess
 import sys
@@ -50,18 +49,21 @@ def test_without_root_it_says_it_needs_root():
     K.require_root(euid=0)
 
 
-def _as_nobody(code: str) -> subprocess.CompletedProcess:
-    path = os.pathsep.join([SRC, *site.getsitepackages()])
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}, timeout=30, cwd="/")
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    """`python ARGV` as the user nobody (no capability but reading files: this host's Python
+    and its packages may sit under root's private home)."""
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*drop, sys.executable, "-c", "import psutil"], capture_output=True, cwd="/").returncode != 0:
+        drop += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    return subprocess.run([*drop, sys.executable, *argv], capture_output=True, text=True, timeout=60, cwd="/",
+                          env={**os.environ, "PYTHONPATH": SRC})
 
 
 @pytest.mark.skipif(not shutil.which("setpriv") or os.geteuid() != 0, reason="needs root to drop to nobody")
 def test_a_non_root_user_gets_the_needs_root_error():
-    if _as_nobody("import psutil").returncode != 0:
-        pytest.skip("nobody cannot read this Python's packages (installed under a private home)")
-    r = _as_nobody("from fastc1k.capacity.scaleout.kernel_lb import ServiceNet; ServiceNet()")
-    assert r.returncode != 0 and "NeedsRoot: the kernel balancer needs root" in r.stderr
+    r = as_nobody("-c", "import os; from fastc1k.capacity.scaleout.kernel_lb import ServiceNet; "
+                        "assert os.geteuid() == 65534; ServiceNet()")
+    assert r.returncode != 0 and "NeedsRoot: the kernel balancer needs root" in r.stderr, r.stderr
 
 
 def test_probe_spec_states_its_worst_case():

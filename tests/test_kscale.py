@@ -30,6 +30,14 @@ def test_side_by_side_without_root_says_it_needs_root(monkeypatch, capsys):
     assert err.count("\n") == 0 and "the kernel balancer needs root" in err
 
 
+@pytest.mark.skipif(not shutil.which("setpriv") or os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_the_cli_run_by_a_non_root_user_says_it_needs_root():
+    from test_kernel_lb import as_nobody
+    r = as_nobody("-m", "fastc1k.capacity", "scaleout", "--balancer", "kernel,haproxy-http", "--replicas", "1,2")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "the kernel balancer needs root" in r.stderr
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--balancer", "kernel,ipvs"], "--balancer: a comma-separated list"),
     (["--balancer", "kernel", "--probe", "100,250"], "--probe: interval ms"),
