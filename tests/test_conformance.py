@@ -165,6 +165,27 @@ def test_http11_connection_close(server):
         c.expect_eof()
 
 
+def _open_after(server, seconds: float) -> int:
+    time.sleep(seconds)
+    k = server.counters()
+    return k["accepted"] - k["closed"]
+
+
+def test_close_after_a_whole_answered_request_does_not_linger(server):
+    """Nothing unread, nothing to reset: the server closes at once (as nginx does) instead of
+    waiting up to a second for the client's FIN; input after the closing request still gets
+    the lingering close (the client must read its answer, not a reset)."""
+    with RawClient(server.address) as c:
+        assert c.request("GET", "/api/health", headers=[("Connection", "close")]).status == 200
+        c.expect_eof()
+        assert _open_after(server, 0.3) == 0  # while this client still holds its end open
+    with RawClient(server.address) as c:
+        c.send(build_request(headers=[("Connection", "close")]) + build_request(), ["GET"])
+        assert c.read_response().status == 200
+        c.expect_eof()
+        assert _open_after(server, 0.3) == 1  # lingering: reading until our FIN or LINGER_MS
+
+
 @pytest.mark.parametrize("value", ["Close", "keep-alive, close", "CLOSE"])
 def test_connection_close_token_case_and_list(server, value):
     with RawClient(server.address) as c:

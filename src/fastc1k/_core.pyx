@@ -102,7 +102,7 @@ def _check_shared():
         "S_LINGER": S_LINGER, "F_FRESH": F_FRESH, "F_KEEP": F_KEEP, "F_V10": F_V10, "F_HEAD": F_HEAD,
         "F_WANT_BODY": F_WANT_BODY, "F_CLOSING": F_CLOSING, "F_PAUSED": F_PAUSED, "F_OUT_OWNED": F_OUT_OWNED,
         "F_REJECTED": F_REJECTED, "F_CHUNKED": F_CHUNKED, "F_PENDING_PY": F_PENDING_PY, "F_STREAM": F_STREAM,
-        "F_PEER": F_PEER, "T_NONE": T_NONE, "T_HEADER": T_HEADER, "T_IDLE": T_IDLE, "T_SEND": T_SEND,
+        "F_PEER": F_PEER, "F_CLEAN_CLOSE": F_CLEAN_CLOSE, "T_NONE": T_NONE, "T_HEADER": T_HEADER, "T_IDLE": T_IDLE, "T_SEND": T_SEND,
         "T_LINGER": T_LINGER, "T_KINDS": T_KINDS, "R_404": R_404, "R_WSGI": R_WSGI, "R_405": R_405,
     }
     bad = {k: (v, getattr(py, k, None)) for k, v in mine.items() if getattr(py, k, None) != v}
@@ -191,6 +191,8 @@ cdef class Worker:
         self.routes = routes
         self.metrics_area = metrics_area
         self.lfd = sock.fileno()
+        i = 1
+        setsockopt(self.lfd, IPPROTO_TCP, TCP_NODELAY, &i, sizeof(int))  # accepted sockets inherit it
         view = metrics_area.slot(slot)
         mv = view
         self._slot = view
@@ -566,7 +568,6 @@ cdef class Worker:
     cdef void _admit(self, int fd) noexcept nogil:
         """A new connection: its table entry, its first read armed, its header deadline
         (or, past max_connections, a 503 and a close)."""
-        cdef int one = 1
         cdef bint watched
         cdef Conn *c
         cdef epoll_event ev
@@ -575,7 +576,6 @@ cdef class Worker:
             return
         self.m[I_ACCEPTED] += 1
         self.nopen += 1
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(int))
         c = &self.conns[fd]
         c.state = S_HEAD
         c.tprev = c.tnext = -1
@@ -707,7 +707,9 @@ cdef class Worker:
         if rc < 0:
             return  # closed
         if c.flags & F_CLOSING:
-            pos = c.buf_len  # input after a closing response is discarded
+            if pos != c.buf_len:
+                c.flags &= ~F_CLEAN_CLOSE  # input after a closing response: discarded, and lingered on
+            pos = c.buf_len
         if pos:
             c.buf_len -= pos
             if c.buf_len:
@@ -890,7 +892,7 @@ cdef class Worker:
             if rc != 0:
                 return rc
         if not (c.flags & F_KEEP):
-            c.flags |= F_CLOSING
+            c.flags |= F_CLOSING | F_CLEAN_CLOSE
         return 0
 
     cdef int _respond_data(self, int fd, Conn *c) noexcept nogil:
@@ -1077,7 +1079,7 @@ cdef class Worker:
             self._streams[fd] = ex
             c.flags |= F_STREAM
         if not (c.flags & F_KEEP):
-            c.flags |= F_CLOSING
+            c.flags |= F_CLOSING | (F_CLEAN_CLOSE if env is None else 0)  # (None: the body was read)
         if not ex.done or self.niov + 8 > IOV_CAP // 2 or self.out_total > 65536:
             rc = self._flush(fd, c)  # do not pile up Python objects
             if rc >= 0 and self.niov == 0:
@@ -1161,6 +1163,8 @@ cdef class Worker:
         self.m[self.status_ctr[status]] += 1
         if not (c.flags & F_KEEP):
             c.flags |= F_CLOSING
+            if status == 404 or status == 405:  # answers to a whole request, body read
+                c.flags |= F_CLEAN_CLOSE
         return 0
 
     cdef int _flush(self, int fd, Conn *c) noexcept nogil:
@@ -1297,7 +1301,12 @@ cdef class Worker:
 
     cdef void _linger(self, int fd, Conn *c) noexcept nogil:
         """Lingering close: shut our side, read and discard until EOF or LINGER_MS, so
-        the client reads our last response instead of a reset."""
+        the client reads our last response instead of a reset. Not needed (close now, as
+        nginx does) when the client's last request was answered whole and nothing followed
+        it: there is no unread input to turn the close into a reset."""
+        if c.flags & F_CLEAN_CLOSE and c.buf_len == 0 and (not self.uring or u_unread(self, fd) == 0):
+            self._close(fd, c)
+            return
         if shutdown(fd, SHUT_WR) != 0:
             self._close(fd, c)
             return

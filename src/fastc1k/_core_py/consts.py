@@ -33,6 +33,8 @@ F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
 F_PENDING_PY = 1 << 11      # a handler request waits for its body
 F_STREAM = 1 << 12          # a WSGI response is still streaming (conn.ex; pumped when writable)
 F_PEER = 1 << 13            # (C only: Worker._peers holds the remote address; Python: conn.peer)
+F_CLEAN_CLOSE = 1 << 14     # F_CLOSING after a whole request was answered and nothing else
+                            # came: close at once, without lingering (nothing to reset)
 
 # timer lists (one per length; all deadlines in a list have the same offset)
 T_NONE = 0

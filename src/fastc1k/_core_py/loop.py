@@ -14,7 +14,7 @@ import time
 from .. import metrics, responses, wsgi
 from ..config import ServerConfig
 from ..routes import HANDLER, JSON, Request, Routes
-from .consts import (MAX_ANSWER, ACCEPT_BATCH, EMFILE_PAUSE_MS, F_CHUNKED, F_CLOSING, F_FRESH, F_HEAD, F_KEEP,
+from .consts import (MAX_ANSWER, ACCEPT_BATCH, EMFILE_PAUSE_MS, F_CHUNKED, F_CLEAN_CLOSE, F_CLOSING, F_FRESH, F_HEAD, F_KEEP,
                      F_PAUSED, F_PENDING_PY, F_REJECTED, F_STREAM, F_V10, F_WANT_BODY, LINGER_MS,
                      MAX_WAIT_MS, R_404, R_405, R_WSGI, S_BODY, S_FREE, S_HEAD, S_LINGER, SCRATCH_SIZE, T_HEADER,
                      T_IDLE, T_KINDS, T_LINGER, T_SEND)
@@ -419,7 +419,9 @@ class Worker(Writer):
         if rc < 0:
             return  # closed
         if c.flags & F_CLOSING:
-            pos = len(buf)  # input after a closing response is discarded
+            if pos != len(buf):
+                c.flags &= ~F_CLEAN_CLOSE  # input after a closing response: discarded, and lingered on
+            pos = len(buf)
         if pos:
             del buf[:pos]
         if rc == 0:

@@ -12,7 +12,7 @@ import time
 
 from .. import metrics, responses, wsgi
 from ..routes import DATA, METRICS, PROMETHEUS, STATIC, render_result
-from .consts import (F_CLOSING, F_HEAD, F_KEEP, F_PAUSED, F_PENDING_PY, F_STREAM, F_V10, IOV_CAP, R_404,
+from .consts import (F_CLEAN_CLOSE, F_CLOSING, F_HEAD, F_KEEP, F_PAUSED, F_PENDING_PY, F_STREAM, F_V10, IOV_CAP, R_404,
                      R_405, R_WSGI, S_LINGER, T_LINGER, T_SEND)
 from .consts import I_BYTES_OUT, I_HANDLER_ERRORS, I_RESP_200
 from .timers import t_clear, t_set
@@ -62,7 +62,7 @@ class Writer:
         if c.resp == R_WSGI:
             rc = self._respond_wsgi(c)
             if rc == 0 and not c.flags & F_KEEP:
-                c.flags |= F_CLOSING
+                c.flags |= F_CLOSING | F_CLEAN_CLOSE
             return rc
         if c.resp & R_405:
             return self._error(c, 405, head_only, c.resp & ~R_405)
@@ -85,7 +85,7 @@ class Writer:
             if rc != 0:
                 return rc
         if not c.flags & F_KEEP:
-            c.flags |= F_CLOSING
+            c.flags |= F_CLOSING | F_CLEAN_CLOSE
         return 0
 
     def _respond_data(self, c) -> int:
@@ -207,6 +207,8 @@ class Writer:
         self._count_status(status)
         if not c.flags & F_KEEP:
             c.flags |= F_CLOSING
+            if status == 404 or status == 405:  # answers to a whole request, body read
+                c.flags |= F_CLEAN_CLOSE
         return 0
 
     # --- output ---------------------------------------------------------------------
@@ -282,7 +284,12 @@ class Writer:
 
     def _linger(self, c) -> None:
         """Lingering close: shut our side, read and discard until EOF or LINGER_MS, so
-        the client reads our last response instead of a reset."""
+        the client reads our last response instead of a reset. Not needed (close now, as
+        nginx does) when the client's last request was answered whole and nothing followed
+        it: there is no unread input to turn the close into a reset."""
+        if c.flags & F_CLEAN_CLOSE and not c.buf:
+            self._close(c)
+            return
         try:
             c.sock.shutdown(socket.SHUT_WR)
         except OSError:

@@ -37,6 +37,8 @@ cdef enum:
     F_PENDING_PY = 1 << 11      # a handler request waits in Worker._pending
     F_STREAM = 1 << 12          # a WSGI response is still streaming (Worker._streams; pump on EPOLLOUT)
     F_PEER = 1 << 13            # Worker.peer4[fd] holds this connection's remote IPv4 address and port
+    F_CLEAN_CLOSE = 1 << 14     # F_CLOSING after a whole request was answered and nothing else
+                                # came: close at once, without lingering (nothing to reset)
 
 # timer lists (one per length; all deadlines in a list have the same offset)
 cdef enum:

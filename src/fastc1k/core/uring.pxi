@@ -248,6 +248,10 @@ cdef void u_on_recv(Worker w, int fd, fc_cqe *e) noexcept nogil:
             u.flags |= U_RECV
 
 
+cdef inline uint32_t u_unread(Worker w, int fd) noexcept nogil:
+    return w.uc[fd].xlen
+
+
 cdef void u_feed(Worker w, int fd, Conn *c, UConn *u, const char *data, size_t n) noexcept nogil:
     """Bytes received: into the connection's buffer and through _process, as after a read()."""
     cdef size_t k
