@@ -9,6 +9,7 @@ free port of 127.0.0.1. A server that cannot run here is skipped with the reason
            the kernel's floor (not a server for users)
 - nginx    Debian's nginx, worker_processes 1, `return 200` the same JSON body
 - c        fastc1k's C engine (fastc1k._core) via bench/serve_fastc1k.py
+- c-uring  the same with `--backend io_uring` (not in the default set; bench.ceiling has it)
 - python   fastc1k's pure-Python engine, same script
 - uvloop   a raw asyncio.Protocol on uvloop (bench/raw_protocol.py)
 - asyncio  the same Protocol on the stdlib loop (not in the default set)
@@ -65,6 +66,16 @@ def _c_engine_missing() -> str | None:
         return None
     return "C engine not built (fastc1k._compat.c_available() is False: " \
            "FASTC1K_ONLY=fastc1k._core python setup.py build_ext --inplace)"
+
+
+def _uring_missing() -> str | None:
+    why = _c_engine_missing()
+    if why:
+        return why
+    probe = "from fastc1k import _core; print(_core.uring_unavailable() or 'ok')"
+    r = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, timeout=30)
+    out = r.stdout.strip()
+    return None if out == "ok" else f"io_uring unavailable: {out or r.stderr.strip()[-200:]}"
 
 
 def _module_missing(*names: str) -> str | None:
@@ -131,6 +142,8 @@ class ServerSpec:
             return None if shutil.which("nginx") else "nginx not installed (apt-get install -y nginx-light)"
         if n == "c":
             return _c_engine_missing()
+        if n == "c-uring":
+            return _uring_missing()
         if n == "uvloop":
             return _module_missing("uvloop")
         if n == "uvicorn":
@@ -149,6 +162,8 @@ class ServerSpec:
             return ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
         if self.name in ("c", "python"):
             return [py, str(BENCH / "serve_fastc1k.py"), "--engine", self.name, "--port", str(port)]
+        if self.name == "c-uring":
+            return [py, str(BENCH / "serve_fastc1k.py"), "--engine", "c", "--backend", "io_uring", "--port", str(port)]
         if self.name in ("uvloop", "asyncio"):
             return [py, str(BENCH / "raw_protocol.py"), "--loop", self.name, "--port", str(port)]
         if self.name == "uvicorn":
@@ -160,7 +175,7 @@ class ServerSpec:
     def conn_struct_bytes(self) -> int | None:
         """The C engine's per-connection struct: what an idle connection should cost it
         (it holds no buffer). None for the other servers."""
-        if self.name != "c":
+        if self.name not in ("c", "c-uring"):
             return None
         from fastc1k._core import CONN_STRUCT_SIZE
         return CONN_STRUCT_SIZE
@@ -171,6 +186,7 @@ SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
     ServerSpec("floor", "floor (C, recv+send)", frozenset({HEALTH}), closes=False),
     ServerSpec("nginx", "nginx", frozenset({HEALTH, DATA})),
     ServerSpec("c", "fastc1k C engine", _ALL),
+    ServerSpec("c-uring", "fastc1k C engine, io_uring", _ALL),
     ServerSpec("python", "fastc1k pure Python", _ALL),
     ServerSpec("uvloop", "uvloop Protocol", frozenset({HEALTH})),
     ServerSpec("asyncio", "asyncio Protocol", frozenset({HEALTH})),
