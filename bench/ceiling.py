@@ -89,6 +89,8 @@ def run(names: list[str], rounds: int, duration: float, idle: int, do_strace: bo
         for wname in CEILING_WORKLOADS:
             w = workloads.WORKLOADS[wname]
             able = [s for s in running if s.spec.closes or not w.close]
+            if not able:
+                continue
             for s in able if warmup else ():  # warm-up, not recorded
                 workloads.measure_run(s, w, duration=warmup, max_requests=0)
             per_round: list[dict[str, dict]] = []
@@ -105,7 +107,7 @@ def run(names: list[str], rounds: int, duration: float, idle: int, do_strace: bo
             if why:
                 report["syscalls_skipped"] = why
             else:
-                for wname in CEILING_WORKLOADS:
+                for wname in report["workloads"]:
                     w = workloads.WORKLOADS[wname]
                     report["syscalls"][wname] = {s.spec.name: syscalls(s, w) for s in running
                                                  if s.spec.closes or not w.close}
