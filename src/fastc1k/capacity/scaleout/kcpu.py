@@ -16,8 +16,9 @@ load generator (requests) and the replicas (replies). Those samples are the bala
 samples in ksoftirqd (softirqs deferred under load, anyone's) are shared out in the
 proportion of the attributed ones; the rest are other processes' traffic, reported
 beside it. The host does not conntrack the run's client connections (kernel_lb's notrack
-table), so the run's netfilter samples are the node's work. One sample is 1/freq s:
-the error is about sqrt(samples)/freq.
+table), but its hooks still pass them by: kscale measures that part on a routed load
+without the service and takes it off. One sample is 1/freq s: the error is about
+sqrt(samples)/freq.
 """
 from __future__ import annotations
 

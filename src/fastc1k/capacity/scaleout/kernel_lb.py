@@ -88,15 +88,15 @@ def ruleset(table: str, vip: str, port: int, endpoints: Sequence[Endpoint], pick
     return "\n".join(out) + "\n" + service_rule(table, endpoints, pick)
 
 
-def host_notrack_rules(table: str, vip: str) -> str:
+def host_notrack_rules(table: str, block: str) -> str:
     """The host namespace's part: its conntrack (there when any NAT rule exists, e.g.
-    podman's) skips the run's client connections, which only the node should track (one
-    table, and the node's CPU is then the only conntrack work on them: see kcpu)."""
+    podman's) skips the run's connections (all within its /24 `block`), which only the
+    node should track: the node's is then the only conntrack work on them (see kcpu)."""
     return (f"add table ip {table}\n"
             f"add chain ip {table} out {{ type filter hook output priority raw; policy accept; }}\n"
             f"add chain ip {table} pre {{ type filter hook prerouting priority raw; policy accept; }}\n"
-            f"add rule ip {table} out ip daddr {vip} notrack\n"
-            f"add rule ip {table} pre ip saddr {vip} notrack\n")
+            f"add rule ip {table} out ip daddr {block} notrack\n"
+            f"add rule ip {table} pre ip saddr {block} notrack\n")
 
 
 # --------------------------------------------------------------------------- namespaces
@@ -206,8 +206,11 @@ class ServiceNet:
             notes = sysctl.apply_in(self.node, {"net.ipv4.ip_forward": "1"})
             if notes:
                 raise OSError("; ".join(notes))
-            nft("-f", "-", stdin=host_notrack_rules(self.table, self.vip))
+            nft("-f", "-", stdin=host_notrack_rules(self.table, f"{NET}.{self.block}.0/24"))
             self.host_table = True
+            # the replicas' addresses routed through the node, so a load can reach one
+            # without the service (kscale's calibration); gone with the veth
+            net.ip("route", "add", f"{NET}.{self.block}.0/24", "via", self.vip, "dev", self.host_if)
         except BaseException:
             self.teardown()
             raise

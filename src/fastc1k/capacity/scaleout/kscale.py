@@ -38,6 +38,7 @@ from .health import ProbeSpec
 from .kcpu import NetfilterProfile, PidTracker
 from .kernel_lb import Conntrack, Endpoint, NeedsRoot, ServiceNet, require_root, sweep
 from .kservice import KernelService, NodeSlot
+from ..stages import load_api
 from .run import _pinning, run_count, run_fault
 
 __all__ = ["KINDS", "parse_balancers", "KernelOptions", "NodeDeployment", "run_compare", "summary_text",
@@ -59,7 +60,7 @@ class KernelOptions:
     pick: str = "random"                       # numgen random (kube-proxy) or inc (round robin)
     probe: ProbeSpec = field(default_factory=ProbeSpec)
     conntrack_max: int | None = None           # None: Conntrack.needed(max clients), never lowered
-    profile_hz: int = 499
+    profile_hz: int = 999
 
     def describe(self) -> dict[str, Any]:
         return {"pick": self.pick, "probe": self.probe.describe(), "conntrack_max": self.conntrack_max,
@@ -148,18 +149,38 @@ class NodeDeployment:
 
 # --------------------------------------------------------------------------- the kernel's figures
 
+CALIBRATION_S, CALIBRATION_CLIENTS = 3.0, 100
+
+
 class _KernelMeasures:
-    """perf and conntrack around one kernel-balancer ramp (scaleout.run_count's hooks)."""
+    """perf and conntrack around one kernel-balancer ramp (scaleout.run_count's hooks).
+
+    Netfilter samples in the run's tasks also hold the host's own hooks on the client's
+    packets (its raw notrack chains, its conntrack and NAT hooks passing them by): so
+    first a calibration, the same kind of load sent to replica r0 straight through the
+    node (routed, no service rules: no DNAT, no conntrack there), whose netfilter CPU per
+    request is that part. The balancer's CPU per request is what the ramp's stages spend
+    above it."""
 
     def __init__(self, dep: NodeDeployment, hz: int) -> None:
         self.dep, self.prof = dep, NetfilterProfile(hz)
         self.pids = PidTracker(extra=dep.fleet.pids)
+        self.t0: float | None = None
+        self.calibration: tuple[float, float, int] | None = None
 
     def before(self) -> None:
-        self.t0: float | None = None
         self.pids.start()
         self.prof.start()
         time.sleep(0.3)                        # perf is up
+        LoadSpec, LoadFarm = load_api()
+        b = self.dep.fleet.backends()[0]
+        farm = LoadFarm(LoadSpec(url=f"http://{b.host}:{b.port}{self.dep.cfg.run.path}",
+                                 connections=CALIBRATION_CLIENTS)).start()
+        t0 = farm.started_ns / 1e9
+        time.sleep(max(0.0, t0 + CALIBRATION_S - time.monotonic()))
+        t1 = time.monotonic()
+        done = farm.stop().summary.get("requests") or 0
+        self.calibration = (t0, t1, done)
 
     def after(self, runner: Any, res: dict[str, Any]) -> None:
         self.t0 = runner.t0
@@ -168,30 +189,44 @@ class _KernelMeasures:
         stages = res["stages"]["stages"]
         wins = {f"s{i}": (runner.t0 + s["start_s"], runner.t0 + s["start_s"] + s["duration_s"])
                 for i, s in enumerate(stages)}
+        if self.calibration:
+            wins["routed"] = self.calibration[:2]
         got = self.prof.windows(wins, mine)
         self.prof.cleanup()
+        cal = got.get("routed")
+        done = self.calibration[2] if self.calibration else 0
+        hooks = cal["balancer_cpu_s"] / done if cal and done else 0.0   # CPU s per request
         sampler = self.dep.lb.sampler
-        total_cpu = total_req = 0.0
+        total_raw = total_req = 0.0
         for i, s in enumerate(stages):
             c = s.setdefault("cost", {})
             w = got.get(f"s{i}")
             reqs = s["ok"] + s["error_count"]
-            if w:
-                c["balancer_cpu_s"] = w["balancer_cpu_s"]
-                c["balancer_cores"] = round(w["balancer_cpu_s"] / s["duration_s"], 4)
-                c["balancer_us_per_request"] = round(w["balancer_cpu_s"] / reqs * 1e6, 3) if reqs else None
-                c["balancer_error_us"] = round(w["error_cpu_s"] / reqs * 1e6, 3) if reqs else None
+            if w and reqs:
+                total_raw += w["balancer_cpu_s"]
+                mine_s = max(0.0, w["balancer_cpu_s"] - hooks * reqs)
+                c["netfilter_us_per_request"] = round(w["balancer_cpu_s"] / reqs * 1e6, 3)
+                c["balancer_cpu_s"] = round(mine_s, 4)
+                c["balancer_cores"] = round(mine_s / s["duration_s"], 4)
+                c["balancer_us_per_request"] = round(mine_s / reqs * 1e6, 3)
+                c["balancer_error_us"] = round(w["error_cpu_s"] / reqs * 1e6, 3)
                 c["others_netfilter_cores"] = round(w["others_cpu_s"] / s["duration_s"], 4)
-                total_cpu += w["balancer_cpu_s"]
                 total_req += reqs
             ct = sampler.window(*wins[f"s{i}"])
             if ct:
                 c.update({"conntrack_peak": ct["peak"], "conntrack_max": ct["max"], "conntrack_drops": ct["drops"]})
         b = res["balancer"]
-        b["cpu_s"] = round(total_cpu, 4)
-        b["us_per_request"] = round(total_cpu / total_req * 1e6, 3) if total_req else None
+        net_cpu = max(0.0, total_raw - hooks * total_req)   # the stages' own floors aside
+        b["cpu_s"] = round(net_cpu, 4)
+        b["us_per_request"] = round(net_cpu / total_req * 1e6, 3) if total_req else None
+        b["netfilter_us_per_request"] = round(total_raw / total_req * 1e6, 3) if total_req else None
+        b["host_hooks_us_per_request"] = round(hooks * 1e6, 3) if cal else None
+        b["calibration"] = {"seconds": CALIBRATION_S, "clients": CALIBRATION_CLIENTS, "requests": done,
+                            "netfilter": cal}
         b["cpu_method"] = (f"perf cpu-clock samples at {self.prof.freq} Hz on every CPU in netfilter code, in the "
-                           f"run's own tasks (plus their share of ksoftirqd's): see capacity/kcpu.py"
+                           f"run's own tasks (plus their share of ksoftirqd's), less the netfilter CPU per request "
+                           f"of a routed load without the service ({b['host_hooks_us_per_request']} µs): see "
+                           f"capacity/scaleout/kcpu.py and kscale.py"
                            if not self.prof.why_not else f"not measured: {self.prof.why_not}")
         b["conntrack"] = self.dep.lb.conntrack_sizing
 
@@ -512,6 +547,17 @@ def readme_block(rep: dict[str, Any], chart_path: str | None) -> str:
                      f"{_f(r['efficiency'], '{:.2f}')} | {_p99_ref(r)} | "
                      f"{_f(r['balancer_us_per_request'], '{:.2f}')} | {b.get('label') or '-'}: "
                      f"{b.get('evidence', '').replace(SOFTIRQ_NOTE, '')} |")
+    cpu = []
+    for r in rep.get("results", []):
+        b = r.get("balancer") or {}
+        if r.get("balancer_kind") == "kernel" and b.get("netfilter_us_per_request") is not None:
+            cpu.append(f"- kernel, {r['replicas']} replica(s): netfilter CPU in the run's tasks "
+                       f"{b['netfilter_us_per_request']:.2f} µs/request over the ramp, less "
+                       f"{_f(b.get('host_hooks_us_per_request'), '{:.2f}')} µs measured routed to a replica without "
+                       f"the service = {_f(b.get('us_per_request'), '{:.2f}')} µs (perf samples at "
+                       f"{rep['kernel']['profile_hz']} Hz).")
+    if cpu:
+        lines += ["", "The kernel balancer's CPU per request:", ""] + cpu
     lines += ["", "Each row's evidence is every part's use at its peak stage; softirqs are the kernel's packet work "
               "(veth), already inside the processes' figures. HAProxy is pinned to a core of its own and its replicas "
               "to the other; the kernel balancer has no process, so its replicas float."]
