@@ -79,8 +79,12 @@ def test_a_full_table_is_named_as_the_first_bottleneck(netns, tmp_path):
             "--ramp-rate", "600", "--connect-timeout", "1", "--no-charts", timeout=90)
     with open(tmp_path / "capacity-report.json") as f:
         report = json.load(f)
+    maxes = {s.get("conntrack_max") for s in report["samples"]} - {None}
+    if maxes != {netns}:   # the host-wide value is shared: another run may raise it meanwhile
+        pytest.skip(f"nf_conntrack_max changed during the run ({netns:,} -> {sorted(maxes)}): not this test's table")
     b = report["phases"]["ramp"]["bottleneck"]
-    assert b is not None and b["resource"] == "conntrack", b
+    assert b is not None and b["resource"] == "conntrack", [
+        (s["t"], s.get("clients"), s.get("conntrack_count"), s.get("conntrack_drop")) for s in report["samples"][::5]]
     assert f"of nf_conntrack_max {netns:,}" in b["evidence"], b
     assert b["clients"] <= 2 * ROOM, b
     # and the table did refuse: the kernel's drop counter moved, the clients timed out connecting
@@ -99,7 +103,7 @@ def test_the_probe_counts_connections_stuck_in_syn_sent_as_failed(netns, tmp_pat
             "--hold", "1", "--quiet", "--json", str(out), timeout=60)
     with open(out) as f:
         res = json.load(f)
-    assert res["errors"].get("ETIMEDOUT", 0) >= 1000 and res["failed_open"] >= 1000 and res["held"] <= 300, res
+    assert res["errors"].get("ETIMEDOUT", 0) >= 1000 and res["failed_open"] >= 1000 and res["held"] <= ROOM, res
     assert res["opened"] + res["failed_open"] == 1500 and res["open_seconds"] < 20, res
     assert res["stopped_by"].startswith("conntrack:"), res["stopped_by"]
     assert "nf_conntrack_max" in res["next_limit"], res["next_limit"]
