@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastc1k._readme import write_block
+
 from . import ceiling, drivers, workloads
 from .servers import BENCH, ServerSpec, RunningServer, HEALTH
 
@@ -225,16 +227,10 @@ def markdown(report: dict) -> str:
 
 
 README = BENCH.parent / "README.md"
-MARK_START, MARK_END = "<!-- wsgi:start -->", "<!-- wsgi:end -->"
 
 
 def update_readme(md: str, readme: Path = README) -> bool:
-    text = readme.read_text()
-    a, b = text.find(MARK_START), text.find(MARK_END)
-    if a < 0 or b < a:
-        return False
-    readme.write_text(text[:a + len(MARK_START)] + "\n" + md + text[b:])
-    return True
+    return write_block(str(readme), "wsgi", md)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,7 +145,8 @@ def test_every_readme_figure_block_has_its_command():
     blocks = set(re.findall(r"<!-- ([\w-]+):start -->", readme))
     writers = {"ceiling": "bench.ceiling", "config-table": "fastc1k.serve config-table",
                "capacity": "bench.figures capacity", "vswrk": "bench.figures vswrk",
-               "scaleout": "the scale-out run (--readme)", "cluster": "bench.cluster"}
+               "scaleout": "capacity scaleout --readme", "cluster": "bench.cluster", "wsgi": "bench.wsgi_bench",
+               "netcost": "capacity netcost --readme"}
     typed = {"c1m"}   # the one-million run (~12 GB, minutes): its block is not yet written by the probe
     assert blocks <= set(writers) | typed, blocks - set(writers) - typed
     assert {"ceiling", "capacity", "vswrk", "config-table"} <= blocks
