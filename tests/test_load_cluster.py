@@ -324,3 +324,12 @@ def test_a_lost_load_process_is_marked_and_the_policy_followed(server, policy):
     assert marked and all(r["lost_processes"] == 1 and r["lost_connections"] == 2 for r in marked)
     assert [r["lost"] for r in res.summary["workers"]] == [False, True]
     assert sum(r["requests"] for r in res.summary["workers"]) == res.summary["requests"]
+
+
+def test_shares_fill_each_process_up_to_its_machine_limit():
+    from fastc1k.load.farm import share
+    assert share(7, [None] * 3) == [3, 2, 2]                 # the local farm's even split
+    assert share(10, [3, None, None]) == [3, 4, 3]
+    assert share(12, [2, 3, 100]) == [2, 3, 7]               # a small machine full, the rest shared
+    with pytest.raises(ValueError, match="6 connections exceed the 5 these 2 load processes can hold"):
+        share(6, [2, 3])
