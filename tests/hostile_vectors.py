@@ -83,6 +83,30 @@ VECTORS: list[tuple[str, bytes, int]] = [
     ("chunk-ext-nul", _post(b"Transfer-Encoding: chunked\r\n", b"5;a=\x00\r\nhello\r\n0\r\n\r\n"), 400),
     ("chunked-over-max-body", _post(b"Transfer-Encoding: chunked\r\n", b"800\r\n" + b"x" * 2048 + b"\r\n"
                                     + b"801\r\n" + b"x" * 2049 + b"\r\n0\r\n\r\n"), 413),
+    # request-target: URI characters only (RFC 9112 3.2); absolute-form without userinfo
+    ("target-raw-utf8", _get(H, b"/caf\xc3\xa9"), 400),
+    ("target-overlong-utf8", _get(H, b"/\xc0\xaf"), 400),
+    ("target-byte-ff", _get(H, b"/\xff"), 400),
+    ("absolute-form-userinfo", _get(H, b"http://user@localhost/api/health"), 400),
+    ("absolute-form-userinfo-password", _get(H, b"http://u:p@localhost/api/health"), 400),
+    ("control-absolute-form-port", _get(b"Host: other\r\n", b"http://localhost:8080/api/health"), 200),
+    ("control-absolute-form-empty-host", _get(b"Host:\r\n", b"http://localhost/api/health"), 200),
+    # Host = uri-host [ ":" port ] (RFC 9112 3.2)
+    ("host-userinfo", _get(b"Host: user@localhost:8080\r\n"), 400),
+    ("host-path", _get(b"Host: localhost:8080/path\r\n"), 400),
+    ("host-list", _get(b"Host: a, b\r\n"), 400),
+    ("host-list-no-space", _get(b"Host: a,b\r\n"), 400),
+    ("host-bad-port", _get(b"Host: localhost:80a\r\n"), 400),
+    ("host-empty-origin-form", _get(b"Host:\r\n"), 400),
+    ("host-empty-ows-origin-form", _get(b"Host:   \r\n"), 400),
+    ("control-host-port", _get(b"Host: localhost:8080\r\n"), 200),
+    ("control-host-ipv6", _get(b"Host: [::1]:8080\r\n"), 200),
+    ("control-host-ipv4", _get(b"Host: 127.0.0.1\r\n"), 200),
+    ("control-host-empty-port", _get(b"Host: localhost:\r\n"), 200),
+    # OPTIONS (RFC 9110 9.3.7): asterisk-form for OPTIONS only
+    ("control-options-asterisk", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", 200),
+    ("control-options-route", b"OPTIONS /api/health HTTP/1.1\r\n" + H + b"\r\n", 200),
+    ("asterisk-form-get", b"GET * HTTP/1.1\r\n" + H + b"\r\n", 400),
     # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), nothing else
     ("control-chunk-ext-quoted", _post(b"Transfer-Encoding: chunked\r\n",
                                        b'5 ; a = "q;\\"x\\" \xe9" ;b=tok;c\r\nhello\r\n0\r\n\r\n'), 200),
@@ -126,7 +150,6 @@ VECTORS: list[tuple[str, bytes, int]] = [
     ("header-leading-space-first", b"GET /api/health HTTP/1.1\r\n Host: localhost\r\n\r\n", 400),
     # -- request targets
     ("authority-form", b"CONNECT localhost:80 HTTP/1.1\r\n" + H + b"\r\n", 400),
-    ("asterisk-form", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("absolute-form-ftp", _get(H, b"ftp://localhost/api/health"), 400),
     ("absolute-form-empty-authority", _get(H, b"http:///api/health"), 400),
     ("target-relative", _get(H, b"api/health"), 400),

@@ -13,6 +13,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fastc1k import Routes
+
 from _client import H11Client, RawClient, assert_error_and_close, build_request, fetch
 
 HEALTH = b'{"status":"ok"}'
@@ -122,7 +124,7 @@ def test_unknown_path_404_keeps_connection(server):
         assert c.request("GET", "/api/health").status == 200
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW", "M" * 200, "get"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "BREW", "M" * 200, "get"])
 def test_wrong_method_405_with_allow(server, method):
     """Any token is a method (RFC 9110 9.1); an unknown one on a known path is 405."""
     with RawClient(server.address) as c:
@@ -464,3 +466,55 @@ def test_counters_for_served_requests(server):
     assert after['responses{status="404"}'] - before['responses{status="404"}'] == 1
     assert after["accepted"] - before["accepted"] == 1
     assert after["bytes_in"] > before["bytes_in"] and after["bytes_out"] > before["bytes_out"]
+
+
+# --- OPTIONS, absolute-form authority, Upgrade (RFC 9110 9.3.7, RFC 9112 3.2.2, RFC 9110 7.8) ---
+def _allow(resp) -> list[bytes]:
+    return [m.strip() for m in resp.header("allow").split(b",")]
+
+
+def test_options_asterisk_200_with_the_server_wide_allow(server):
+    with RawClient(server.address) as c:
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", ["OPTIONS"])
+        resp = c.read_response()
+        assert resp.status == 200 and resp.body == b"" and resp.header("content-length") == b"0"
+        allow = _allow(resp)
+        assert set(allow) == {b"GET", b"HEAD", b"POST", b"PUT", b"OPTIONS"} and len(allow) == len(set(allow))
+        assert resp.connection != b"close" and c.request("GET", "/api/health").status == 200
+
+
+def test_options_on_a_route_200_with_its_allow(server):
+    with RawClient(server.address) as c:
+        resp = c.request("OPTIONS", "/api/health")
+        assert resp.status == 200 and _allow(resp) == [b"GET", b"HEAD", b"OPTIONS"] and resp.body == b""
+        resp = c.request("OPTIONS", "/echo")
+        assert resp.status == 200 and sorted(_allow(resp)) == [b"GET", b"HEAD", b"OPTIONS", b"POST", b"PUT"]
+        assert c.request("OPTIONS", "/no/such/path").status == 404
+
+
+def test_options_goes_to_a_handler_that_takes_it(make_server):
+    routes = Routes()
+    routes.handler("/cors", lambda req: (204, {"Access-Control-Allow-Origin": "*"}, b""), methods=["OPTIONS", "GET"])
+    srv = make_server(routes)
+    with RawClient(srv.address) as c:
+        resp = c.request("OPTIONS", "/cors")
+        assert resp.status == 204 and resp.header("access-control-allow-origin") == b"*"
+
+
+def test_absolute_form_authority_replaces_host_for_handlers(server):
+    with RawClient(server.address) as c:
+        c.send(b"GET http://example.com:81/inspect HTTP/1.1\r\nHost: other.test\r\n\r\n", ["GET"])
+        seen = json.loads(c.read_response().body)
+        assert ["host", "example.com:81"] in seen["headers"] and ["host", "other.test"] not in seen["headers"]
+
+
+def test_upgrade_is_not_switched_http_continues(server):
+    """Upgrade (RFC 9110 7.8) is a request the server may ignore: no 101, the request is
+    answered, and the bytes after it are parsed as the next HTTP request."""
+    with RawClient(server.address) as c:
+        c.send(b"GET /api/health HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+               b"GET /static HTTP/1.1\r\nHost: x\r\n\r\n", ["GET", "GET"])
+        first, second = c.read_responses(2)
+        assert first.status == 200 and first.header("upgrade") is None
+        assert second.status == 200 and second.body == b"hello\n"

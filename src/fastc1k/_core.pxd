@@ -47,6 +47,8 @@ cdef class Worker:
         uint64_t data_id
         int pid
         public uint64_t max_answer      # a handler answer's bytes at most (MAX_ANSWER; tests lower it)
+        const char *opt_head            # head of the 200 to OPTIONS *, the server-wide Allow
+        size_t opt_head_len
         const char *data_head           # build_head(200, JSON, 0) minus "0\r\n"
         size_t data_head_len
         const char *err_head[ERR_SLOTS]

@@ -26,7 +26,7 @@ import time
 
 from . import metrics, responses, wsgi
 from ._compat import say_backend_fallback
-from .routes import STATIC, HANDLER, DATA, METRICS, WSGI, JSON, PROMETHEUS, Request, render_result
+from .routes import STATIC, HANDLER, DATA, METRICS, WSGI, JSON, PROMETHEUS, Request, options_allow, render_result
 
 __all__ = ["Worker", "parse_request", "uring_unavailable", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE"]
 
@@ -104,6 +104,7 @@ def _check_shared():
         "F_REJECTED": F_REJECTED, "F_CHUNKED": F_CHUNKED, "F_PENDING_PY": F_PENDING_PY, "F_STREAM": F_STREAM,
         "F_PEER": F_PEER, "F_CLEAN_CLOSE": F_CLEAN_CLOSE, "T_NONE": T_NONE, "T_HEADER": T_HEADER, "T_IDLE": T_IDLE, "T_SEND": T_SEND,
         "T_LINGER": T_LINGER, "T_KINDS": T_KINDS, "R_404": R_404, "R_WSGI": R_WSGI, "R_405": R_405,
+        "R_OPTIONS_ALL": R_OPTIONS_ALL, "R_OPTIONS": R_OPTIONS, "MAX_ROUTES": MAX_ROUTES,
     }
     bad = {k: (v, getattr(py, k, None)) for k, v in mine.items() if getattr(py, k, None) != v}
     if bad:
@@ -249,6 +250,8 @@ cdef class Worker:
         cdef bytes b
         self._routes_py = list(routes)
         self.nrt = len(self._routes_py)
+        if self.nrt >= MAX_ROUTES:
+            raise ValueError(f"at most {MAX_ROUTES - 1} routes, got {self.nrt}")
         self.rt = <RouteC *>calloc(max(1, self.nrt), sizeof(RouteC))
         if self.rt == NULL:
             raise MemoryError()
@@ -273,6 +276,10 @@ cdef class Worker:
             r.tail, r.tail_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
             b = self._hold(responses.error_head(405, route.allow))
             r.h405, r.h405_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+            b = self._hold(responses.options_head(options_allow(route.methods)))
+            r.hopt, r.hopt_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+        b = self._hold(responses.options_head(routes.server_allow()))
+        self.opt_head, self.opt_head_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
         b = self._hold(responses.build_head(200, JSON, 0))
         assert b.endswith(b"Content-Length: 0\r\n")
         self.data_head, self.data_head_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b) - 3
@@ -771,6 +778,7 @@ cdef class Worker:
     cdef int _dispatch(self, int fd, Conn *c, Req *q, size_t off, size_t hlen) noexcept nogil:
         """A head is complete: choose the answer; send it now or after the body."""
         cdef int ri
+        cdef bint options
         c.flags &= ~(F_KEEP | F_V10 | F_HEAD | F_WANT_BODY | F_CHUNKED)
         if q.keep_alive:
             c.flags |= F_KEEP
@@ -779,7 +787,10 @@ cdef class Worker:
         if q.method_len == 4 and memcmp(q.method, b"HEAD", 4) == 0:
             c.flags |= F_HEAD
         ri = self._lookup(q.path, q.path_len)
-        if ri < 0 and self.wsgi_app is not None:
+        options = q.method_len == 7 and memcmp(q.method, b"OPTIONS", 7) == 0
+        if options and q.path_len == 1 and q.path[0] == 42:
+            c.resp = R_OPTIONS_ALL  # OPTIONS * (the only asterisk-form request parse_head lets by)
+        elif ri < 0 and self.wsgi_app is not None:
             c.resp = R_WSGI
             if not (q.chunked or q.content_length):
                 return self._call_wsgi(fd, c, q, off, hlen)  # environ and app in one GIL section
@@ -792,7 +803,7 @@ cdef class Worker:
         elif ri < 0:
             c.resp = R_404
         elif not self._allowed(ri, q.method, q.method_len):
-            c.resp = R_405 | ri
+            c.resp = (R_OPTIONS if options else R_405) | ri
         else:
             c.resp = ri
             if self.rt[ri].kind == _HANDLER:
@@ -868,6 +879,21 @@ cdef class Worker:
             return self._error(fd, c, 404, head_only, -1)
         if c.resp == R_WSGI:
             return self._respond_wsgi(fd, c, None)
+        if c.resp == R_OPTIONS_ALL or (c.resp & R_405) == 0 and c.resp & R_OPTIONS:
+            rc = self._room(fd, c)
+            if rc != 0:
+                return rc
+            if c.resp == R_OPTIONS_ALL:
+                self._add(self.opt_head, self.opt_head_len, True)
+            else:
+                self._add(self.rt[c.resp & ~R_OPTIONS].hopt, self.rt[c.resp & ~R_OPTIONS].hopt_len, True)
+            self._add(self.date, DATE_LEN, False)
+            self._add_conn(c)
+            self._add(CRLF, 2, True)
+            self.m[I_RESP_200] += 1
+            if not (c.flags & F_KEEP):
+                c.flags |= F_CLOSING | F_CLEAN_CLOSE
+            return 0
         if c.resp & R_405:
             return self._error(fd, c, 405, head_only, c.resp & ~R_405)
         r = &self.rt[c.resp]
@@ -990,6 +1016,9 @@ cdef class Worker:
                 for line in section.split(b"\r\n"):
                     name, _, value = line.partition(b":")
                     headers.append((name.lower(), value.strip(b" \t")))
+            if q.authority != NULL:  # an absolute-form target's authority replaces Host (RFC 9112 3.2.2)
+                authority = PyBytes_FromStringAndSize(q.authority, q.authority_len)
+                headers = [(k, authority if k == b"host" else v) for k, v in headers]
             req = Request(PyBytes_FromStringAndSize(q.method, q.method_len).decode("ascii"),
                           path.decode("latin-1"), query.decode("latin-1"), headers, b"",
                           "HTTP/1.1" if q.v11 else "HTTP/1.0")

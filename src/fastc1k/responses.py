@@ -16,7 +16,7 @@ from typing import Iterable
 
 __all__ = [
     "SERVER_NAME", "REASONS", "ERROR_BODIES", "KEEPS_CONNECTION", "CONN_KEEP_ALIVE", "CONN_CLOSE", "DATE_LEN",
-    "status_line", "build_head", "build_response", "error_head", "error_tail", "date_header",
+    "status_line", "build_head", "build_response", "error_head", "options_head", "error_tail", "date_header",
     "DateCache",
 ]
 
@@ -115,6 +115,11 @@ def error_head(status: int, allow: bytes | None = None) -> bytes:
     if status == 503:
         extra.append((b"Retry-After", str(RETRY_AFTER_SECONDS).encode()))
     return build_head(status, b"text/plain", len(ERROR_BODIES[status]), extra)
+
+
+def options_head(allow: bytes) -> bytes:
+    """Head of the engines' answer to OPTIONS (200, Allow, no body; the caller adds Date, conn, tail)."""
+    return build_head(200, None, 0, [(b"Allow", allow)])
 
 
 def error_tail(status: int, head_only: bool = False) -> bytes:

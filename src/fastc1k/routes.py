@@ -74,6 +74,11 @@ def _allow(methods: Iterable[str]) -> bytes:
     return ", ".join(methods).encode()
 
 
+def options_allow(methods: Iterable[str]) -> bytes:
+    """Allow of an OPTIONS answer (RFC 9110 9.3.7): the methods, and OPTIONS itself."""
+    return _allow(dict.fromkeys((*methods, "OPTIONS")))
+
+
 def _methods(methods: Iterable[str]) -> tuple[str, ...]:
     ms = tuple(dict.fromkeys(m.upper() for m in methods))
     for m in ms:
@@ -144,6 +149,10 @@ class Routes:
             self.handler(path, func, methods, content_type)
             return func
         return deco
+
+    def server_allow(self) -> bytes:
+        """Allow of `OPTIONS *`: every method some route takes, and OPTIONS."""
+        return options_allow(m for r in self for m in r.methods)
 
     def get(self, path: str) -> Route | None:
         return self._routes.get(path)

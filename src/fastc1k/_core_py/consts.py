@@ -47,7 +47,10 @@ T_KINDS = 5
 # the answer chosen at the head, given after the body (Conn.resp)
 R_404 = 0xFFFF
 R_WSGI = 0xFFFE             # the WSGI app (checked before R_405's bit)
+R_OPTIONS_ALL = 0xFFFD      # OPTIONS *: 200 with the server-wide Allow
 R_405 = 0x8000              # | route index
+R_OPTIONS = 0x4000          # | route index: OPTIONS of a route that does not take it: 200 with its Allow
+MAX_ROUTES = 0x4000         # route indices stay below the R_* bits
 
 # metrics slot word indices (the C engine's I_* enums, checked against the same layout)
 from .. import metrics as _metrics  # noqa: E402

@@ -13,8 +13,9 @@ import time
 
 from .. import metrics, responses, wsgi
 from ..config import ServerConfig
-from ..routes import HANDLER, JSON, Request, Routes
-from .consts import (MAX_ANSWER, ACCEPT_BATCH, EMFILE_PAUSE_MS, F_CHUNKED, F_CLEAN_CLOSE, F_CLOSING, F_FRESH, F_HEAD, F_KEEP,
+from ..routes import HANDLER, JSON, Request, Routes, options_allow
+from .consts import (MAX_ANSWER, MAX_ROUTES, R_OPTIONS, R_OPTIONS_ALL, ACCEPT_BATCH, EMFILE_PAUSE_MS, F_CHUNKED,
+                     F_CLEAN_CLOSE, F_CLOSING, F_FRESH, F_HEAD, F_KEEP,
                      F_PAUSED, F_PENDING_PY, F_REJECTED, F_STREAM, F_V10, F_WANT_BODY, LINGER_MS,
                      MAX_WAIT_MS, R_404, R_405, R_WSGI, S_BODY, S_FREE, S_HEAD, S_LINGER, SCRATCH_SIZE, T_HEADER,
                      T_IDLE, T_KINDS, T_LINGER, T_SEND)
@@ -98,7 +99,11 @@ class Worker(Writer):
         self._routes_py = list(routes)
         self._index = {r.path: i for i, r in enumerate(self._routes_py)}
         self._tails = [b"\r\n" + r.body for r in self._routes_py]
+        if len(self._routes_py) >= MAX_ROUTES:
+            raise ValueError(f"at most {MAX_ROUTES - 1} routes, got {len(self._routes_py)}")
         self._h405 = [responses.error_head(405, r.allow) for r in self._routes_py]
+        self._hopt = [responses.options_head(options_allow(r.methods)) for r in self._routes_py]
+        self.opt_head = responses.options_head(routes.server_allow())
         self.data_head = responses.build_head(200, JSON, 0)[:-3]  # minus "0\r\n"
 
     # --- Python API -----------------------------------------------------------------
@@ -478,7 +483,10 @@ class Worker(Writer):
         if q.method == "HEAD":
             c.flags |= F_HEAD
         ri = self._lookup(q.path)
-        if ri < 0 and self.wsgi_app is not None:
+        options = q.method == "OPTIONS"
+        if options and q.path == "*":
+            c.resp = R_OPTIONS_ALL  # OPTIONS * (the only asterisk-form request parse_head lets by)
+        elif ri < 0 and self.wsgi_app is not None:
             c.resp = R_WSGI
             if q.chunked or q.length:
                 if q.expect_continue and not c.flags & F_V10 and at_end:
@@ -490,7 +498,7 @@ class Worker(Writer):
         elif ri < 0:
             c.resp = R_404
         elif not self._allowed(ri, q.method):
-            c.resp = R_405 | ri
+            c.resp = (R_OPTIONS if options else R_405) | ri
         else:
             c.resp = ri
             route = self._routes_py[ri]
@@ -518,7 +526,10 @@ class Worker(Writer):
 
     def _begin_py(self, c: Conn, q: Head, ri: int) -> None:
         """A handler route's head: build its Request now (the buffer moves on)."""
-        c.req = Request(q.method, q.path, q.query, q.headers, b"", q.version)
+        headers = q.headers
+        if q.authority is not None:  # an absolute-form target's authority replaces Host (RFC 9112 3.2.2)
+            headers = [(k, q.authority if k == b"host" else v) for k, v in headers]
+        c.req = Request(q.method, q.path, q.query, headers, b"", q.version)
         c.body = bytearray() if c.flags & F_WANT_BODY else None
         c.flags |= F_PENDING_PY
 

@@ -19,8 +19,11 @@ __all__ = ["ParseError", "Head", "parse_head", "parse_request", "ChunkDecoder"]
 #                           "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
-# request-target: origin-form or absolute-form; any VCHAR or obs-text, no CTL or SP
-TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
+# request-target: origin-form, absolute-form or (OPTIONS only) "*"; URI characters are
+# VCHAR: no CTL, no SP, no byte over 0x7E (RFC 9112 3.2; a raw UTF-8 target is a 400)
+TARGET = re.compile(rb"[\x21-\x7e]+")
+# Host = uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2); no userinfo, path or list
+HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.vV]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 # HTTP-version = HTTP-name "/" DIGIT "." DIGIT
 VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 # field-line = field-name ":" OWS field-value OWS ; field-value = *field-content
@@ -39,7 +42,7 @@ class ParseError(Exception):
 class Head:
     """A parsed request head."""
     __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive",
-                 "length", "chunked", "expect_continue")
+                 "length", "chunked", "expect_continue", "authority")
 
     def __init__(self) -> None:
         self.length = 0
@@ -78,8 +81,11 @@ def parse_head(buf: bytearray | bytes, pos: int, cfg: ServerConfig) -> tuple[Hea
         raise ParseError(505)
     if TOKEN.fullmatch(method) is None or TARGET.fullmatch(target) is None:
         raise ParseError(400)
+    authority = None
     if target[:1] == b"/":
         path_q = target
+    elif target == b"*" and method == b"OPTIONS":
+        path_q = target  # asterisk-form (RFC 9112 3.2.4)
     else:
         low = target[:8].lower()
         if low.startswith(b"http://") or low.startswith(b"https://"):
@@ -88,8 +94,11 @@ def parse_head(buf: bytearray | bytes, pos: int, cfg: ServerConfig) -> tuple[Hea
             path_q = rest[slash:] if slash >= 0 else b"/"
             if slash == 0 or rest[:1] in (b"?", b""):
                 raise ParseError(400)  # empty authority
+            authority = re.split(rb"[/?]", rest, maxsplit=1)[0]
+            if b"@" in authority or HOST.fullmatch(authority) is None:
+                raise ParseError(400)  # userinfo (RFC 9110 4.2.4) or not a host[:port]
         else:
-            raise ParseError(400)  # authority-form, asterisk-form
+            raise ParseError(400)  # authority-form, other asterisk-form
     start = nl + 1  # header section begins here
     end = buf.find(b"\r\n\r\n", nl - 1)
     if end < 0:
@@ -113,6 +122,7 @@ def parse_head(buf: bytearray | bytes, pos: int, cfg: ServerConfig) -> tuple[Hea
     h.version = "HTTP/1.1" if ver[1] == b"1" else "HTTP/1.0"
     headers: list[tuple[bytes, bytes]] = []
     hosts = lengths = 0
+    host_empty = False
     te: list[bytes] = []
     conn_tokens: list[bytes] = []
     if end - start > 2:
@@ -128,6 +138,9 @@ def parse_head(buf: bytearray | bytes, pos: int, cfg: ServerConfig) -> tuple[Hea
             headers.append((name, value))
             if name == b"host":
                 hosts += 1
+                if HOST.fullmatch(value) is None:
+                    raise ParseError(400)  # userinfo, a path, a list: not uri-host [":" port]
+                host_empty = not value
             elif name == b"content-length":
                 lengths += 1
                 if lengths > 1 or CONTENT_LENGTH.fullmatch(value) is None:
@@ -142,6 +155,9 @@ def parse_head(buf: bytearray | bytes, pos: int, cfg: ServerConfig) -> tuple[Hea
     h.headers = headers
     if hosts > 1 or (hosts == 0 and h.version == "HTTP/1.1"):
         raise ParseError(400)
+    if hosts and host_empty and authority is None:
+        raise ParseError(400)  # an empty Host names no authority for an origin-form target (nginx: 400)
+    h.authority = authority
     if te:
         if lengths or h.version == "HTTP/1.0":
             raise ParseError(400)  # RFC 9112 6.1: smuggling vectors; reject (as nginx does)

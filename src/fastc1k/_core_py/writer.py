@@ -13,7 +13,7 @@ import time
 from .. import metrics, responses, wsgi
 from ..routes import DATA, METRICS, PROMETHEUS, STATIC, render_result
 from .consts import (F_CLEAN_CLOSE, F_CLOSING, F_HEAD, F_KEEP, F_PAUSED, F_PENDING_PY, F_STREAM, F_V10, IOV_CAP, R_404,
-                     R_405, R_WSGI, S_LINGER, T_LINGER, T_SEND)
+                     R_405, R_OPTIONS, R_OPTIONS_ALL, R_WSGI, S_LINGER, T_LINGER, T_SEND)
 from .consts import I_BYTES_OUT, I_HANDLER_ERRORS, I_RESP_200
 from .timers import t_clear, t_set
 
@@ -64,6 +64,18 @@ class Writer:
             if rc == 0 and not c.flags & F_KEEP:
                 c.flags |= F_CLOSING | F_CLEAN_CLOSE
             return rc
+        if c.resp == R_OPTIONS_ALL or not c.resp & R_405 and c.resp & R_OPTIONS:
+            rc = self._room(c)
+            if rc != 0:
+                return rc
+            self._add(self.opt_head if c.resp == R_OPTIONS_ALL else self._hopt[c.resp & ~R_OPTIONS])
+            self._add(self.date)
+            self._add_conn(c)
+            self._add(CRLF)
+            self.m[I_RESP_200] += 1
+            if not c.flags & F_KEEP:
+                c.flags |= F_CLOSING | F_CLEAN_CLOSE
+            return 0
         if c.resp & R_405:
             return self._error(c, 405, head_only, c.resp & ~R_405)
         r = self._routes_py[c.resp]

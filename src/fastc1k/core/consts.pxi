@@ -69,7 +69,10 @@ cdef enum:
 cdef enum:
     R_404 = 0xFFFF
     R_WSGI = 0xFFFE             # the WSGI app (checked before R_405's bit)
+    R_OPTIONS_ALL = 0xFFFD      # OPTIONS *: 200 with the server-wide Allow
     R_405 = 0x8000              # | route index
+    R_OPTIONS = 0x4000          # | route index: OPTIONS of a route that does not take it: 200 with its Allow
+    MAX_ROUTES = 0x4000         # route indices stay below the R_* bits
 
 # metrics slot word indices: fastc1k.metrics.IDX, checked at import (_check_layout)
 cdef enum:

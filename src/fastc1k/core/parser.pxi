@@ -9,8 +9,10 @@
 # RFC 9110 5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
 #                         "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
 cdef uint8_t TCHAR[256]
-# request-target bytes: VCHAR / obs-text (no CTL, no SP)
+# request-target bytes: VCHAR (no CTL, no SP, no byte over 0x7E: RFC 9112 3.2 wants URI syntax)
 cdef uint8_t TARGETCH[256]
+# uri-host bytes of a reg-name or IPv4address (RFC 3986 3.2.2), pct-encoded loosely: no "@", "/", ","
+cdef uint8_t HOSTCH[256]
 # field-value bytes after the colon: SP / HTAB / VCHAR / obs-text (OWS included)
 cdef uint8_t VALUECH[256]
 # hex digit value + 1 (0 = not a hex digit)
@@ -25,7 +27,8 @@ cdef int _init_tables() except -1:
     for i in range(256):
         TCHAR[i] = 1 if (48 <= i <= 57 or 65 <= i <= 90 or 97 <= i <= 122
                          or i in b"!#$%&'*+-.^_`|~") else 0
-        TARGETCH[i] = 1 if (0x21 <= i <= 0x7e or i >= 0x80) else 0
+        TARGETCH[i] = 1 if 0x21 <= i <= 0x7e else 0
+        HOSTCH[i] = 1 if (48 <= i <= 57 or 65 <= i <= 90 or 97 <= i <= 122 or i in b"-._~!$&'()*+;=%") else 0
         VALUECH[i] = 1 if (i == 9 or 0x20 <= i <= 0x7e or i >= 0x80) else 0
         HEXV[i] = 0
     for i in range(10):
@@ -58,6 +61,36 @@ cdef inline bint ci_eq(const char *p, size_t n, const char *lower, size_t ln) no
     for i in range(n):
         if (<uint8_t>p[i] | 0x20) != <uint8_t>lower[i]:
             return False
+    return True
+
+
+cdef bint host_ok(const char *v, size_t n) noexcept nogil:
+    """Host = uri-host [ ":" port ] (RFC 9110 7.2): a reg-name or IPv4 address, or an IP
+    literal in brackets, then an optional port; no userinfo, path or list (the reference is
+    _core_py/parser.py HOST). An empty value passes here (judged by the target's form)."""
+    cdef size_t i = 0
+    cdef uint8_t ch
+    if n and v[0] == 91:  # "[" IP-literal "]"
+        i = 1
+        while i < n and v[i] != 93:
+            ch = <uint8_t>v[i]
+            if not (HEXV[ch] or ch == 58 or ch == 46 or ch == 118 or ch == 86):
+                return False
+            i += 1
+        if i == n or i == 1:
+            return False
+        i += 1
+    else:
+        while i < n and HOSTCH[<uint8_t>v[i]]:
+            i += 1
+    if i < n:
+        if v[i] != 58:
+            return False
+        i += 1
+        while i < n:
+            if not (48 <= v[i] <= 57):
+                return False
+            i += 1
     return True
 
 
@@ -151,6 +184,8 @@ cdef size_t _parse_fast(const char *b, size_t pos, size_t n, Req *r, const Limit
         count += 1
         if ln == 4 and ci_eq(s, 4, b"host", 4):
             hosts += 1
+            if vn == 0 or not host_ok(v, vn):
+                return 0
         elif ci_eq(s, ln, b"content-length", 14):
             if has_length or vn == 0 or vn > 18:
                 return 0
@@ -192,7 +227,7 @@ cdef ssize_t parse_head(const char *b, size_t n, Req *r, const Limits *lim) noex
     cdef const char *pq
     cdef size_t pqn
     cdef bint te_any = False, te_empty = False, te_other = False, te_last_chunked = False
-    cdef bint conn_close = False, conn_ka = False
+    cdef bint conn_close = False, conn_ka = False, host_empty = False
     cdef int te_chunked = 0
     cdef int64_t length = 0
 
@@ -265,8 +300,18 @@ cdef ssize_t parse_head(const char *b, size_t n, Req *r, const Limits *lim) noex
         else:
             pq = p
             pqn = r.target_len - <size_t>(p - r.target)
+        r.authority = r.target + rest
+        r.authority_len = 0
+        while rest + r.authority_len < r.target_len and r.authority[r.authority_len] != 47 \
+                and r.authority[r.authority_len] != 63:
+            r.authority_len += 1
+        if memchr(r.authority, 64, r.authority_len) != NULL or not host_ok(r.authority, r.authority_len):
+            return -400  # userinfo (RFC 9110 4.2.4) or not a host[:port]
+    elif r.target_len == 1 and r.target[0] == 42 and r.method_len == 7 and memcmp(r.method, b"OPTIONS", 7) == 0:
+        pq = r.target  # asterisk-form (RFC 9112 3.2.4)
+        pqn = 1
     else:
-        return -400  # authority-form, asterisk-form
+        return -400  # authority-form, other asterisk-form
     p = <const char *>memchr(pq, 63, pqn)
     r.path = pq
     r.path_len = pqn if p == NULL else <size_t>(p - pq)
@@ -326,6 +371,9 @@ cdef ssize_t parse_head(const char *b, size_t n, Req *r, const Limits *lim) noex
             p = b + i
             if ci_eq(p, ln, b"host", 4):
                 hosts += 1
+                if not host_ok(v, vn):
+                    return -400  # userinfo, a path, a list: not uri-host [":" port]
+                host_empty = vn == 0
             elif ci_eq(p, ln, b"content-length", 14):
                 lengths += 1
                 if lengths > 1 or vn == 0 or vn > 18:
@@ -346,6 +394,8 @@ cdef ssize_t parse_head(const char *b, size_t n, Req *r, const Limits *lim) noex
     r.chunked = 0
     if hosts > 1 or (hosts == 0 and r.v11):
         return -400
+    if hosts and host_empty and r.authority == NULL:
+        return -400  # an empty Host names no authority for an origin-form target (nginx: 400)
     if te_any:
         if lengths or not r.v11:
             return -400  # RFC 9112 6.1: smuggling vectors (both framings; TE in HTTP/1.0), as nginx

@@ -26,7 +26,8 @@ ctypedef struct Req:
     const char *method
     const char *target
     const char *path
-    size_t method_len, target_len, path_len
+    const char *authority       # absolute-form: the target's host[:port] (replaces Host), else NULL
+    size_t method_len, target_len, path_len, authority_len
     size_t skip                 # leading empty lines before the request line
     size_t hdr_start            # offset of the header section
     int64_t content_length      # 0 when absent
@@ -61,6 +62,8 @@ ctypedef struct RouteC:
     size_t tail_len
     const char *h405            # error head of a 405 with this route's Allow
     size_t h405_len
+    const char *hopt            # head of the 200 to OPTIONS, with this route's Allow
+    size_t hopt_len
     int status
     bint wants_body
     bint get_ok, head_ok        # fast path of the method check
