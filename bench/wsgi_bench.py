@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report)
     (args.out / "wsgi.md").write_text(md)
     if not args.no_readme and args.out.resolve() == RESULTS.resolve():
-        update_readme(md)
+        ceiling.update_readme(md, README, MARK_START, MARK_END)
     print(md)
     print(f"wrote {args.out / 'wsgi.json'} and wsgi.md in {report['wall_s']} s", file=sys.stderr)
     return 0

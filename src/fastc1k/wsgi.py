@@ -525,15 +525,9 @@ class Exchange:
         pending = self._pending()
         while True:
             if pending:
-                try:
-                    n = os.writev(fd, pending) if len(pending) > 1 else os.write(fd, pending[0])
-                except (BlockingIOError, InterruptedError):
-                    return BLOCKED
-                except OSError:
-                    self.close()
-                    return ABORT
-                if counters is not None:
-                    counters[index] += n
+                n = self._send(os.writev, fd, pending, counters, index)
+                if n < 0:
+                    return -n
                 while n:
                     k = len(pending[0])
                     if n >= k:
@@ -548,15 +542,9 @@ class Exchange:
             if self.file is not None:
                 f = self.file
                 if f[2] > 0:
-                    try:
-                        n = os.sendfile(fd, f[0], f[1], min(f[2], SENDFILE_MAX))
-                    except (BlockingIOError, InterruptedError):
-                        return BLOCKED
-                    except OSError:
-                        self.close()
-                        return ABORT
-                    if counters is not None:
-                        counters[index] += n
+                    n = self._send(os.sendfile, fd, f, counters, index)
+                    if n < 0:
+                        return -n
                     if n == 0:  # the file shrank under us
                         log.warning("WSGI file_wrapper: file ended early; closing the connection")
                         self.close()
@@ -598,6 +586,20 @@ class Exchange:
         if "pending" not in self.__dict__:  # the class's empty default is shared: a list of our own
             self.pending = []
         return self.pending
+
+    def _send(self, call: Callable, fd: int, what: list, counters: Any, index: int) -> int:
+        """One writev (of `what`, the pending pieces) or sendfile (`what`: [in_fd, offset,
+        count]): bytes sent, or -BLOCKED, or -ABORT (the client is gone: close)."""
+        try:
+            n = call(fd, what) if call is os.writev else call(fd, what[0], what[1], min(what[2], SENDFILE_MAX))
+        except (BlockingIOError, InterruptedError):
+            return -BLOCKED
+        except OSError:
+            self.close()
+            return -ABORT
+        if counters is not None:
+            counters[index] += n
+        return n
 
     def close(self) -> None:
         """Call the iterable's close() once (PEP 3333), logging what it raises."""
