@@ -89,9 +89,9 @@ def spec(server: str, app: str) -> WsgiSpec:
     return WsgiSpec(f"wsgi-{server}-{app.split('_')[0]}", LABELS[server], frozenset({HEALTH}), server=server, app=app)
 
 
-def app_alone_us(app_name: str, calls: int = 20000) -> float:
+def app_alone_us(app_name: str, seconds: float = 0.5) -> float:
     """The app's own CPU per request: called in-process, no server (environ copied from one
-    built once; the iterable consumed and closed), median of 3 batches."""
+    built once; the iterable consumed and closed), median of 3 batches of `seconds` each."""
     import wsgiref.util
     from . import wsgi_app
     app = getattr(wsgi_app, app_name)
@@ -103,8 +103,9 @@ def app_alone_us(app_name: str, calls: int = 20000) -> float:
         return None
     out = []
     for _ in range(3):
-        t0 = time.process_time()
-        for _ in range(calls):
+        t0, calls = time.process_time(), 0
+        while time.process_time() - t0 < seconds:
+            calls += 1
             env = base.copy()
             env["wsgi.input"] = io.BytesIO(b"")
             it = app(env, start_response)
@@ -117,13 +118,14 @@ def app_alone_us(app_name: str, calls: int = 20000) -> float:
     return statistics.median(out)
 
 
-def run(servers: list[str], rounds: int, duration: float, idle: int, log=print, warmup: float = 1.0) -> dict:
+def run(servers: list[str], rounds: int, duration: float, idle: int, log=print, warmup: float = 1.0,
+        apps: tuple[str, ...] = APPS) -> dict:
     why = drivers.driver_missing()
     if why:
         raise SystemExit(f"bench.wsgi_bench: {why}")
     report = {"machine": ceiling.machine(), "servers": servers, "rounds": rounds, "round_s": duration,
               "workload": WORKLOAD.title, "apps": {}, "skipped": {}}
-    for app in APPS:
+    for app in apps:
         specs = []
         for n in servers:
             sp = spec(n, app)
@@ -239,17 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per server per round")
     ap.add_argument("--idle", type=int, default=2000, help="idle connections for memory (0: skip)")
+    ap.add_argument("--apps", default=",".join(APPS), help="comma list (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
-    unknown = [n for n in names if n not in LABELS]
+    apps = tuple(a.strip() for a in args.apps.split(",") if a.strip())
+    unknown = [n for n in names if n not in LABELS] + [a for a in apps if a not in APPS]
     if unknown or args.rounds < 1 or args.duration < 1:
         print(f"bench.wsgi_bench: bad arguments (unknown servers {unknown}; rounds >= 1, duration >= 1)",
               file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    report = run(names, args.rounds, args.duration, args.idle, log=lambda m: print(m, file=sys.stderr, flush=True))
+    report = run(names, args.rounds, args.duration, args.idle, log=lambda m: print(m, file=sys.stderr, flush=True),
+                 apps=apps)
     report["command"] = COMMAND
     report["wall_s"] = round(time.monotonic() - t0)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report)
     (args.out / "wsgi.md").write_text(md)
     if not args.no_readme and args.out.resolve() == RESULTS.resolve():
-        ceiling.update_readme(md, README, MARK_START, MARK_END)
+        update_readme(md)
     print(md)
     print(f"wrote {args.out / 'wsgi.json'} and wsgi.md in {report['wall_s']} s", file=sys.stderr)
     return 0

@@ -153,3 +153,23 @@ def test_every_readme_figure_block_has_its_command():
     for name in blocks:
         assert readme.count(f"<!-- {name}:end -->") == 1
         assert f"<!-- {name}:start -->\nX\n<!-- {name}:end -->" in replace_block(readme, name, "X")
+
+
+def test_wsgi_bench_end_to_end_on_two_servers(tmp_path):
+    """bench.wsgi_bench on the C engine and one anchor, ~1 s rounds: figures, ratio, markdown."""
+    from bench import wsgi_bench
+    if wsgi_bench.spec("c", "hello").unavailable() or drivers.driver_missing():
+        pytest.skip(wsgi_bench.spec("c", "hello").unavailable() or drivers.driver_missing())
+    anchor = next((n for n in ("fastpysgi", "waitress", "gunicorn") if not wsgi_bench.spec(n, "hello").unavailable()),
+                  None)
+    if anchor is None:
+        pytest.skip("no WSGI anchor server installed")
+    assert wsgi_bench.main(["--servers", f"c,{anchor}", "--apps", "hello", "--rounds", "1", "--duration", "1",
+                            "--idle", "200", "--out", str(tmp_path), "--no-readme"]) == 0
+    md = (tmp_path / "wsgi.md").read_text()
+    assert "hello: C engine CPU per request × the best other server" in md
+    import json
+    report = json.loads((tmp_path / "wsgi.json").read_text())
+    hello = report["apps"]["hello"]["summary"]
+    assert hello["c"]["cpu_us"] > 0 and hello[anchor]["vs_best"][0] == 1.0
+    assert report["apps"]["hello"]["memory"]["c"]["answered"] == 200
