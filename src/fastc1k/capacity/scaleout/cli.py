@@ -74,8 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k = p.add_argument_group("the kernel balancer (--balancer kernel,...)")
     k.add_argument("--pick", choices=("random", "inc"), default="random",
                    help="numgen mode: random (kube-proxy's) or inc (round robin) [random]")
-    k.add_argument("--probe", default="100,250,2", metavar="MS,MS,N",
-                   help="readiness probe interval, time-out (ms), failures to remove [100,250,2]")
+    k.add_argument("--probe", default="100,200,2", metavar="MS,MS,N",
+                   help="readiness probe interval, time-out (ms), failures to remove [100,200,2]")
     k.add_argument("--conntrack-max", type=int, metavar="N",
                    help="set nf_conntrack_max to N for the run [default: raised to 4 x --max-clients if below]")
     o.add_argument("--out", default=".", metavar="DIR")

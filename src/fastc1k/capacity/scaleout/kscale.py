@@ -286,7 +286,8 @@ def _removals(events: list[Any], res: dict[str, Any], t0: float | None) -> list[
         st = next((s for s in res["stages"]["stages"] if w and w["phase"] == "stages" and s["start_s"] <= t
                    < s["start_s"] + s["duration_s"]), None)
         out.append({"replica": e.name, "ready": e.ready, "reason": e.reason, "t": None if t is None else round(t, 2),
-                    "phase": f"{w['phase']} {w['label']}" if w else "between phases",
+                    "phase": (w["label"] if w["label"].startswith(w["phase"]) else f"{w['phase']} {w['label']}")
+                    if w else "between phases",
                     "stage_p99_ms": (st.get("latency_ms") or {}).get("p99") if st else None})
     return out
 
@@ -630,7 +631,7 @@ def side_by_side(args: Any) -> tuple[tuple[str, ...], tuple[str, ...], KernelOpt
         if len(ms) != 3:
             raise ValueError
     except (ValueError, IndexError):
-        raise ValueError(f"--probe: interval ms, time-out ms, failures (e.g. 100,250,2), not {args.probe!r}") from None
+        raise ValueError(f"--probe: interval ms, time-out ms, failures (e.g. 100,200,2), not {args.probe!r}") from None
     if args.conntrack_max is not None and args.conntrack_max < 1024:
         raise ValueError("--conntrack-max must be >= 1024")
     bals = tuple(f"haproxy-{args.mode}" if b == "haproxy" else b for b in bals)
