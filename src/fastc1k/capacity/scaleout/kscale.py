@@ -81,7 +81,7 @@ class NodeDeployment:
         # HAProxy keeps its core and the replicas the others; the kernel balancer has no
         # process to keep a core for, so its replicas float
         spec = ReplicaSpec(cfg.container, cfg.engine, cfg.server_args,
-                             None if balancer == "kernel" else rep_cpus, True)
+                           None if balancer == "kernel" else rep_cpus, True)
         self.fleet = Fleet(n, spec, priv, slot=lambda i: NodeSlot(self.net, i))
         self.lb: Any = None
         self.victim_killed_at: float | None = None
@@ -261,9 +261,9 @@ def _count(n: int, balancer: str, cfg: ScaleoutConfig, priv: dict[str, Any], kop
             km = _KernelMeasures(dep, kopts.profile_hz)
             hooks = {"before": km.before, "after": km.after}
         res = run_count(n, dep, cfg, priv, lambda st: progress({**st, "balancer": balancer}), unit=dep.unit,
-                          lb_cores=float(ncpu) if balancer == "kernel" else 1.0,
-                          lb_name="kernel balancer (netfilter, sampled)" if balancer == "kernel" else "balancer",
-                          **hooks)
+                        lb_cores=float(ncpu) if balancer == "kernel" else 1.0,
+                        lb_name="kernel balancer (netfilter, sampled)" if balancer == "kernel" else "balancer",
+                        **hooks)
         res["replica_counters"] = dep.replica_counters()
         if balancer == "kernel":
             _conntrack_bound(res)
