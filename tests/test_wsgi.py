@@ -178,6 +178,13 @@ def test_path_info_is_percent_decoded_latin1(wsgi_server):
     assert get(srv2, "http://host.example/abs%41?z")[2] == b"/absA"
 
 
+def test_absolute_form_authority_is_http_host(wsgi_server):
+    srv = wsgi_server()
+    resp = raw(srv, b"GET http://example.test:81/env?x=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+    env = json.loads(split_responses(resp)[0][1])
+    assert (env["http"]["HTTP_HOST"], env["PATH_INFO"], env["QUERY_STRING"]) == ("example.test:81", "/env", "x=1")
+
+
 def test_http10_environ_and_no_body_content_length_absent(wsgi_server):
     srv = wsgi_server()
     resp = raw(srv, b"GET /env HTTP/1.0\r\n\r\n")

@@ -98,7 +98,8 @@ def base_environ(server_name: str, server_port: int, multiprocess: bool) -> dict
 
 
 def build_environ(base: dict, method: str, path: str, query: str, version: str,
-                  headers: list[tuple[bytes, bytes]], body: Any, remote: tuple[str, int]) -> dict[str, Any]:
+                  headers: list[tuple[bytes, bytes]], body: Any, remote: tuple[str, str],
+                  authority: bytes | None = None) -> dict[str, Any]:
     """One request's environ. `path` is the raw target path decoded as latin-1 (as the
     parsers give it): PATH_INFO is it %-decoded to bytes, then as latin-1 (PEP 3333).
     `body` is a ContinueInput, or None: attach_body() gives the body read before the call."""
@@ -117,6 +118,8 @@ def build_environ(base: dict, method: str, path: str, query: str, version: str,
             env[key] += "," + v
         else:
             env[key] = v
+    if authority is not None:  # an absolute-form target's authority replaces Host (RFC 9112 3.2.2)
+        env["HTTP_HOST"] = authority.decode("latin-1")
     if body is not None:
         env["wsgi.input"] = body
     return env

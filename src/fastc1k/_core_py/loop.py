@@ -539,7 +539,7 @@ class Worker(Writer):
             c.peer = wsgi.peer(c.sock)
         c.req = wsgi.build_environ(self.wsgi_base, q.method, q.path, q.query, q.version, q.headers,
                                    wsgi.ContinueInput(c.fd, q.length, q.chunked, self.cfg) if cont else None,
-                                   c.peer)
+                                   c.peer, q.authority)
         c.body = bytearray() if c.flags & F_WANT_BODY else None
         c.flags |= F_PENDING_PY
 

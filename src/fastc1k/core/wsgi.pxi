@@ -103,4 +103,6 @@ cdef dict _wsgi_environ(dict base, const char *buf, Req *q, size_t hlen, tuple r
                 value = <object>k + "," + value
             PyDict_SetItem(env, key, value)
         p = nl + 1
+    if q.authority != NULL:  # an absolute-form target's authority replaces Host (RFC 9112 3.2.2)
+        env["HTTP_HOST"] = _latin1(q.authority, q.authority_len)
     return env
