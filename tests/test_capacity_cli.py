@@ -32,6 +32,11 @@ from _env import SRC  # noqa: E402  (the package this process imported)
     (["--serve", "--break-error-rate", "2"], "in (0, 1]"),
     (["--serve", "--growth", "1"], "--growth must be > 1"),
     (["--serve", "--source-ips", "127.0.0.300"], "--source-ips: bad source address"),
+    (["--serve", "--ramp-rate", "fast"], "expected auto, closed or requests/s"),
+    (["--serve", "--max-connections", "0"], "expected a positive integer or auto"),
+    (["--serve", "--precision", "0"], "--precision must be in (0, 1]"),
+    (["--target", "http://127.0.0.1:1", "--versus", "nginx"], "--versus runs the plan against a server the suite"),
+    (["--serve", "--versus", "apache"], "invalid choice: 'apache'"),
 ])
 def test_usage_errors_exit_2_with_one_line(capsys, argv, msg):
     assert main(argv) == 2
