@@ -30,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from fastc1k.capacity.nginx import nginx_conf
+from fastc1k.config import ServerConfig
+
 from . import measure
 
 __all__ = ["ServerSpec", "RunningServer", "SERVERS", "DEFAULT_SERVERS", "selected", "free_port",
@@ -97,33 +100,6 @@ def _floor_binary() -> Path:
     return out
 
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    server_tokens off;
-    default_type application/json;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=16384;
-        location = /api/health {{ return 200 '{{"status":"ok"}}'; }}
-        location = /api/data {{ return 200 '{{"id":$connection_requests,"timestamp":$msec,"worker":$pid}}'; }}
-        location / {{ return 404; }}
-    }}
-}}
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +130,10 @@ class ServerSpec:
         py = sys.executable
         if self.name == "floor":
             return [str(_floor_binary()), str(port)]
-        if self.name == "nginx":
-            for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                (workdir / d).mkdir(exist_ok=True)
+        if self.name == "nginx":   # the capacity suite's config, with the bench's sizes
             conf = workdir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
+            conf.write_text(nginx_conf(str(workdir), port, workers=1, connections=20000, nofile=20000,
+                                       config=ServerConfig(backlog=16384), idle_timeout=300))
             return ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
         if self.name in ("c", "python"):
             return [py, str(BENCH / "serve_fastc1k.py"), "--engine", self.name, "--port", str(port)]

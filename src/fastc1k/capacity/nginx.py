@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 from ..config import FD_RESERVE, ServerConfig, fd_sized_connections
+from .stages import stop_group
 
 __all__ = ["nginx_conf", "NginxProcess", "nginx_missing"]
 
@@ -29,7 +30,7 @@ worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections {connections}; multi_accept on; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     server_tokens off;
@@ -151,17 +152,6 @@ class NginxProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (nginx's fast stop), then SIGKILL of its process group."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
+        code = stop_group(self.proc, signal.SIGTERM, timeout)
         shutil.rmtree(self.dir, ignore_errors=True)
-        return self.proc.returncode
+        return code

@@ -116,6 +116,24 @@ def host_client_limit(source_ips: int = 1) -> tuple[int, str]:
 
 # --------------------------------------------------------------------------- the server
 
+def stop_group(proc: subprocess.Popen | None, sig: int, timeout: float = 10.0) -> int | None:
+    """Send `sig` to a server the run started (in a session of its own), then SIGKILL its
+    process group if it has not exited after `timeout`; its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
+    return proc.returncode
+
+
 def server_env() -> dict[str, str]:
     """This environment, with PYTHONPATH first naming the tree this fastc1k was imported from
     (so a server child runs the same code)."""
@@ -185,20 +203,8 @@ class ServerProcess:
         return f"code {self.proc.returncode if self.proc else None}: {self.stderr().strip()[-400:]}"
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (graceful), then SIGKILL of its process group after `timeout`."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)   # immediate stop: the run is over
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
-        return self.proc.returncode
+        """SIGQUIT (fastc1k's immediate stop: the run is over), then SIGKILL of its group."""
+        return stop_group(self.proc, signal.SIGQUIT, timeout)
 
 
 # --------------------------------------------------------------------------- the runner

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...host import net, proc
+from ..stages import stop_group
 
 __all__ = ["Backend", "BalancerSpec", "Balancer", "BalancerError", "haproxy_config", "nginx_config",
            "free_port"]
@@ -345,17 +346,8 @@ class Balancer:
         return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            # HAProxy: SIGUSR1 is its soft stop; SIGTERM its hard stop: the run is over.
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
+        # HAProxy: SIGUSR1 is its soft stop; SIGTERM its hard stop: the run is over.
+        stop_group(self.proc, signal.SIGTERM, 5)
         if getattr(self, "_log", None):
             self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
