@@ -114,9 +114,9 @@ def test_cpu_quota_breaking_point_is_bisected_not_a_cap_and_recovery_timed_at_10
     not named as the configured cap (auto: the fd limit's, far above), recovery on 100 ms rows."""
     r = capacity(tmp_path, "--engine", ENGINE, "--runtime", "kernel", "--container", "cpus=0.2",
                  "--stages", "200,1600",
-                 "--stage-duration", "2", "--final-duration", "2", "--probe-duration", "1", "--break-p99-ms", "200",
+                 "--stage-duration", "1", "--final-duration", "1", "--probe-duration", "1", "--break-p99-ms", "200",
                  "--max-clients", "4000", "--phases", "stages,recovery", "--blast-duration", "2",
-                 "--recovery-window", "5", "--no-charts")
+                 "--recovery-window", "4", "--no-charts")
     skip_unless_applied(r, "cpus")
     bp = r["phases"]["stages"]["breaking_point"]
     if bp is None:
