@@ -1070,7 +1070,7 @@ cdef class Worker:
                 env = pend[0]
                 _attach_body(env, bytes(pend[1]) if pend[1] is not None else b"")
             elif env is not None:
-                _attach_body(env, b"")
+                env["wsgi.input"] = _BytesIO(b"")  # attach_body(env, b"") without its Python frame
             else:
                 raise RuntimeError("WSGI request lost")
             ex = _Exchange(self.wsgi_app, env, head_only, not (c.flags & F_V10), (c.flags & F_KEEP) != 0)

@@ -9,8 +9,9 @@ app that never does gets its response out, and the connection closes after it).
 Then one Exchange per request:
   run()   calls the app and iterates it until the status and headers are final (the first
           non-empty body chunk, the end of the iterable, or a write()); it validates them
-          and decides the framing. False: answer 500 (already logged once, with the
-          traceback). After it: `status`, `head` (status line .. framing header; the engine
+          and decides the framing. False: answer `status` instead (500: the app failed,
+          logged once with the traceback; 413/408/400: a 100-continue body read on
+          demand was too large, late or malformed). After it: `status`, `head` (status line .. framing header; the engine
           adds Date unless the app sent one, Connection and the blank line), `has_date`,
           `keep_alive`, `body` (the first body pieces, framed) and `done`.
   pump(fd, counters)  when not done: sends the rest itself, one iterable item (or one
@@ -29,7 +30,6 @@ status or headers, or a malformed status line are the app's errors: 500.
 """
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os

@@ -8,6 +8,7 @@ cdef object _header_key = wsgi.header_key
 cdef object _unquote = wsgi.unquote
 cdef object _Exchange = wsgi.Exchange
 cdef object _attach_body = wsgi.attach_body
+cdef object _BytesIO = wsgi.io.BytesIO
 cdef str _GET = "GET"
 cdef str _V11 = "HTTP/1.1"
 cdef str _V10 = "HTTP/1.0"
