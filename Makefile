@@ -60,9 +60,8 @@ fuzz:               ## coverage-guided fuzz of the C parser, instrumented with c
 soak:               ## the documented 10-minute soak at 70% of capacity, with churn (C engine)
 	PYTHONPATH=src $(PY) tests/test_soak.py --engine c --duration 600
 
-c1m:                ## hold 1,000,000 connections (heavy: ~12 GB RAM, a few minutes; see README "Hardening")
-	PYTHONPATH=src $(PY) -m fastc1k.capacity probe --connections 1000000 --workers 56 --clients 56 \
-		--source-ips 127.0.0.10-127.0.0.109 --hold 30 --engine c
+c1m:                ## hold 1,000,000 connections, bench/results/c1m.* and the README block (heavy: ~12 GB RAM, a few minutes)
+	PYTHONPATH=src:. $(PY) -m bench.figures c1m
 
 testinstalled:      ## sdist -> wheel from the sdist -> fresh venv in /tmp -> the suite from outside the tree
 	PY=$(PY) bash scripts/testinstalled.sh

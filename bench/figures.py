@@ -5,6 +5,8 @@ markers, with its JSON under bench/results/ naming the commands, the machine and
                                         # container (0.5 CPU, 256 MiB), ~10 min, as root
     python -m bench.figures vswrk       # make vswrk: the load generator's CPU per request
                                         # against wrk -t1, pair by pair, ~3 min
+    python -m bench.figures c1m         # make c1m: one million connections held (the probe;
+                                        # ~12 GB of RAM, a few minutes)
 
 `capacity` runs `python -m fastc1k.capacity --serve --engine c --versus nginx --container
 cpus=0.5,memory=256M` (fastc1k's C engine and nginx under the same limits in one run),
@@ -182,13 +184,62 @@ def vswrk(readme: bool, rounds: int, seconds: int) -> None:
     _save("vswrk", data, vswrk_markdown(data), readme)
 
 
+# --- one million connections -----------------------------------------------------------------
+
+C1M_ARGS = ("--connections 1000000 --workers 56 --clients 56 --source-ips 127.0.0.10-127.0.0.109 "
+            "--hold 30 --engine c")
+
+
+def c1m_markdown(data: dict[str, Any]) -> str:
+    r, mib = data["result"], 1 << 20
+    n = max(1, r["opened"])
+    rows = [
+        ("connections held (200 when opened, 200 again after the hold)", f"**{r['held']:,}** of {r['target_connections']:,}"),
+        ("failed / lost while held / second answer failed",
+         f"{r['failed_open']:,} / {r['lost_during_hold']:,} / {r['failed_verify']:,}"),
+        ("opening time (rate)", f"{r['open_seconds']:.1f} s ({r['open_rate']:,.0f}/s)"),
+        ("second answers for all", f"{r['verify_seconds']:.1f} s"),
+        ("kernel memory per connection (client + server socket: Slab + TCP pages)",
+         f"{r['kernel_bytes_per_conn']:,.0f} B"),
+        ("server user space per connection (RSS delta of the workers)", f"{r['server_rss_bytes_per_conn']:,.0f} B"),
+        ("server RSS all told / connections (the interpreters included)", f"{r['server_rss_after'] / n:,.0f} B"),
+        ("client user space per connection (Python probe)", f"{r['client_rss_bytes_per_conn']:,.0f} B"),
+        ("RAM in use at the peak", f"{r['mem_used_fraction_peak']:.1%} of {r['limits'].get('mem_total', 0) / 2**30:.1f} GiB"),
+        ("stopped by", r["stopped_by"]), ("the next limit", r["next_limit"]),
+    ]
+    return "\n".join([_header(data), "", f"`{data['probe_command']}` ({r['workers']} server workers, "
+                      f"{r['clients']} client processes, {r['engine']} engine; server RSS "
+                      f"{r['server_rss_before'] / mib:,.0f} -> {r['server_rss_after'] / mib:,.0f} MiB):", "",
+                      "| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]) + "\n"
+
+
+def c1m(readme: bool, probe_args: str | None) -> None:
+    args = (probe_args or C1M_ARGS).split()
+    cmd = ["python", "-m", "fastc1k.capacity", "probe", *args]
+    data: dict[str, Any] = {"name": "c1m", "command": "make c1m   # = python -m bench.figures c1m",
+                            "probe_command": " ".join(cmd), "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="fastc1k-figures-") as tmp:
+        out = os.path.join(tmp, "probe.json")
+        p = subprocess.run([sys.executable, *cmd[1:], "--quiet", "--json", out], capture_output=True, text=True)
+        if p.returncode != 0 or not os.path.exists(out):
+            raise SystemExit(f"bench.figures: the probe failed ({p.returncode}): {p.stderr.strip()[-600:]}")
+        with open(out) as f:
+            data["result"] = json.load(f)
+    data["machine"]["loadavg_end"] = [f"{x:.2f}" for x in os.getloadavg()]
+    if probe_args:   # a trial at another size: the README's block states the million
+        print(c1m_markdown(data))
+        return
+    _save("c1m", data, c1m_markdown(data), readme)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.figures", description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("capacity", "vswrk"))
+    ap.add_argument("what", choices=("capacity", "vswrk", "c1m"))
     ap.add_argument("--no-readme", action="store_true", help="write bench/results/ only")
     ap.add_argument("--quick", action="store_true", help="capacity: the suite's --quick durations (a trial run)")
     ap.add_argument("--rounds", type=int, default=5, help="vswrk rounds [5]")
     ap.add_argument("--seconds", type=int, default=4, help="vswrk seconds per run [4]")
+    ap.add_argument("--probe-args", help=f"c1m: other probe arguments, a trial that writes nothing [{C1M_ARGS}]")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     if a.what == "capacity":
@@ -196,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             print("bench.figures capacity: needs root (the container's cgroup and namespace)", file=sys.stderr)
             return 2
         capacity(not a.no_readme, a.quick)
+    elif a.what == "c1m":
+        c1m(not a.no_readme, a.probe_args)
     else:
         vswrk(not a.no_readme, a.rounds, a.seconds)
     print(f"bench.figures {a.what}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
