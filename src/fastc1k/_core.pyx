@@ -274,6 +274,13 @@ cdef class Worker:
             r.head, r.head_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
             b = self._hold(b"\r\n" + route.body)
             r.tail, r.tail_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
+            if r.kind == _STATIC:
+                r.full_len = r.head_len + DATE_LEN + r.tail_len
+                r.full = <char *>malloc(r.full_len)
+                if r.full == NULL:
+                    raise MemoryError()
+                memcpy(r.full, r.head, r.head_len)
+                memcpy(r.full + r.head_len + DATE_LEN, r.tail, r.tail_len)
             b = self._hold(responses.error_head(405, route.allow))
             r.h405, r.h405_len = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
             b = self._hold(responses.options_head(options_allow(route.methods)))
@@ -300,6 +307,7 @@ cdef class Worker:
             self.err_tail[i], self.err_tail_len[i] = PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)
 
     def __dealloc__(self):
+        cdef int i
         if self.efd >= 0:
             close(self.efd)
         if self.epfd >= 0:
@@ -307,6 +315,9 @@ cdef class Worker:
         pool_free(&self.pool)
         free(self.conns)
         free(self.peer4)
+        if self.rt != NULL:
+            for i in range(self.nrt):
+                free(self.rt[i].full)
         free(self.rt)
         free(self.scratch)
 
@@ -484,11 +495,15 @@ cdef class Worker:
     @cython.cdivision(True)  # constant divisors
     cdef void _tick(self) noexcept nogil:
         cdef timespec ts
+        cdef int i
         self.now = <uint32_t>((_clock_ns(CLOCK_MONOTONIC) - self.t_base_ns) // 1000000)
         clock_gettime(CLOCK_REALTIME_COARSE, &ts)
         if ts.tv_sec != self.date_sec:
             self.date_sec = ts.tv_sec
             _format_date(self.date, ts.tv_sec)
+            for i in range(self.nrt):
+                if self.rt[i].full != NULL:
+                    memcpy(self.rt[i].full + self.rt[i].head_len, self.date, DATE_LEN)
 
     cdef void _check_signals(self) noexcept with gil:
         try:
@@ -649,7 +664,7 @@ cdef class Worker:
         FC_ASSERT(c.buf_len < self.pool.bufsize)
         # one read per readiness event: epoll is level-triggered, so a short read is never
         # followed by a read that would only say EAGAIN
-        n = read(fd, c.buf + c.buf_len, self.pool.bufsize - c.buf_len)
+        n = recv(fd, c.buf + c.buf_len, self.pool.bufsize - c.buf_len, 0)
         if n <= 0:
             if n < 0 and (errno == EAGAIN or errno == EINTR):
                 if c.buf_len == 0:
@@ -901,13 +916,16 @@ cdef class Worker:
             rc = self._room(fd, c)
             if rc != 0:
                 return rc
-            self._add(r.head, r.head_len, True)
-            self._add(self.date, DATE_LEN, False)
-            self._add_conn(c)
-            if head_only:
-                self._add(CRLF, 2, True)
+            if not head_only and (c.flags & (F_KEEP | F_V10)) == F_KEEP:
+                self._add(r.full, r.full_len, False)  # one piece: one send (not static: its Date changes)
             else:
-                self._add(r.tail, r.tail_len, True)
+                self._add(r.head, r.head_len, True)
+                self._add(self.date, DATE_LEN, False)
+                self._add_conn(c)
+                if head_only:
+                    self._add(CRLF, 2, True)
+                else:
+                    self._add(r.tail, r.tail_len, True)
             self.m[self.status_ctr[r.status]] += 1
         elif r.kind == _DATA:
             rc = self._respond_data(fd, c)
@@ -1232,7 +1250,10 @@ cdef class Worker:
             self.out_total = 0
             self.arena_used = 0
             return 1
-        w = writev(fd, self.iov, self.niov)
+        if self.niov == 1:  # send: no iovec to import, no VFS layer
+            w = send(fd, self.iov[0].iov_base, self.iov[0].iov_len, MSG_NOSIGNAL)
+        else:
+            w = writev(fd, self.iov, self.niov)
         if w < 0:
             if errno != EAGAIN and errno != EINTR:
                 self.niov = 0

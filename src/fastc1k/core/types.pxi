@@ -60,6 +60,8 @@ ctypedef struct RouteC:
     size_t head_len
     const char *tail            # STATIC: b"\r\n" + body
     size_t tail_len
+    char *full                  # STATIC: head + Date + tail, the whole HTTP/1.1 keep-alive answer
+    size_t full_len             # in one piece (one send); its Date is rewritten by _tick
     const char *h405            # error head of a 405 with this route's Allow
     size_t h405_len
     const char *hopt            # head of the 200 to OPTIONS, with this route's Allow
