@@ -76,10 +76,10 @@ def _check_layout():
         "pool_in_use": I_POOL_IN_USE, "pool_peak": I_POOL_PEAK, "pool_exhausted": I_POOL_EXHAUSTED,
         "loop_waits": I_LOOP_WAITS, "loop_events": I_LOOP_EVENTS, "loop_lag_max_us": I_LAG_MAX,
         'loop_lag_bucket{le_us="1"}': I_LAG_BUCKET0, "accept_unwatched": I_ACCEPT_UNWATCHED,
-        "listen_rearm_failed": I_LISTEN_REARM_FAILED,
+        "listen_rearm_failed": I_LISTEN_REARM_FAILED, "head_bytes_scanned": I_HEAD_SCANNED,
     }
     bad = {k: (v, idx.get(k)) for k, v in want.items() if idx.get(k) != v}
-    if bad or metrics.LAG_BUCKETS != LAG_BUCKETS or metrics.N_WORDS <= I_LISTEN_REARM_FAILED:
+    if bad or metrics.LAG_BUCKETS != LAG_BUCKETS or metrics.N_WORDS <= I_HEAD_SCANNED:
         raise ImportError(f"fastc1k._core was built for another metrics layout: {bad}")
     for i, s in enumerate(metrics.STATUS_CODES):
         if metrics.status_index(s) != I_RESP_200 + i:
@@ -102,7 +102,7 @@ def _check_shared():
         "S_LINGER": S_LINGER, "F_FRESH": F_FRESH, "F_KEEP": F_KEEP, "F_V10": F_V10, "F_HEAD": F_HEAD,
         "F_WANT_BODY": F_WANT_BODY, "F_CLOSING": F_CLOSING, "F_PAUSED": F_PAUSED, "F_OUT_OWNED": F_OUT_OWNED,
         "F_REJECTED": F_REJECTED, "F_CHUNKED": F_CHUNKED, "F_PENDING_PY": F_PENDING_PY, "F_STREAM": F_STREAM,
-        "F_PEER": F_PEER, "F_CLEAN_CLOSE": F_CLEAN_CLOSE, "T_NONE": T_NONE, "T_HEADER": T_HEADER, "T_IDLE": T_IDLE, "T_SEND": T_SEND,
+        "F_PEER": F_PEER, "F_CLEAN_CLOSE": F_CLEAN_CLOSE, "F_SCAN": F_SCAN, "T_NONE": T_NONE, "T_HEADER": T_HEADER, "T_IDLE": T_IDLE, "T_SEND": T_SEND,
         "T_LINGER": T_LINGER, "T_KINDS": T_KINDS, "R_404": R_404, "R_WSGI": R_WSGI, "R_405": R_405,
         "R_OPTIONS_ALL": R_OPTIONS_ALL, "R_OPTIONS": R_OPTIONS, "MAX_ROUTES": MAX_ROUTES,
     }
@@ -708,9 +708,10 @@ cdef class Worker:
             if pos == c.buf_len:
                 break
             memset(&q, 0, sizeof(Req))
-            r = parse_head(c.buf + pos, c.buf_len - pos, &q, &self.lim)
+            r = head_next(c.buf + pos, c.buf_len - pos, &q, c, &self.lim, &self.m[I_HEAD_SCANNED])
             if r == 0 and pos + q.skip == 0 and c.buf_len == self.pool.bufsize:
                 r = -431  # an unfinished head fills the buffer: it can never complete (not an EOF)
+                c.flags &= ~F_SCAN
             elif r == 0:
                 pos += q.skip  # leading empty lines go; the partial request stays
                 break
@@ -832,6 +833,7 @@ cdef class Worker:
                 c.cstate = CS_SIZE0
                 c.allowance = <int64_t>self.lim.max_body
                 c.line_len = 0
+                c.body_left = 0  # the chunk size accumulates here (the head scanner used it)
             else:
                 c.body_left = <uint64_t>q.content_length
             if q.expect_continue and q.v11 and off + hlen == c.buf_len:
@@ -1435,6 +1437,7 @@ def parse_request(data, config=None):
     cdef Conn c
     cdef ssize_t r, used
     cdef size_t pos, doff, dlen
+    cdef uint64_t scanned = 0
     incomplete = (-1, None, None, None, None, None, None, 0)
     cfg = config or ServerConfig()
     lim.max_line = cfg.max_request_line
@@ -1442,7 +1445,8 @@ def parse_request(data, config=None):
     lim.max_headers = cfg.max_headers
     lim.max_body = cfg.max_body
     memset(&q, 0, sizeof(Req))
-    r = parse_head(p, n, &q, &lim)
+    memset(&c, 0, sizeof(Conn))
+    r = head_next(p, n, &q, &c, &lim, &scanned)  # as the loop parses a head
     if r == 0:
         return incomplete
     if r < 0:

@@ -73,6 +73,8 @@ _C += [
     Counter("accept_unwatched", "counter",
             "accepted connections closed at once: the event set refused them (fs.epoll.max_user_watches)"),
     Counter("listen_rearm_failed", "counter", "times watching the listener again after a pause failed (retried)"),
+    Counter("head_bytes_scanned", "counter",
+            "bytes the request-head parser looked at (about the head bytes received: no re-scan per read)"),
 ]
 
 COUNTERS: tuple[Counter, ...] = tuple(_C)

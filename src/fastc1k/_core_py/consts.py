@@ -33,6 +33,7 @@ F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
 F_PENDING_PY = 1 << 11      # a handler request waits for its body
 F_STREAM = 1 << 12          # a WSGI response is still streaming (conn.ex; pumped when writable)
 F_PEER = 1 << 13            # (C only: Worker._peers holds the remote address; Python: conn.peer)
+F_SCAN = 1 << 15            # an unfinished head at buf[0]: Conn.scan holds the head scanner's state
 F_CLEAN_CLOSE = 1 << 14     # F_CLOSING after a whole request was answered and nothing else
                             # came: close at once, without lingering (nothing to reset)
 
@@ -68,6 +69,7 @@ I_POOL_SIZE, I_POOL_IN_USE, I_POOL_PEAK, I_POOL_EXHAUSTED = (
 I_LOOP_WAITS, I_LOOP_EVENTS, I_LAG_MAX = (_IDX[k] for k in ("loop_waits", "loop_events", "loop_lag_max_us"))
 I_LAG_BUCKET0 = _IDX['loop_lag_bucket{le_us="1"}']
 I_ACCEPT_UNWATCHED, I_LISTEN_REARM_FAILED = _IDX["accept_unwatched"], _IDX["listen_rearm_failed"]
+I_HEAD_SCANNED = _IDX["head_bytes_scanned"]
 # parse error status -> its counter (parse_errors{kind=...})
 I_PARSE_ERROR = {s: _IDX[f'parse_errors{{kind="{k}"}}'] for k, s in _metrics.PARSE_ERROR_STATUS.items()}
 I_PE_BAD_REQUEST = _IDX['parse_errors{kind="bad_request"}']

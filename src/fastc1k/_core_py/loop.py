@@ -19,11 +19,11 @@ from .consts import (MAX_ANSWER, MAX_ROUTES, R_OPTIONS, R_OPTIONS_ALL, ACCEPT_BA
                      F_PAUSED, F_PENDING_PY, F_REJECTED, F_STREAM, F_V10, F_WANT_BODY, LINGER_MS,
                      MAX_WAIT_MS, R_404, R_405, R_WSGI, S_BODY, S_FREE, S_HEAD, S_LINGER, SCRATCH_SIZE, T_HEADER,
                      T_IDLE, T_KINDS, T_LINGER, T_SEND)
-from .consts import (I_ACCEPT_PAUSED, I_ACCEPT_UNWATCHED, I_ACCEPTED, I_LISTEN_REARM_FAILED, I_ACTIVE, I_BYTES_IN, I_CLOSED, I_ENGINE, I_LAG_BUCKET0,
+from .consts import (I_HEAD_SCANNED, I_ACCEPT_PAUSED, I_ACCEPT_UNWATCHED, I_ACCEPTED, I_LISTEN_REARM_FAILED, I_ACTIVE, I_BYTES_IN, I_CLOSED, I_ENGINE, I_LAG_BUCKET0,
                      I_LAG_MAX, I_LOOP_EVENTS, I_LOOP_WAITS, I_PARSE_ERROR, I_PE_BAD_REQUEST, I_PID,
                      I_POOL_EXHAUSTED, I_POOL_IN_USE, I_POOL_PEAK, I_POOL_SIZE, I_REJECTED, I_REQUESTS,
                      I_STARTED_MS, I_TO_HEADER, I_TO_IDLE, I_TO_SEND)
-from .parser import ChunkDecoder, Head, ParseError, parse_head
+from .parser import ChunkDecoder, Head, HeadScan, ParseError, head_next
 from .pool import Pool
 from .timers import TList, t_clear, t_due, t_expired, t_set
 from .writer import CONTINUE_100, Writer
@@ -36,7 +36,7 @@ log = logging.getLogger("fastc1k")
 class Conn:
     """One client connection (core/types.pxi Conn, plus what C keeps elsewhere)."""
     __slots__ = ("sock", "fd", "buf", "out", "out_len", "body_left", "flags", "resp", "state",
-                 "tkind", "deadline", "chunk", "req", "body", "ex", "peer")
+                 "tkind", "deadline", "chunk", "req", "body", "ex", "peer", "scan")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -51,6 +51,7 @@ class Conn:
         self.tkind = 0                      # T_*
         self.deadline = 0
         self.chunk: ChunkDecoder | None = None
+        self.scan: HeadScan | None = None   # an unfinished head's scanner state (C: F_SCAN)
         self.req: Request | None = None     # a handler's request (C: Worker._pending)
         self.body: bytearray | None = None  # its body, when the handler wants it
         self.ex: wsgi.Exchange | None = None  # a WSGI response still streaming (C: Worker._streams)
@@ -402,8 +403,9 @@ class Worker(Writer):
             if pos == len(buf):
                 break
             try:
-                head, end = parse_head(buf, pos, cfg)
+                head, end = head_next(buf, pos, cfg, c, m, I_HEAD_SCANNED)
                 if head is None and end == 0 and len(buf) == self.pool.bufsize:
+                    c.scan = None
                     raise ParseError(431)  # an unfinished head fills the buffer: it can never complete
             except ParseError as e:
                 m[I_REQUESTS] += 1

@@ -12,7 +12,7 @@ from .consts import MAX_CHUNK_LINE
 
 _HEXV = {b: int(chr(b), 16) for b in b"0123456789abcdefABCDEF"}
 
-__all__ = ["ParseError", "Head", "parse_head", "parse_request", "ChunkDecoder"]
+__all__ = ["ParseError", "Head", "parse_head", "head_next", "HeadScan", "parse_request", "ChunkDecoder"]
 
 # --- grammar (RFC 9110 5.6.2, RFC 9112 3, 5, 7.1) -------------------------------------
 # token = 1*tchar ; tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
@@ -175,6 +175,168 @@ def parse_head(buf: bytearray | bytes, pos: int, cfg: ServerConfig) -> tuple[Hea
     return h, end
 
 
+# --- the head scanner (core/parser.pxi head_scan, the same machine) -----------------------
+(HS_START, HS_START_LF, HS_METHOD, HS_TARGET0, HS_TARGET, HS_VERSION, HS_RL_LF, HS_H0, HS_NAME, HS_VALUE,
+ HS_H_LF, HS_END_LF) = range(12)
+_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TARGETCH = frozenset(range(0x21, 0x7F))
+_VALUECH = frozenset([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_DIGITS = frozenset(b"0123456789")
+
+
+class HeadScan:
+    """The state of an unfinished head between reads (C keeps it in the Conn, F_SCAN)."""
+    __slots__ = ("st", "i", "line", "lines", "seen_cl", "rl", "hdr")
+
+    def __init__(self) -> None:
+        self.st = HS_START
+        self.i = self.line = self.lines = self.rl = self.hdr = 0
+        self.seen_cl = False
+
+    def feed(self, buf, base: int, cfg: ServerConfig) -> int:
+        """Advance over the head at buf[base:], from where the last call ended, and reject
+        at the first byte no valid head can have, or at a limit (ParseError). Returns the
+        head's length once its final CRLF is in, else 0."""
+        n = len(buf) - base
+        i, st, line, rl, hdr = self.i, self.st, self.line, self.rl, self.hdr
+        try:
+            while i < n:
+                ch = buf[base + i]
+                if st == HS_START:
+                    if ch == 13:
+                        st = HS_START_LF
+                    elif ch in _TCHARS:
+                        st, rl = HS_METHOD, i
+                    else:
+                        raise ParseError(400)  # not a request: binary, a TLS ClientHello, a bare LF
+                elif st == HS_START_LF:
+                    if ch != 10:
+                        raise ParseError(400)
+                    st = HS_START
+                elif st <= HS_VERSION:
+                    if ch != 13 and i + 1 - rl > cfg.max_request_line:
+                        raise ParseError(414)
+                    if st == HS_METHOD:
+                        if ch == 32:
+                            st = HS_TARGET0
+                        elif ch not in _TCHARS:
+                            raise ParseError(400)
+                    elif st == HS_TARGET0 or st == HS_TARGET:
+                        if ch == 32 and st == HS_TARGET:
+                            st, line = HS_VERSION, i + 1
+                        elif ch not in _TARGETCH:
+                            raise ParseError(400)
+                        else:
+                            st = HS_TARGET
+                    else:  # HS_VERSION: "HTTP/" DIGIT "." DIGIT CR
+                        k = i - line
+                        if k < 5:
+                            ok = ch == b"HTTP/"[k]
+                        elif k == 5 or k == 7:
+                            ok = ch in _DIGITS
+                        elif k == 6:
+                            ok = ch == 46
+                        else:
+                            ok = k == 8 and ch == 13
+                            st = HS_RL_LF
+                        if not ok:
+                            raise ParseError(400)
+                elif st == HS_RL_LF:
+                    if ch != 10:
+                        raise ParseError(400)  # a bare CR
+                    # the request line is whole: judge it now (version, target form, authority);
+                    # without a header section parse_head cannot find a head, only an error
+                    parse_head(bytes(buf[base:base + i + 1]), 0, cfg)
+                    st, hdr, line = HS_H0, i + 1, i + 1
+                else:
+                    if i + 1 - hdr > cfg.max_header_bytes:
+                        raise ParseError(431)
+                    if st == HS_H0:
+                        if ch == 13:
+                            st = HS_END_LF
+                        elif ch in _TCHARS:
+                            st = HS_NAME
+                        else:
+                            raise ParseError(400)  # whitespace (obs-fold), a bare LF, a non-token byte
+                    elif st == HS_NAME:
+                        if ch == 58:
+                            st = HS_VALUE
+                        elif ch not in _TCHARS:
+                            raise ParseError(400)
+                    elif st == HS_VALUE:
+                        if ch == 13:
+                            st = HS_H_LF
+                        elif ch not in _VALUECH:
+                            raise ParseError(400)  # NUL, CTL, DEL, a bare LF
+                    elif st == HS_H_LF:
+                        if ch != 10:
+                            raise ParseError(400)  # a bare CR
+                        self.lines += 1
+                        if self.lines > cfg.max_headers:
+                            raise ParseError(431)
+                        self._cl_line(bytes(buf[base + line:base + i - 1]))
+                        st, line = HS_H0, i + 1
+                    else:  # HS_END_LF
+                        if ch != 10:
+                            raise ParseError(400)
+                        i += 1
+                        return i
+                i += 1
+            return 0
+        finally:
+            self.i, self.st, self.line, self.rl, self.hdr = i, st, line, rl, hdr
+
+    def _cl_line(self, field: bytes) -> None:
+        """A field line that has just ended: a second or malformed Content-Length is a 400 now."""
+        name, colon, value = field.partition(b":")
+        if colon and name.lower() == b"content-length":
+            if self.seen_cl or CONTENT_LENGTH.fullmatch(value.strip(b" \t")) is None:
+                raise ParseError(400)
+            self.seen_cl = True
+
+
+def head_next(buf, pos: int, cfg: ServerConfig, c, m, mi: int) -> tuple[Head | None, int]:
+    """The next request head at buf[pos:], as parse_head returns it, parsed incrementally
+    (core/parser.pxi head_next): a head that arrives whole is parsed once; one that does not
+    is scanned as it arrives (c.scan, resumed where the last read ended) and parsed once
+    complete. So the status depends on the bytes alone, never on how they were split.
+    m[mi] counts the bytes looked at."""
+    first = None
+    if c.scan is None:
+        m[mi] += len(buf) - pos
+        try:
+            head, end = parse_head(buf, pos, cfg)
+            if head is not None:
+                return head, end
+        except ParseError as e:
+            first = e
+        c.scan = HeadScan()
+    sc = c.scan
+    seen = sc.i
+    try:
+        s = sc.feed(buf, pos, cfg)
+    except ParseError:
+        c.scan = None
+        raise
+    finally:
+        m[mi] += sc.i - seen
+    if s == 0 and first is None:
+        return None, pos
+    c.scan = None
+    if first is not None:
+        raise first
+    m[mi] += s
+    return parse_head(buf, pos, cfg)
+
+
+class _Fresh:
+    """A connection with no unfinished head (for parse_request)."""
+    __slots__ = ("scan",)
+
+    def __init__(self) -> None:
+        self.scan = None
+
+
 def parse_request(data: bytes, config: ServerConfig | None = None) -> tuple:
     """Parse one whole request from `data` (for differential tests and fuzzing).
 
@@ -184,7 +346,7 @@ def parse_request(data: bytes, config: ServerConfig | None = None) -> tuple:
     """
     cfg = config or ServerConfig()
     try:
-        head, pos = parse_head(data, 0, cfg)
+        head, pos = head_next(data, 0, cfg, _Fresh(), [0], 0)  # as the loop parses a head
         if head is None:
             return (-1, None, None, None, None, None, None, 0)
         if head.chunked:

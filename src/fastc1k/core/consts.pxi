@@ -37,6 +37,7 @@ cdef enum:
     F_PENDING_PY = 1 << 11      # a handler request waits in Worker._pending
     F_STREAM = 1 << 12          # a WSGI response is still streaming (Worker._streams; pump on EPOLLOUT)
     F_PEER = 1 << 13            # Worker.peer4[fd] holds this connection's remote IPv4 address and port
+    F_SCAN = 1 << 15            # an unfinished head at buf[0]: the head scanner's state is in the Conn
     F_CLEAN_CLOSE = 1 << 14     # F_CLOSING after a whole request was answered and nothing else
                                 # came: close at once, without lingering (nothing to reset)
 
@@ -48,6 +49,21 @@ cdef enum:
     T_SEND = 3
     T_LINGER = 4
     T_KINDS = 5
+
+# head scanner states (Conn.cstate while F_SCAN; _core_py/parser.py HeadScan)
+cdef enum:
+    HS_START = 0                # before the request line: empty lines (CRLF) are skipped
+    HS_START_LF = 1
+    HS_METHOD = 2
+    HS_TARGET0 = 3
+    HS_TARGET = 4
+    HS_VERSION = 5              # "HTTP/" DIGIT "." DIGIT, then CR
+    HS_RL_LF = 6
+    HS_H0 = 7                   # start of a field line (CR: the end of the head)
+    HS_NAME = 8
+    HS_VALUE = 9
+    HS_H_LF = 10
+    HS_END_LF = 11
 
 # chunked decoder states: fastc1k.chunked's, whose table chunk_feed walks (checked at import)
 cdef enum:
@@ -110,3 +126,4 @@ cdef enum:
     LAG_BUCKETS = 32
     I_ACCEPT_UNWATCHED = 73
     I_LISTEN_REARM_FAILED = 74
+    I_HEAD_SCANNED = 75

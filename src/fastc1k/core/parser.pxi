@@ -15,6 +15,7 @@ cdef uint8_t TARGETCH[256]
 cdef uint8_t HOSTCH[256]
 # field-value bytes after the colon: SP / HTAB / VCHAR / obs-text (OWS included)
 cdef uint8_t VALUECH[256]
+cdef const char *HTTP_NAME = b"HTTP/"
 # hex digit value + 1 (0 = not a hex digit)
 cdef uint8_t HEXV[256]
 # the chunked decoder's rules: fastc1k.chunked.BYTE_CLASS and TABLE, copied at import
@@ -410,6 +411,186 @@ cdef ssize_t parse_head(const char *b, size_t n, Req *r, const Limits *lim) noex
         r.content_length = length
     r.keep_alive = (not conn_close) and (r.v11 or conn_ka)
     return <ssize_t>end
+
+
+cdef ssize_t _cl_line(const char *p, size_t n, bint *seen) noexcept nogil:
+    """A field line that has just ended: a second or malformed Content-Length is a 400 now."""
+    cdef const char *colon = <const char *>memchr(p, 58, n)
+    cdef const char *v
+    cdef size_t vn, i
+    if colon == NULL or not ci_eq(p, <size_t>(colon - p), b"content-length", 14):
+        return 0
+    v = colon + 1
+    vn = n - <size_t>(v - p)
+    _strip(&v, &vn)
+    if seen[0] or vn == 0 or vn > 18:
+        return -400
+    for i in range(vn):
+        if not (48 <= v[i] <= 57):
+            return -400
+    seen[0] = True
+    return 0
+
+
+cdef ssize_t head_scan(const char *b, size_t n, Conn *c, const Limits *lim, Req *q) noexcept nogil:
+    """The head scanner: advance over b[c.line_len:n], the bytes not seen yet, and reject at
+    the first byte no valid head can have (binary junk, a TLS ClientHello, a bad version,
+    a bare CR or LF, a line starting with whitespace, a repeated or malformed
+    Content-Length once its line ends), or at a limit. Returns the head's length once its
+    final CRLF is in, 0 for more (its state kept in c), or -status. _core_py/parser.py
+    HeadScan is the same machine. Each byte is looked at once: a head trickled byte by
+    byte costs its length, not its length squared."""
+    cdef size_t i = c.line_len, k
+    cdef uint8_t st = c.cstate, ch
+    cdef bint ok
+    cdef uint64_t a = <uint64_t>c.allowance
+    cdef size_t line = <uint32_t>a, lines = <uint32_t>(a >> 32) & 0x3FFFFFFF
+    cdef bint seen_cl = (a >> 62) & 1
+    cdef size_t rl = <uint32_t>c.body_left, hdr = <uint32_t>(c.body_left >> 32)
+    cdef ssize_t r = 0
+    while i < n:
+        ch = <uint8_t>b[i]
+        if st == HS_START:
+            if ch == 13:
+                st = HS_START_LF
+            elif TCHAR[ch]:
+                st = HS_METHOD
+                rl = i
+            else:
+                r = -400  # not a request: binary, a TLS ClientHello, a bare LF
+                break
+        elif st == HS_START_LF:
+            if ch != 10:
+                r = -400
+                break
+            st = HS_START
+        elif st <= HS_VERSION:
+            if ch != 13 and i + 1 - rl > lim.max_line:
+                r = -414
+                break
+            if st == HS_METHOD:
+                if ch == 32:
+                    st = HS_TARGET0
+                elif not TCHAR[ch]:
+                    r = -400
+                    break
+            elif st == HS_TARGET0 or st == HS_TARGET:
+                if ch == 32 and st == HS_TARGET:
+                    st = HS_VERSION
+                    line = i + 1
+                elif not TARGETCH[ch]:
+                    r = -400
+                    break
+                else:
+                    st = HS_TARGET
+            else:  # HS_VERSION: "HTTP/" DIGIT "." DIGIT CR
+                k = i - line
+                if k < 5:
+                    ok = ch == <uint8_t>HTTP_NAME[k]
+                elif k == 5 or k == 7:
+                    ok = 48 <= ch <= 57
+                elif k == 6:
+                    ok = ch == 46
+                else:
+                    ok = k == 8 and ch == 13
+                    st = HS_RL_LF
+                if not ok:
+                    r = -400
+                    break
+        elif st == HS_RL_LF:
+            if ch != 10:
+                r = -400  # a bare CR
+                break
+            # the request line is whole: judge it now (version, target form, authority);
+            # without a header section parse_head cannot find a head, only an error
+            r = parse_head(b, i + 1, q, lim)
+            if r < 0:
+                break
+            r = 0
+            hdr = line = i + 1
+            st = HS_H0
+        else:
+            if i + 1 - hdr > lim.max_hdr:
+                r = -431
+                break
+            if st == HS_H0:
+                if ch == 13:
+                    st = HS_END_LF
+                elif TCHAR[ch]:
+                    st = HS_NAME
+                else:
+                    r = -400  # whitespace (obs-fold), a bare LF, a non-token byte
+                    break
+            elif st == HS_NAME:
+                if ch == 58:
+                    st = HS_VALUE
+                elif not TCHAR[ch]:
+                    r = -400
+                    break
+            elif st == HS_VALUE:
+                if ch == 13:
+                    st = HS_H_LF
+                elif not VALUECH[ch]:
+                    r = -400  # NUL, CTL, DEL, a bare LF
+                    break
+            elif st == HS_H_LF:
+                if ch != 10:
+                    r = -400  # a bare CR
+                    break
+                lines += 1
+                if lines > lim.max_headers:
+                    r = -431
+                    break
+                r = _cl_line(b + line, i - 1 - line, &seen_cl)
+                if r < 0:
+                    break
+                line = i + 1
+                st = HS_H0
+            else:  # HS_END_LF
+                if ch != 10:
+                    r = -400
+                    break
+                r = <ssize_t>(i + 1)
+                i += 1
+                break
+        i += 1
+    c.line_len = <uint32_t>i
+    c.cstate = st
+    c.allowance = <int64_t>(<uint64_t>line | (<uint64_t>lines << 32) | (<uint64_t>seen_cl << 62))
+    c.body_left = <uint64_t>rl | (<uint64_t>hdr << 32)
+    return r
+
+
+cdef ssize_t head_next(const char *b, size_t n, Req *q, Conn *c, const Limits *lim,
+                       uint64_t *scanned) noexcept nogil:
+    """The next request head at b[:n], as parse_head returns it, parsed incrementally: a
+    head that arrives whole is parsed once (the fast path); one that does not is scanned
+    as it arrives (head_scan, resumed where the last read ended) and parsed once complete.
+    So the status depends on the bytes alone, never on how they were split into reads."""
+    cdef ssize_t r = 0, s
+    cdef size_t seen
+    if not (c.flags & F_SCAN):
+        scanned[0] += n
+        r = parse_head(b, n, q, lim)
+        if r > 0:
+            return r
+        c.line_len = 0
+        c.cstate = HS_START
+        c.allowance = 0
+        c.body_left = 0
+        c.flags |= F_SCAN
+    seen = c.line_len
+    s = head_scan(b, n, c, lim, q)
+    scanned[0] += c.line_len - seen
+    if s == 0 and r == 0:
+        q.skip = 0
+        return 0
+    c.flags &= ~F_SCAN
+    if s < 0 or r != 0:
+        return s if s < 0 else r
+    memset(q, 0, sizeof(Req))
+    scanned[0] += <size_t>s
+    return parse_head(b, <size_t>s, q, lim)
 
 
 cdef inline void _te_list(const char *v, size_t vn, bint *te_any, bint *te_empty, int *te_chunked,
