@@ -22,7 +22,8 @@ _PHASE_COLOURS = {"stages": "#4c72b0", "probe": "#937860", "ramp": "#55a868", "b
                   "recovery": "#8172b2"}
 
 
-def _f(x: Any, fmt: str = "{:.1f}", none: str = "-") -> str:
+def fmt_num(x: Any, fmt: str = "{:.1f}", none: str = "-") -> str:
+    """A figure for a table cell: `none` where it was not measured."""
     return none if x is None else fmt.format(x)
 
 
@@ -42,9 +43,9 @@ def stage_table(stages: list[dict[str, Any]]) -> list[str]:
         lat = s.get("latency_ms") or {}
         lines.append(
             f"{s['clients']:>8} {s['throughput']:>9.0f} {100 * s['error_rate']:>6.1f} {s['failed_connections']:>9} "
-            f"{100 * s['refusal_rate']:>6.1f}% {100 * s['timeout_rate']:>6.1f}% {_f(lat.get('avg')):>8} "
-            f"{_f(lat.get('p50')):>8} {_f(lat.get('p95')):>8} {_f(lat.get('p99')):>8} {_f(lat.get('p999')):>8} "
-            f"{_f(s.get('cascade_s'), '{}s'):>7}" + ("  BROKEN" if s.get("broken") else ""))
+            f"{100 * s['refusal_rate']:>6.1f}% {100 * s['timeout_rate']:>6.1f}% {fmt_num(lat.get('avg')):>8} "
+            f"{fmt_num(lat.get('p50')):>8} {fmt_num(lat.get('p95')):>8} {fmt_num(lat.get('p99')):>8} {fmt_num(lat.get('p999')):>8} "
+            f"{fmt_num(s.get('cascade_s'), '{}s'):>7}" + ("  BROKEN" if s.get("broken") else ""))
     return lines
 
 
@@ -142,7 +143,7 @@ def summary_text(report: dict[str, Any]) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in sorted((b.get("errors") or {}).items(), key=lambda kv: -kv[1]))
         out.append(f"3. Recovery: {rc['blast_clients']} clients for {rc['blast_s']} s (error rate "
                    f"{100 * b['error_rate']:.1f}%{': ' + errs if errs else ''}; {b.get('ok', 0)} answered, "
-                   f"p99 {_f(b['latency_ms'].get('p99'))} ms), then {rc['recovery_clients']} clients")
+                   f"p99 {fmt_num(b['latency_ms'].get('p99'))} ms), then {rc['recovery_clients']} clients")
         rec = rc["recovery"]
         out.append(f"  recovery (p99 < {r['thresholds']['recovery_p99_ms']:g} ms and errors < "
                    f"{100 * r['thresholds']['recovery_error_rate']:g}% for {r['thresholds']['recovery_hold_s']} s, "
@@ -175,8 +176,8 @@ def _figures(phases: dict[str, Any]) -> dict[str, str]:
         out["breaking point"] = ((bp.get("text") or f"{bp['clients']:,} clients") + f" ({'; '.join(bp['reasons'])})"
                                  + (f"; {bp['configured_limit']}" if bp.get("configured_limit") else "")
                                  if bp else f"none up to {st['stages'][-1]['clients']:,} clients")
-        out["peak throughput"] = _f(st.get("peak_throughput"), "{:,.0f} req/s")
-        out["p99 by clients (ms)"] = ", ".join(f"{s['clients']:,}: {_f((s.get('latency_ms') or {}).get('p99'))}"
+        out["peak throughput"] = fmt_num(st.get("peak_throughput"), "{:,.0f} req/s")
+        out["p99 by clients (ms)"] = ", ".join(f"{s['clients']:,}: {fmt_num((s.get('latency_ms') or {}).get('p99'))}"
                                                for s in st["stages"])
     if rp:
         b = rp.get("bottleneck")
@@ -473,9 +474,9 @@ def write_html(report: dict[str, Any], path: str, charts: dict[str, bytes], why_
                 lat = s.get("latency_ms") or {}
                 cells = [f"{s['clients']}" + (" (probe)" if s in st.get("probes", []) else ""), f"{s['throughput']:.0f}", f"{100 * s['error_rate']:.2f}",
                          s["failed_connections"], f"{100 * s['refusal_rate']:.2f}", f"{100 * s['rejected_rate']:.2f}",
-                         f"{100 * s['timeout_rate']:.2f}"] + [_f(lat.get(k), "{:.2f}") for k in
+                         f"{100 * s['timeout_rate']:.2f}"] + [fmt_num(lat.get(k), "{:.2f}") for k in
                                                                 ("avg", "p50", "p95", "p99", "p999", "max")] + \
-                        [_f(s.get("intended_rate"), "{:.0f}"), f"{s['achieved_rate']:.0f}", _f(s.get("cascade_s"), "{}")]
+                        [fmt_num(s.get("intended_rate"), "{:.0f}"), f"{s['achieved_rate']:.0f}", fmt_num(s.get("cascade_s"), "{}")]
                 parts.append(f"<tr class='{'broken' if s.get('broken') else ''}'>" +
                              "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
             parts.append("</table>")
@@ -513,7 +514,7 @@ def load_machines_html(phases: dict[str, Any]) -> list[str]:
                                       "achieved/s", "CPU", "CPU wait", "bottleneck", "lost")) + "</tr>")
         for r in ls["workers"]:
             cells = [r["machine"], r["worker"], r["process"], f"{r['requests']:,}", f"{r['connections']:,}",
-                     _f(r["intended_rate"], "{:.0f}"), f"{r['achieved_rate']:.0f}", f"{r['cpu']:.2f}",
+                     fmt_num(r["intended_rate"], "{:.0f}"), f"{r['achieved_rate']:.0f}", f"{r['cpu']:.2f}",
                      f"{r['cpu_wait']:.2f}", "yes" if r["bottleneck"] else "", "LOST" if r["lost"] else ""]
             out.append(f"<tr class='{'broken' if r['bottleneck'] or r['lost'] else ''}'>"
                        + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")

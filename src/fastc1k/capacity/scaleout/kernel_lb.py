@@ -155,7 +155,7 @@ _live: list["ServiceNet"] = []   # torn down at exit, whatever happened
 
 
 @atexit.register
-def _teardown_all() -> None:
+def teardown_all() -> None:
     for sn in list(_live):
         sn.teardown()
 

@@ -32,14 +32,14 @@ from ...host.proc import host_info
 from .analysis import analyse
 from .balancer import Balancer, BalancerError, BalancerSpec
 from .config import ScaleoutConfig, describe_replica
-from .report import _f
+from ..report import fmt_num
 from .fleet import Fleet, ReplicaSpec, privileges
 from .health import ProbeSpec
 from .kcpu import NetfilterProfile, PidTracker
 from .kernel_lb import Conntrack, Endpoint, NeedsRoot, ServiceNet, require_root, sweep
 from .kservice import KernelService, NodeSlot
 from ..stages import load_api
-from .run import _pinning, run_count, run_fault
+from .run import pinning, run_count, run_fault
 
 __all__ = ["KINDS", "parse_balancers", "KernelOptions", "NodeDeployment", "run_compare", "summary_text",
            "readme_block", "write_outputs", "side_by_side", "NeedsRoot", "require_root"]
@@ -76,7 +76,7 @@ class NodeDeployment:
         require_root()
         self.n, self.cfg, self.balancer, self.kopts = n, cfg, balancer, kopts
         self.net = ServiceNet()
-        lb_cpu, rep_cpus = _pinning(cfg)
+        lb_cpu, rep_cpus = pinning(cfg)
         self.lb_cpu = lb_cpu
         # HAProxy keeps its core and the replicas the others; the kernel balancer has no
         # process to keep a core for, so its replicas float
@@ -392,8 +392,8 @@ def _fault_line(f: dict[str, Any]) -> str:
              f"failures" if "interval_ms" in hc else f"check inter {hc.get('inter_ms')} ms fall {hc.get('fall')}")
     return (f"{f['balancer']}, {f['mode']} {f['victim']} of {f['replicas']} at {f['clients']} clients: "
             f"{f['failed_after_fault']} failed of {f['stage_requests']} "
-            f"({_f(share * 100 if share is not None else None, '{:.3f}')} %), out of the rules after "
-            f"{_f(f.get('marked_down_s'), '{:.2f}')} s ({probe}), stall {f.get('stall_s')} s, "
+            f"({fmt_num(share * 100 if share is not None else None, '{:.3f}')} %), out of the rules after "
+            f"{fmt_num(f.get('marked_down_s'), '{:.2f}')} s ({probe}), stall {f.get('stall_s')} s, "
             f"cascade {'yes' if f.get('cascade') else 'no'}")
 
 
@@ -408,9 +408,9 @@ def summary_text(rep: dict[str, Any]) -> str:
     for r in _rows(rep):
         brk = str(r["breaking_point"]) if r["breaking_point"] else f">{r['unbroken_up_to']}"
         b = r.get("bound") or {}
-        out.append(f"{r['balancer']:<13} {r['replicas']:>2} {brk:>9} {_f(r['max_throughput'], '{:.0f}'):>10} "
-                   f"{_f(r['efficiency'], '{:.2f}'):>5} {_f(r['p99_at_reference_ms']):>8} "
-                   f"{_f(r['balancer_us_per_request'], '{:.2f}'):>9}  {b.get('label') or '-'}")
+        out.append(f"{r['balancer']:<13} {r['replicas']:>2} {brk:>9} {fmt_num(r['max_throughput'], '{:.0f}'):>10} "
+                   f"{fmt_num(r['efficiency'], '{:.2f}'):>5} {fmt_num(r['p99_at_reference_ms']):>8} "
+                   f"{fmt_num(r['balancer_us_per_request'], '{:.2f}'):>9}  {b.get('label') or '-'}")
         if b.get("evidence"):
             out.append(f"{'':>14}({b['evidence']})")
     out += _removal_lines(rep)
@@ -479,8 +479,8 @@ def goals(rep: dict[str, Any], balancer: str = "kernel") -> list[str]:
             continue
         share, down = f.get("failed_share_of_stage"), f.get("marked_down_s")
         ok = share is not None and share < 0.01 and down is not None and down <= 1.0 and not f.get("cascade")
-        out.append(f"{f['mode']} one of {f['replicas']}: failed {_f(share * 100 if share is not None else None, '{:.3f}')}"
-                   f" %, out of the rules after {_f(down, '{:.2f}')} s, cascade {'yes' if f.get('cascade') else 'no'}"
+        out.append(f"{f['mode']} one of {f['replicas']}: failed {fmt_num(share * 100 if share is not None else None, '{:.3f}')}"
+                   f" %, out of the rules after {fmt_num(down, '{:.2f}')} s, cascade {'yes' if f.get('cascade') else 'no'}"
                    f" (goal: < 1 %, <= 1 s, none): " + ("held" if ok else "missed"))
     return out
 
@@ -544,9 +544,9 @@ def readme_block(rep: dict[str, Any], chart_path: str | None) -> str:
     for r in _rows(rep):
         brk = str(r["breaking_point"]) if r["breaking_point"] else f"> {r['unbroken_up_to']}"
         b = r.get("bound") or {}
-        lines.append(f"| {r['balancer']} | {r['replicas']} | {brk} | {_f(r['max_throughput'], '{:,.0f}')} | "
-                     f"{_f(r['efficiency'], '{:.2f}')} | {_p99_ref(r)} | "
-                     f"{_f(r['balancer_us_per_request'], '{:.2f}')} | {b.get('label') or '-'}: "
+        lines.append(f"| {r['balancer']} | {r['replicas']} | {brk} | {fmt_num(r['max_throughput'], '{:,.0f}')} | "
+                     f"{fmt_num(r['efficiency'], '{:.2f}')} | {_p99_ref(r)} | "
+                     f"{fmt_num(r['balancer_us_per_request'], '{:.2f}')} | {b.get('label') or '-'}: "
                      f"{b.get('evidence', '').replace(SOFTIRQ_NOTE, '')} |")
     cpu = []
     for r in rep.get("results", []):
@@ -554,8 +554,8 @@ def readme_block(rep: dict[str, Any], chart_path: str | None) -> str:
         if r.get("balancer_kind") == "kernel" and b.get("netfilter_us_per_request") is not None:
             cpu.append(f"- kernel, {r['replicas']} replica(s): netfilter CPU in the run's tasks "
                        f"{b['netfilter_us_per_request']:.2f} µs/request over the ramp, less "
-                       f"{_f(b.get('host_hooks_us_per_request'), '{:.2f}')} µs measured routed to a replica without "
-                       f"the service = {_f(b.get('us_per_request'), '{:.2f}')} µs (perf samples at "
+                       f"{fmt_num(b.get('host_hooks_us_per_request'), '{:.2f}')} µs measured routed to a replica without "
+                       f"the service = {fmt_num(b.get('us_per_request'), '{:.2f}')} µs (perf samples at "
                        f"{rep['kernel']['profile_hz']} Hz).")
     if cpu:
         lines += ["", "The kernel balancer's CPU per request:", ""] + cpu
@@ -639,8 +639,8 @@ def side_by_side(args: Any) -> tuple[tuple[str, ...], tuple[str, ...], KernelOpt
 
 
 def teardown_all() -> None:
-    from .kernel_lb import _teardown_all
-    _teardown_all()
+    from .kernel_lb import teardown_all
+    teardown_all()
 
 
 def main_compare(args: Any, cfg: ScaleoutConfig, balancers: tuple[str, ...], faults: tuple[str, ...],

@@ -9,13 +9,9 @@ import os
 from typing import Any
 
 from .. import analysis as A
-from ..report import chart_stages, html_opening, png, pyplot, stage_table, write_json
+from ..report import chart_stages, fmt_num, html_opening, png, pyplot, stage_table, write_json
 
 __all__ = ["summary_text", "absorbed", "chart_scaling", "chart_fault", "write_reports"]
-
-
-def _f(x: Any, fmt: str = "{:.1f}") -> str:
-    return "-" if x is None else fmt.format(x)
 
 
 def summary_text(rep: dict[str, Any]) -> str:
@@ -32,9 +28,9 @@ def summary_text(rep: dict[str, Any]) -> str:
     for r in a["rows"]:
         brk = str(r["breaking_point"]) if r["breaking_point"] else f">{r['unbroken_up_to']}"
         b = r.get("bound") or {}
-        out.append(f"{r['replicas']:>8} {brk:>9} {_f(r['max_throughput'], '{:.0f}'):>10} "
-                   f"{_f(r['efficiency'], '{:.2f}'):>10} {_f(r['p99_at_reference_ms']):>12} "
-                   f"{(r['recovery_label'] or '-'):>10} {_f(r['balancer_us_per_request'], '{:.1f}'):>9}  "
+        out.append(f"{r['replicas']:>8} {brk:>9} {fmt_num(r['max_throughput'], '{:.0f}'):>10} "
+                   f"{fmt_num(r['efficiency'], '{:.2f}'):>10} {fmt_num(r['p99_at_reference_ms']):>12} "
+                   f"{(r['recovery_label'] or '-'):>10} {fmt_num(r['balancer_us_per_request'], '{:.1f}'):>9}  "
                    f"{b.get('label') or '-'}")
         if b.get("evidence"):
             out.append(f"{'':>9}({b['evidence']})")
@@ -72,18 +68,18 @@ def summary_text(rep: dict[str, Any]) -> str:
             out.append(f"fault: {f['mode']} {f['victim']} of {f['replicas']} replicas at {f['clients']} clients, "
                        f"t={f['t_fault']:.1f} s: {f['failed_after_fault']} failed requests "
                        f"({', '.join(f'{k} {v}' for k, v in f['failed_by_class'].items()) or 'none'}) = "
-                       f"{_f(share * 100 if share is not None else None, '{:.3f}')}% of the stage's "
+                       f"{fmt_num(share * 100 if share is not None else None, '{:.3f}')}% of the stage's "
                        f"{f['stage_requests']} (goal < 1%)")
             if not f.get("polls"):
                 out.append(f"  {c['balancer']['kind']} has no active health check or stats socket: routing around "
                            f"the victim is passive (proxy_next_upstream), its timing is not measured")
             out.append(f"  health check (inter {f['health_check']['inter_ms']} ms, fall {f['health_check']['fall']}):"
-                       f" first failed check after {_f(f['check_failed_s'], '{:.2f}')} s, marked DOWN after "
-                       f"{_f(f['marked_down_s'], '{:.2f}')} s; last second with errors ends "
-                       f"{_f(f['last_error_s'], '{:.1f}')} s after the fault")
-            out.append(f"  throughput {_f(f['throughput_before'], '{:.0f}')} -> {_f(f['throughput_after'], '{:.0f}')}"
-                       f" req/s ({f.get('stall_s', 0)} s under a quarter of it), p99 {_f(f['p99_before_ms'])} -> "
-                       f"{_f(f['p99_after_ms'])} ms; "
+                       f" first failed check after {fmt_num(f['check_failed_s'], '{:.2f}')} s, marked DOWN after "
+                       f"{fmt_num(f['marked_down_s'], '{:.2f}')} s; last second with errors ends "
+                       f"{fmt_num(f['last_error_s'], '{:.1f}')} s after the fault")
+            out.append(f"  throughput {fmt_num(f['throughput_before'], '{:.0f}')} -> {fmt_num(f['throughput_after'], '{:.0f}')}"
+                       f" req/s ({f.get('stall_s', 0)} s under a quarter of it), p99 {fmt_num(f['p99_before_ms'])} -> "
+                       f"{fmt_num(f['p99_after_ms'])} ms; "
                        + absorbed(f)
                        + f"; recovery {f['recovery']['label']}")
     out.append("")

@@ -72,7 +72,7 @@ class Sampler:
                 "softirq_cores": (b[6] - a[6]) / dt}
 
 
-def _pinning(cfg: ScaleoutConfig) -> tuple[int | None, set[int] | None]:
+def pinning(cfg: ScaleoutConfig) -> tuple[int | None, set[int] | None]:
     """The balancer on the last core, the replicas on the others (when there are two+)."""
     cores = sorted(os.sched_getaffinity(0))
     if not cfg.pin or len(cores) < 2:
@@ -84,7 +84,7 @@ class Deployment:
     """A fleet and its balancer, up and healthy, as a context manager."""
 
     def __init__(self, n: int, cfg: ScaleoutConfig, priv: dict[str, Any]) -> None:
-        lb_cpu, rep_cpus = _pinning(cfg)
+        lb_cpu, rep_cpus = pinning(cfg)
         self.spec = ReplicaSpec(cfg.container, cfg.engine, cfg.server_args, rep_cpus, cfg.use_netns)
         self.fleet = Fleet(n, self.spec, priv)
         bs = BalancerSpec(**{**cfg.balancer.__dict__, "cpu": lb_cpu if cfg.balancer.cpu is None else cfg.balancer.cpu})
@@ -277,7 +277,7 @@ def run(cfg: ScaleoutConfig, progress: Callable[[dict[str, Any]], None] | None =
     notes = list(priv["missing"])
     if busy := busy_note():
         notes.append(busy)
-    lb_cpu, rep_cpus = _pinning(cfg)
+    lb_cpu, rep_cpus = pinning(cfg)
     if lb_cpu is not None:
         notes.append(f"balancer pinned to CPU {lb_cpu}, replicas to CPU(s) {sorted(rep_cpus or [])}; the load "
                      f"generator floats")
