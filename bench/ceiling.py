@@ -197,6 +197,26 @@ def headline(report: dict) -> list[str]:
         [f"| {a} | {b} | {g} |" for a, b, g in rows]
 
 
+def backend_verdict(report: dict) -> str:
+    """The io_uring backend against the epoll C engine and the floor, keep-alive c=1000, in
+    this run's own figures: by how much, and where the difference is (kernel, syscalls)."""
+    ka = report["workloads"].get(CEILING_WORKLOADS[0], {}).get("summary", {})
+    c, u = ka.get("c"), ka.get("c-uring")
+    if not c or not u or "vs_c" not in u:
+        return ""
+    sc = report["syscalls"].get(CEILING_WORKLOADS[0], {})
+    calls = (f"; syscalls per request {sc['c-uring']['per_request']:.2f} against {sc['c']['per_request']:.2f}"
+             if sc.get("c") and sc.get("c-uring") else "")
+    ratio, lo, hi = u["vs_c"]
+    verdict = ("cheaper than epoll in every round" if hi < 1 else
+               "dearer than epoll in every round" if lo > 1 else "not cheaper than epoll beyond the noise")
+    floor = (f", {u['vs_floor'][0]:.2f} × the epoll floor (goal ≤ 0.90: {'met' if u['vs_floor'][0] <= 0.90 else 'missed'})"
+             if "vs_floor" in u else "")
+    return (f"io_uring, keep-alive c=1000: {ratio:.2f} ({lo:.2f}–{hi:.2f}) × the epoll C engine's CPU per request"
+            f"{floor}: {verdict}. Kernel {u['sys_us']:.2f} µs against {c['sys_us']:.2f} µs, user "
+            f"{u['user_us']:.2f} µs against {c['user_us']:.2f} µs{calls}.")
+
+
 def markdown(report: dict) -> str:
     lines = []
     m = report["machine"]
@@ -206,6 +226,9 @@ def markdown(report: dict) -> str:
     head = headline(report)
     if head:
         lines += [""] + head
+    verdict = backend_verdict(report)
+    if verdict:
+        lines += ["", verdict]
     for wname, wr in report["workloads"].items():
         lines += ["", f"**{wr['title']}** — server CPU per request (µs), median of rounds; "
                       "ratios are medians of per-round ratios (min–max)", "",

@@ -152,8 +152,8 @@ class ServerSpec:
         (it holds no buffer). None for the other servers."""
         if self.name not in ("c", "c-uring"):
             return None
-        from fastc1k._core import CONN_STRUCT_SIZE
-        return CONN_STRUCT_SIZE
+        from fastc1k._core import CONN_STRUCT_SIZE, UCONN_STRUCT_SIZE
+        return CONN_STRUCT_SIZE + (UCONN_STRUCT_SIZE if self.name == "c-uring" else 0)
 
 
 _ALL = frozenset({HEALTH, DATA, HANDLER})

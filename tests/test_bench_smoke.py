@@ -92,6 +92,25 @@ def test_ceiling_report_end_to_end(tmp_path):
     assert png is not None and png.stat().st_size > 1000
 
 
+def test_backend_verdict_says_by_how_much_and_where():
+    def summ(cpu, sys_us, vs_c=None, vs_floor=None):
+        d = {"cpu_us": cpu, "sys_us": sys_us, "user_us": cpu - sys_us}
+        if vs_c:
+            d["vs_c"], d["vs_floor"] = vs_c, vs_floor
+        return d
+    report = {"workloads": {"quota-c1000": {"summary": {
+        "c": summ(6.0, 5.5), "c-uring": summ(6.3, 5.9, (1.05, 1.01, 1.10), (1.02, 0.98, 1.08))}}},
+        "syscalls": {"quota-c1000": {"c": {"per_request": 2.03}, "c-uring": {"per_request": 0.06}}}}
+    v = ceiling.backend_verdict(report)
+    assert v.startswith("io_uring, keep-alive c=1000: 1.05 (1.01–1.10) × the epoll C engine's CPU per request, "
+                        "1.02 × the epoll floor (goal ≤ 0.90: missed): dearer than epoll in every round.")
+    assert "Kernel 5.90 µs against 5.50 µs" in v and "syscalls per request 0.06 against 2.03" in v
+    report["workloads"]["quota-c1000"]["summary"]["c-uring"]["vs_c"] = (0.97, 0.93, 1.02)
+    assert "not cheaper than epoll beyond the noise" in ceiling.backend_verdict(report)
+    del report["workloads"]["quota-c1000"]["summary"]["c-uring"]
+    assert ceiling.backend_verdict(report) == ""
+
+
 def test_readme_block_is_replaced_between_the_markers(tmp_path):
     readme = tmp_path / "README.md"
     start, end = markers("ceiling")

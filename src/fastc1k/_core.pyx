@@ -28,12 +28,14 @@ from . import metrics, responses, wsgi
 from ._compat import say_backend_fallback
 from .routes import STATIC, HANDLER, DATA, METRICS, WSGI, JSON, PROMETHEUS, Request, options_allow, render_result
 
-__all__ = ["Worker", "parse_request", "uring_unavailable", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE"]
+__all__ = ["Worker", "parse_request", "uring_unavailable", "ENGINE_NAME", "ENGINE_READY", "CONN_STRUCT_SIZE",
+           "UCONN_STRUCT_SIZE"]
 
 log = logging.getLogger("fastc1k")
 ENGINE_NAME = "c"
 ENGINE_READY = True
 CONN_STRUCT_SIZE = sizeof(Conn)
+UCONN_STRUCT_SIZE = sizeof(UConn)  # beside it, with the io_uring backend
 
 include "core/parser.pxi"
 include "core/pool.pxi"
