@@ -115,79 +115,76 @@ static void fc_ring_close(fc_ring *r)
     r->registered = 0;
 }
 
-static inline struct io_uring_sqe *fc_sqe(fc_ring *r)
+/* The next SQE, its user_data set; NULL only if the kernel took none of a full SQ. */
+static inline struct io_uring_sqe *fc_sqe(fc_ring *r, uint64_t ud)
 {
     struct io_uring_sqe *s = io_uring_get_sqe(&r->ring);
     if (s == NULL) {            /* the SQ is full this iteration: submit early */
         io_uring_submit(&r->ring);
         s = io_uring_get_sqe(&r->ring);
     }
+    if (s != NULL)
+        io_uring_sqe_set_data64(s, ud);
     return s;
 }
 
 static inline int fc_accept_multi(fc_ring *r, int lfd, uint64_t ud)
 {
-    struct io_uring_sqe *s = fc_sqe(r);
+    struct io_uring_sqe *s = fc_sqe(r, ud);
     if (s == NULL)
         return -EBUSY;
     /* non-blocking like accept4's: io_uring still waits for data/room itself, and the
        few direct calls (a WSGI stream's writes, shutdown) must never block the loop */
     io_uring_prep_multishot_accept(s, lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(s, ud);
     return 0;
 }
 
 static inline int fc_recv_multi(fc_ring *r, int fd, uint64_t ud)
 {
-    struct io_uring_sqe *s = fc_sqe(r);
+    struct io_uring_sqe *s = fc_sqe(r, ud);
     if (s == NULL)
         return -EBUSY;
     io_uring_prep_recv_multishot(s, fd, NULL, 0, 0);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = FC_BGID;
-    io_uring_sqe_set_data64(s, ud);
     return 0;
 }
 
 static inline int fc_send(fc_ring *r, int fd, const void *p, unsigned n, uint64_t ud)
 {
-    struct io_uring_sqe *s = fc_sqe(r);
+    struct io_uring_sqe *s = fc_sqe(r, ud);
     if (s == NULL)
         return -EBUSY;
     io_uring_prep_send(s, fd, p, n, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(s, ud);
     return 0;
 }
 
 static inline int fc_poll(fc_ring *r, int fd, unsigned events, uint64_t ud)
 {
-    struct io_uring_sqe *s = fc_sqe(r);
+    struct io_uring_sqe *s = fc_sqe(r, ud);
     if (s == NULL)
         return -EBUSY;
     io_uring_prep_poll_add(s, fd, events);
-    io_uring_sqe_set_data64(s, ud);
     return 0;
 }
 
 /* Cancel every request on fd (all: the recv, a send waiting for room). */
 static inline int fc_cancel_fd(fc_ring *r, int fd, uint64_t ud)
 {
-    struct io_uring_sqe *s = fc_sqe(r);
+    struct io_uring_sqe *s = fc_sqe(r, ud);
     if (s == NULL)
         return -EBUSY;
     io_uring_prep_cancel_fd(s, fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(s, ud);
     return 0;
 }
 
 /* Cancel the one request whose user_data is `target`. */
 static inline int fc_cancel(fc_ring *r, uint64_t target, uint64_t ud)
 {
-    struct io_uring_sqe *s = fc_sqe(r);
+    struct io_uring_sqe *s = fc_sqe(r, ud);
     if (s == NULL)
         return -EBUSY;
     io_uring_prep_cancel64(s, target, 0);
-    io_uring_sqe_set_data64(s, ud);
     return 0;
 }
 
