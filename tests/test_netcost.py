@@ -8,28 +8,29 @@ import pytest
 from fastc1k.capacity.ramp import netcost as N
 
 
-def report(broken_from: int, cpu: float, host_cores: float, rps: float, runtime: str = "podman") -> dict:
-    stages, samples = [], []
+def report(broken_from: int, cpu: float, client_cores: float, rps: float, runtime: str = "podman") -> dict:
+    stages, samples, timeline = [], [], []
     for i, clients in enumerate((50, 200, 800)):
         start = 10.0 * i
         stages.append({"clients": clients, "start_s": start, "duration_s": 5, "throughput": rps,
                        "broken": ["p99"] if clients >= broken_from else []})
-        for k in range(51):   # 100 ms samples over the stage; host busy grows at host_cores
-            t = start + k / 10
-            samples.append({"t": t, "cpu_used": cpu, "host_busy_s": 1000 + host_cores * t})
+        for k in range(51):   # 100 ms samples over the stage
+            samples.append({"t": start + k / 10, "cpu_used": cpu})
+        timeline += [{"t": start + k, "phase": "stages", "clients": clients, "client_cpu": client_cores}
+                     for k in range(5)]
     bp = next(({"clients": s["clients"], "reasons": ["p99 2000 ms > 1000 ms"]} for s in stages if s["broken"]), None)
     return {"runtime": {"name": runtime, "network": "publish", "image_id": "49c259189e83abcd",
                         "applied": {"cpus": 0.5, "memory": 268435456}, "refused": [], "conntrack": "conntrack: ok"},
             "phases": {"stages": {"stages": stages, "breaking_point": bp, "peak_throughput": rps},
                        "ramp": {"bottleneck": {"resource": "cpu", "evidence": "server CPU", "clients": 400}},
                        "recovery": {"recovery": {"label": "< 2 s"}}},
-            "samples": samples, "host": {"summary": "2 CPUs, 23.5 GiB, Linux 6.18"}}
+            "samples": samples, "timeline": timeline, "host": {"summary": "2 CPUs, 23.5 GiB, Linux 6.18", "loadavg": [1.25, 1, 1]}}
 
 
 def test_cpu_per_request_is_cores_over_throughput():
-    r = report(800, cpu=0.5, host_cores=1.5, rps=5000)
+    r = report(800, cpu=0.5, client_cores=1.5, rps=5000)
     got = N.cpu_per_request(r, r["phases"]["stages"]["stages"][1])
-    assert got == {"server_us": pytest.approx(100.0), "host_us": pytest.approx(300.0)}
+    assert got == {"server_us": pytest.approx(100.0), "client_us": pytest.approx(300.0), "total_us": pytest.approx(400.0)}
 
 
 def test_compare_uses_the_largest_stage_every_variant_held():
@@ -40,12 +41,13 @@ def test_compare_uses_the_largest_stage_every_variant_held():
     v = c["variants"]
     assert v["podman -p"]["breaking_point"] == 200 and v["kernel parts"]["breaking_point"] is None
     assert v["kernel parts"]["breaking_why"] == "held up to 800 clients"
-    assert v["podman -p"]["host_us"] == pytest.approx(450.0) and v["kernel parts"]["host_us"] == pytest.approx(200.0)
+    assert v["podman -p"]["client_us"] == pytest.approx(450.0) and v["kernel parts"]["total_us"] == pytest.approx(300.0)
     md = N.markdown({**c, "date": "2026-11-30 18:00 UTC", "host": "2-CPU machine", "image": "49c259189e83",
                      "command": "python -m fastc1k.capacity netcost"})
     assert "| breaking point (clients) | 200 | 800 | - |" in md
-    assert "| host CPU per request at 50 clients (µs, load generator and kernel included) | 450 | 240 | 200 |" in md
+    assert "| load generator CPU per request at 50 clients (µs) | 450 | 240 | 200 |" in md
     assert "| first bottleneck | cpu at 400 | cpu at 400 | cpu at 400 |" in md
+    assert "| machine's load average at the start (other work) | 1.2 | 1.2 | 1.2 |" in md
 
 
 @pytest.mark.parametrize("argv,msg", [

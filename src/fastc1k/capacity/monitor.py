@@ -218,9 +218,6 @@ class Monitor:
             n = ooms()
             if n is not None:   # processes the memory limit's OOM killer took since the start
                 s["oom_kills"] = n - self._base_ooms
-        # the whole host's busy CPU seconds (cumulative): with the requests served, what a
-        # request costs the machine, the load generator and the kernel's packet path included
-        s["host_busy_s"] = round(proc.host_busy_seconds()[0], 3)
         if self._latest_metrics:
             s["server"] = dict(self._latest_metrics)
         return s

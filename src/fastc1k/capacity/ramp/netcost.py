@@ -11,8 +11,8 @@ Each variant is `python -m fastc1k.capacity --serve --runtime ...` in a child pr
 (the kernel-parts run enters a network namespace, which a process cannot leave), one
 after the other; their JSON reports are put side by side: breaking point, peak
 throughput, first bottleneck, recovery, and CPU per request at the largest stage that
-held in all three — the server's (its processes) and the whole host's (the load
-generator and the kernel's packet path included, where NAT and conntrack show).
+held in all three — the server's and the load generator's (the kernel's packet path,
+where NAT and conntrack show, runs in softirq in their contexts).
 
     python -m fastc1k.capacity netcost --container cpus=0.5,memory=256M,nofile=16384,somaxconn=8192
 """
@@ -51,15 +51,20 @@ def _window(report: dict[str, Any], stage: dict[str, Any]) -> list[dict[str, Any
 
 
 def cpu_per_request(report: dict[str, Any], stage: dict[str, Any]) -> dict[str, float | None]:
-    """µs of CPU per request served in `stage`: the server's processes, and the whole host's."""
-    sm = _window(report, stage)
+    """µs of CPU per request served in `stage`: the server's processes (the monitor's
+    samples) and the load generator's (the farm's rows). The kernel's packet path — veth,
+    bridge, DNAT, conntrack — runs in softirq in the context of whichever of them sent
+    the packet, so it lands in these two (the host's total would count other work too)."""
     rps = stage.get("throughput") or 0
-    if len(sm) < 2 or rps <= 0:
-        return {"server_us": None, "host_us": None}
-    server = sum(s["cpu_used"] for s in sm) / len(sm)
-    hb = [s for s in sm if s.get("host_busy_s") is not None]
-    host = (hb[-1]["host_busy_s"] - hb[0]["host_busy_s"]) / (hb[-1]["t"] - hb[0]["t"]) if len(hb) >= 2 else None
-    return {"server_us": round(server / rps * 1e6, 1), "host_us": None if host is None else round(host / rps * 1e6, 1)}
+    t0 = stage["start_s"]
+    sm = [s for s in report.get("samples") or [] if t0 <= s["t"] <= t0 + stage["duration_s"] and "cpu_used" in s]
+    rows = [r for r in report.get("timeline") or []
+            if r.get("phase") == "stages" and r.get("clients") == stage["clients"] and r.get("client_cpu") is not None]
+    server = sum(s["cpu_used"] for s in sm) / len(sm) if len(sm) >= 2 and rps > 0 else None
+    client = sum(r["client_cpu"] for r in rows) / len(rows) if rows and rps > 0 else None
+    us = {k: None if v is None else round(v / rps * 1e6, 1) for k, v in (("server_us", server), ("client_us", client))}
+    us["total_us"] = None if None in us.values() else round(us["server_us"] + us["client_us"], 1)
+    return us
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +89,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "recovery": rec.get("label"),
         "oom_kills": report.get("oom_kills"),
         "aborted": report.get("aborted"),
+        "load_average": round(((report.get("host") or {}).get("loadavg") or [0])[0], 1),
     }
 
 
@@ -132,11 +138,14 @@ def markdown(result: dict[str, Any]) -> str:
     if at is not None:
         row(f"req/s at {at:,} clients (held in all three)", "rps_at_common")
         row(f"server CPU per request at {at:,} clients (µs)", "server_us")
-        row(f"host CPU per request at {at:,} clients (µs, load generator and kernel included)", "host_us")
+        row(f"load generator CPU per request at {at:,} clients (µs)", "client_us")
+        row("both, per request (µs; the kernel's packet path included)", "total_us")
     lines.append("| first bottleneck | " + " | ".join(
         f"{v[n]['bottleneck'] or '-'}" + (f" at {v[n]['bottleneck_clients']:,}" if v[n].get("bottleneck_clients") else "")
         for n in names) + " |")
     row("recovery after a 2x blast", "recovery")
+    lines.append("| machine's load average at the start (other work) | "
+                 + " | ".join(f"{v[n]['load_average']:.1f}" for n in names) + " |")
     lines += ["", f"Image {result['image']}; limits applied: "
               + ", ".join(f"{k}={val / 2**20:.0f}M" if k == "memory" else f"{k}={val}"
                           for k, val in (v[names[0]].get("applied") or {}).items()) + "."]
