@@ -44,7 +44,7 @@ def test_compare_uses_the_largest_stage_every_variant_held():
     assert v["podman -p"]["client_us"] == pytest.approx(450.0) and v["kernel parts"]["total_us"] == pytest.approx(300.0)
     md = N.markdown({**c, "date": "2026-11-30 18:00 UTC", "host": "2-CPU machine", "image": "49c259189e83",
                      "command": "python -m fastc1k.capacity netcost"})
-    assert "| breaking point (clients) | 200 | 800 | - |" in md
+    assert "| breaking point (clients) | 200 | 800 | none (held up to 800 clients) |" in md
     assert "| load generator CPU per request at 50 clients (µs) | 450 | 240 | 200 |" in md
     assert "| first bottleneck | cpu at 400 | cpu at 400 | cpu at 400 |" in md
     assert "| machine's load average at the start (other work) | 1.2 | 1.2 | 1.2 |" in md

@@ -341,3 +341,18 @@ def test_runtime_podman_that_cannot_run_is_one_line_and_exit_2_and_auto_falls_ba
     assert p.returncode == 0, p.stderr
     assert r["runtime"]["name"] == "kernel"
     assert f"runtime auto: kernel parts, since no image {absent}: build it with `make image`" in p.stdout
+
+
+def test_conntrack_max_is_raised_for_the_run_and_restored():
+    from fastc1k.capacity.podman import conntrack_for_run
+    from fastc1k.host import sysctl
+    before = sysctl.read_int("net.netfilter.nf_conntrack_max")
+    if before is None:
+        pytest.skip("no conntrack module loaded")
+    with conntrack_for_run(before - 1) as ct:
+        assert ct.how == f"conntrack: nf_conntrack_max {before} already covers {before - 1} connections"
+        assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before
+    with conntrack_for_run(before + 4096) as ct:
+        assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before + 4096
+    assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before
+    assert ct.how == f"conntrack: nf_conntrack_max raised {before} -> {before + 4096} for the run, then restored"

@@ -133,7 +133,9 @@ def markdown(result: dict[str, Any]) -> str:
     def row(label: str, key: str, unit: str = "") -> None:
         lines.append(f"| {label} | " + " | ".join(_n(v[n].get(key), unit) for n in names) + " |")
 
-    row("breaking point (clients)", "breaking_point")
+    lines.append("| breaking point (clients) | " + " | ".join(
+        _n(v[n]["breaking_point"]) if v[n]["breaking_point"] else f"none ({v[n]['breaking_why'] or '-'})"
+        for n in names) + " |")
     row("peak throughput (req/s)", "peak_rps")
     if at is not None:
         row(f"req/s at {at:,} clients (held in all three)", "rps_at_common")
