@@ -80,7 +80,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "applied": rt.get("applied") or (report.get("container") or {}).get("applied"),
         "refused": rt.get("refused") or [], "conntrack": rt.get("conntrack"),
         "breaking_point": bp["clients"] if bp else None,
-        "breaking_why": "; ".join(bp["reasons"]) if bp else f"held up to {st['stages'][-1]['clients']} clients"
+        "breaking_why": "; ".join(bp["reasons"]) if bp else f"held up to {st['stages'][-1]['clients']:,} clients"
         if st.get("stages") else None,
         "peak_rps": round(st["peak_throughput"]) if st.get("peak_throughput") else None,
         "bottleneck": bn["resource"] if bn else None,
