@@ -18,6 +18,8 @@ import pytest
 
 from fastc1k.host import cgroup, net, proc, sysctl
 
+from _env import SRC  # the package these tests imported (installed under CI), not the tree
+
 ROOT = os.geteuid() == 0
 PREFIX = f"fc1k-layers-{os.getpid()}"
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +132,7 @@ def test_enter_netns_moves_the_process_and_sets_its_sysctls():
             "ok, notes = net.enter_netns({'net.core.somaxconn': '333'})\n"
             "print(ok, sysctl.read('net.core.somaxconn'), sysctl.read('net.ipv4.ip_local_port_range'), notes)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO / "src")}, check=True).stdout.split(None, 4)
+                         env={**os.environ, "PYTHONPATH": SRC}, check=True).stdout.split(None, 4)
     assert out[:2] == ["True", "333"] and sysctl.read("net.core.somaxconn") != "333"
     assert " ".join(out[2:4]) == sysctl.read("net.ipv4.ip_local_port_range")   # the host's copied in
 

@@ -14,7 +14,7 @@ import pytest
 from fastc1k.capacity.scaleout import kernel_lb as K
 from fastc1k.host import net
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from _env import SRC  # the package these tests imported (installed under CI), not the tree
 # root, nft, ip, and a kernel that lets this root make network namespaces (not so in an
 # unprivileged container)
 ROOT = os.geteuid() == 0 and bool(shutil.which("nft")) and bool(shutil.which("ip")) and \
