@@ -21,6 +21,7 @@ import time
 import pytest
 
 from _env import SRC, TESTS
+from _supervised import http_get
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler for the shim")]
@@ -148,15 +149,8 @@ def test_fd_reuse_never_inherits_a_closed_connections_state(make_server):
         a.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
         a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         a.close()  # RST
-        with socket.create_connection(srv.address, timeout=3) as b:
-            b.sendall(b"GET /echo?%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % i)
-            got = b""
-            while True:
-                data = b.recv(65536)
-                if not data:
-                    break
-                got += data
-        assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"\r\n\r\n0:d41d8cd98f00b204e9800998ecf8427e"), got
+        status, body, _ = http_get(srv.address, f"/echo?{i}", timeout=3)
+        assert (status, body) == (200, b"0:d41d8cd98f00b204e9800998ecf8427e")
 
 
 def test_handler_answer_over_max_answer_is_a_500(make_server):

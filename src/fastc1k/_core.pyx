@@ -5,7 +5,8 @@ Same parts, names and behaviour as fastc1k._core_py (the reference; docs/ENGINES
 one onto the other). The hot path (epoll_wait -> read -> parse -> writev of prebuilt
 memory) touches no Python object; the GIL is taken only for Python handlers, /metrics, and
 to let signals run (every MAX_WAIT_MS). Parts: this file (the loop, and the writer in its
-"writer" section: Cython cannot include methods into a cdef class), core/parser.pxi
+"writer" section: Cython cannot include methods into a cdef class, which is why this
+file is over 700 lines), core/parser.pxi
 (request heads, chunked bodies), core/pool.pxi (read buffers), core/timers.pxi (O(1)
 timeout lists), core/consts.pxi (tunables, flags, the metrics layout), includes/system.pxd
 (the syscalls), core/uring.pxi (the io_uring backend: ServerConfig.backend = "io_uring").
