@@ -330,6 +330,7 @@ def test_sdist_carries_every_source_and_the_tests(tmp_path):
     tree = {str(p.relative_to(src)) for p in (src / "src/fastc1k").rglob("*")
             if p.suffix in (".pyx", ".pxd", ".pxi", ".h", ".py")}
     tree |= {str(p.relative_to(src)) for p in (src / "tests").glob("*.py")}
+    tree |= {str(p.relative_to(src)) for p in (src / "tests/shims").glob("*.c")}  # test_failure_paths builds them
     tree |= {str(p.relative_to(src)) for p in (src / "bench").rglob("*")  # tests/test_bench_smoke.py
              if p.suffix in (".py", ".c", ".lua")}
     missing = tree - names
