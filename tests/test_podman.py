@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -129,19 +130,20 @@ def test_the_memory_limit_ends_in_an_oom_kill_that_the_cgroup_counts(run_id):
     conns = []
     try:
         addr = ("127.0.0.1", int(s.url.rsplit(":", 1)[1]))
+        failed = 0
         for i in range(6000):
+            if i % 100 == 0 and s.oom_kills():
+                break
             try:
                 c = socket.create_connection(addr, timeout=5)
                 conns.append(c)
                 c.sendall(b"GET /" + b"a" * 8000)
-            except OSError:   # the worker was killed under us (reset, refused while it restarts)
-                break
-            if i % 100 == 0 and s.oom_kills():
-                break
+            except OSError:   # reset or refused while a killed worker restarts; a slow host
+                failed += 1
         deadline = time.monotonic() + 5
         while not s.oom_kills() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert s.oom_kills() >= 1, s.cgroup_sample()
+        assert s.oom_kills() >= 1, (len(conns), failed, s.cgroup_sample())
         assert "killed by SIGKILL" in s.logs()
     finally:
         for c in conns:
@@ -329,9 +331,10 @@ def test_the_report_names_the_oom_kill_at_the_containers_memory_limit(tmp_path):
     assert r is not None, p.stderr
     assert r["oom_kills"] >= 1 and r["oom_at"]["clients"] <= 6000
     assert "OOM kill: " in p.stdout and "at the memory limit of 24 MiB" in p.stdout
-    # the kernel killed a worker (the master restarts it: the ramp names it) or the master (the container ends)
-    b = (r["phases"].get("ramp") or {}).get("bottleneck")
-    assert (b and b["resource"] == "oom_kill") or "OOM-killed at its memory limit" in r.get("aborted", ""), r
+    # the kernel killed workers (they ask to go first), the master restarted them: the run went on
+    assert not r.get("aborted"), r["aborted"]
+    b = r["phases"]["ramp"]["bottleneck"]
+    assert b["resource"] in ("memory", "oom_kill") and re.search(r"of 24(\.0)? MiB", b["evidence"]), b
 
 
 def test_runtime_podman_that_cannot_run_is_one_line_and_exit_2_and_auto_falls_back(tmp_path):

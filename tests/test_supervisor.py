@@ -297,3 +297,15 @@ def test_master_as_pid_1_keeps_its_workers(engine):
         proc.stdout.close()
         proc.stderr.close()
     assert "exited with status 0" not in err, err
+
+
+def test_workers_ask_to_be_oom_killed_before_the_master(engine):
+    """At a memory limit the kernel kills the largest process: a worker (restarted by the
+    master) rather than the master (every connection, and in a container the container)."""
+    from fastc1k.supervisor import WORKER_OOM_SCORE_ADJ
+    with ServerProc(engine=engine, workers=2) as sp:
+        def adj(pid: int) -> int:
+            with open(f"/proc/{pid}/oom_score_adj") as f:
+                return int(f.read())
+        assert [adj(p) for p in sp.workers()] == [WORKER_OOM_SCORE_ADJ] * 2
+        assert adj(sp.pid) < WORKER_OOM_SCORE_ADJ

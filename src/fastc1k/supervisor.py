@@ -374,6 +374,7 @@ class Supervisor:
             if os.getppid() != master:
                 os._exit(0)  # the master died between fork and prctl (not "ppid is 1": in a
                 #             container without an init the master itself is PID 1)
+            _prefer_for_oom_kill()
             os.close(self._wake_r)
             os.close(self._wake_w)
             for s in self.slots:
@@ -585,6 +586,20 @@ def _setproctitle(title: str) -> None:
     except ImportError:  # a dependency, but naming processes is not worth failing for
         return
     setproctitle.setproctitle(title)
+
+
+WORKER_OOM_SCORE_ADJ = 300
+
+
+def _prefer_for_oom_kill() -> None:
+    """At a memory limit the kernel kills the largest process; a worker asks to go first
+    (raising one's own score needs no privilege): the master restarts a worker, while a
+    killed master takes every connection, and in a container the container itself."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(WORKER_OOM_SCORE_ADJ))
+    except OSError:
+        pass
 
 
 def _set_pdeathsig(sig: int) -> None:

@@ -355,9 +355,11 @@ def first_bottleneck(samples: Sequence[Mapping[str, Any]], th: Thresholds) -> di
                 hit.append(("cpu", why))
         rss, lim = s.get("rss"), s.get("mem_limit")
         cg = s.get("cgroup_memory")           # what a cgroup limit is enforced against
-        mem = max(rss or 0, cg or 0) if (rss is not None or cg is not None) else None
+        # The cgroup's figure where there is one: the processes' RSS sum counts pages they
+        # share (a pre-fork server's) once per process, over the limit before the kernel is.
+        mem = cg if cg is not None else rss
         if mem is not None and lim and mem >= th.memory * lim:
-            what = "cgroup memory (RSS, page cache, kernel)" if cg is not None and cg >= (rss or 0) else "server RSS"
+            what = "cgroup memory (RSS, page cache, kernel)" if cg is not None else "server RSS"
             hit.append(("memory", f"{what} {mem / 2**20:.1f} MiB of {lim / 2**20:.1f} MiB limit "
                                   f"({mem / lim:.0%} >= {th.memory:.0%})"))
         if s.get("oom_kills"):   # past the limit, not near it: the kernel killed a process
@@ -414,7 +416,8 @@ def _pressure(name: str, s: Mapping[str, Any]) -> float:
     if name in ("cpu", "conntrack"):
         return 1.0
     if name == "memory":
-        return max(s.get("rss") or 0, s.get("cgroup_memory") or 0) / s["mem_limit"]
+        cg = s.get("cgroup_memory")
+        return (cg if cg is not None else s.get("rss") or 0) / s["mem_limit"]
     if name == "fds":
         return s["fds"] / s["fd_limit"]
     return 1.0
