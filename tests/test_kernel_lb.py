@@ -245,10 +245,11 @@ def test_perf_samples_are_counted_per_window_and_netfilter_by_whose_task():
 def test_kernel_service_reports_endpoints_like_a_balancer_and_takes_back_what_it_set():
     from fastc1k.capacity.scaleout.kservice import KernelService
     svc = _Service(2, pick=None)
-    before = K._read_int(K.CONNTRACK_MAX)
-    ks = KernelService(svc.net, svc.eps, "random", ProbeSpec(), conntrack_max=before + 7).start()
+    # wants less than the host has: leaves the host's value alone (the raise and restore have
+    # their own test; holding a raised value for seconds would race other runs' tests)
+    ks = KernelService(svc.net, svc.eps, "random", ProbeSpec(), conntrack_max=1024).start()
     try:
-        assert ks.wait_healthy(5) and K._read_int(K.CONNTRACK_MAX) == before + 7
+        assert ks.wait_healthy(5) and not ks.conntrack_sizing["changed"]
         assert len(_through_service(ks.url, 8)) == 8
         sv = ks.servers()
         assert {k: v["status"] for k, v in sv.items()} == {"r0": "UP", "r1": "UP"}
@@ -259,8 +260,8 @@ def test_kernel_service_reports_endpoints_like_a_balancer_and_takes_back_what_it
             time.sleep(0.02)
         assert ks.servers()["r0"]["status"] == "DOWN" and time.monotonic() - t < ProbeSpec().worst_removal_s() + 0.5
         w = ks.sampler.window(t - 5, time.monotonic())
-        assert w and w["peak"] >= 1 and w["max"] == before + 7 and w["drops"] == 0
+        assert w and w["peak"] >= 1 and w["max"] >= 1024 and w["drops"] == 0
     finally:
         ks.stop()
         svc.close()
-    assert K._read_int(K.CONNTRACK_MAX) == before and not ks.notes
+    assert not ks.notes
