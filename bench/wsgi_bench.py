@@ -40,9 +40,9 @@ OURS = ("c", "python")
 LABELS = {"c": "fastc1k C engine", "python": "fastc1k pure Python", "gunicorn": "gunicorn (sync)",
           "granian": "granian (wsgi)", "fastpysgi": "fastpysgi", "waitress": "waitress", "bjoern": "bjoern"}
 WORKLOAD = workloads.Workload("wsgi-c100", "WSGI, keep-alive c=100, 0.5-CPU quota", connections=100)
-# gunicorn's sync worker answers every request with Connection: close: it holds no idle
-# keep-alive connection, so the idle-memory figure does not apply to it
-NO_KEEPALIVE = ("gunicorn",)
+# servers the idle-memory figure does not apply to, and why
+NO_IDLE = {"gunicorn": "gunicorn's sync worker closes every connection after its response",
+           "waitress": "waitress polls with select(), which fails past fd 1024 (the connections would kill it)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,15 +148,36 @@ def run(servers: list[str], rounds: int, duration: float, idle: int, log=print, 
                 f"{res['alone_us']:.2f} us/call")
             if idle and app == "hello":
                 for s in running:
-                    if s.spec.server in NO_KEEPALIVE:
+                    if s.spec.server in NO_IDLE:
                         continue
-                    res["memory"][s.spec.server] = workloads.idle_memory(s, idle)
+                    try:
+                        res["memory"][s.spec.server] = workloads.idle_memory(s, idle)
+                    except (RuntimeError, OSError) as exc:
+                        log(f"idle memory {s.spec.server}: failed ({exc})")
+                        continue
                     log(f"idle memory {s.spec.server}: {res['memory'][s.spec.server]['rss_per_conn']:.0f} B/conn")
-            for s in running if warmup else ():
-                workloads.measure_run(s, WORKLOAD, duration=warmup, max_requests=0)
+            measured = list(running)
+
+            def measure(s: RunningServer, seconds: float) -> dict | None:
+                """One run; a server that fails (exits, refuses) is dropped from the rounds, with why."""
+                try:
+                    return workloads.measure_run(s, WORKLOAD, duration=seconds, max_requests=0)
+                except RuntimeError as exc:
+                    why = f"failed during the {app} runs: {exc}; its log: {s.log_tail()[-200:]!r}"
+                    report["skipped"].setdefault(s.spec.server, why)
+                    log(f"drop {s.spec.server}: {why}")
+                    measured.remove(s)
+                    for row in res["rounds"]:
+                        row.pop(s.spec.server, None)
+                    return None
+            for s in list(measured) if warmup else ():
+                measure(s, warmup)
             for r in range(rounds):
-                row = {s.spec.server: workloads.measure_run(s, WORKLOAD, duration=duration, max_requests=0)
-                       for s in running}
+                row = {}
+                for s in list(measured):
+                    m = measure(s, duration)
+                    if m is not None:
+                        row[s.spec.server] = m
                 res["rounds"].append(row)
                 log(f"{app} round {r + 1}/{rounds}: " + "  ".join(
                     f"{n} {m['cpu_us']:.1f}us {m['rps'] / 1000:.1f}k/s" for n, m in row.items()))
@@ -220,9 +241,11 @@ def markdown(report: dict) -> str:
                          f"{s['server_us']:.2f} | {_r(s.get('vs_best'))} | {s['rps']:,.0f} | {s['errors']} |")
         if res["memory"]:
             lines += ["", "Memory per idle keep-alive connection (fresh servers, before any load; RSS delta / answered "
-                          "connections): " + ", ".join(f"{LABELS[n]} {mm['rss_per_conn']:,.0f} B"
-                                                       for n, mm in res["memory"].items())
-                      + "; gunicorn's sync worker closes every connection after its response."]
+                          "connections): " + ", ".join(
+                              f"{LABELS[n]} " + (f"{mm['rss_per_conn']:,.0f} B" if mm["rss_per_conn"] >= 0 else
+                                                 "n/a (its RSS fell meanwhile)")
+                              for n, mm in res["memory"].items())
+                      + "".join(f"; {why}" for n, why in NO_IDLE.items() if n in res["summary"]) + "."]
     if report["skipped"]:
         lines += [""] + [f"Skipped {n}: {why}." for n, why in report["skipped"].items()]
     return "\n".join(lines) + "\n"

@@ -434,6 +434,20 @@ class Exchange:
                     if c:
                         self.committed = True
                         chunks = chunks + [c] if chunks else [c]
+                # its Content-Length already here (Flask, Falcon): take the end now, so that
+                # the response goes out whole, not as a stream (a few items at most)
+                extra = 0
+                while not exhausted and 0 <= self.length <= sum(map(len, chunks)) and extra < 4:
+                    try:
+                        c = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if type(c) is not bytes:
+                        raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
+                    extra += 1
+                    if c:
+                        chunks = chunks + [c]
             if self.prefix is None:
                 raise AppError("the app returned without calling start_response")
             self.committed = True
