@@ -423,31 +423,19 @@ class Exchange:
                 exhausted = True
             else:
                 self.it = it = iter(result)
-                while not self.committed:
-                    try:
-                        c = next(it)
-                    except StopIteration:
+                extra = 0
+                # up to the first body byte; then, if its Content-Length is already here (Flask,
+                # Falcon), a few items more for the end: the response goes out whole, not streamed
+                while not self.committed or (0 <= self.length <= sum(map(len, chunks)) and extra < 4):
+                    c = _next(it)
+                    if c is None:
                         exhausted = True
                         break
-                    if type(c) is not bytes:
-                        raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
+                    if self.committed:
+                        extra += 1
                     if c:
                         self.committed = True
                         chunks = chunks + [c] if chunks else [c]
-                # its Content-Length already here (Flask, Falcon): take the end now, so that
-                # the response goes out whole, not as a stream (a few items at most)
-                extra = 0
-                while not exhausted and 0 <= self.length <= sum(map(len, chunks)) and extra < 4:
-                    try:
-                        c = next(it)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    if type(c) is not bytes:
-                        raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
-                    extra += 1
-                    if c:
-                        chunks = chunks + [c]
             if self.prefix is None:
                 raise AppError("the app returned without calling start_response")
             self.committed = True
@@ -580,23 +568,20 @@ class Exchange:
                 self.close()
                 return DONE
             try:
-                c = next(self.it)
-                if type(c) is not bytes:
-                    raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
-            except StopIteration:
-                self.close()  # before the last bytes go: the client may act on them at once
-                if self.chunked:
-                    pending.append(b"0\r\n\r\n")
-                elif self.left > 0:
-                    log.warning("WSGI app %r: body shorter than its Content-Length; closing", self.app)
-                    self.close()
-                    return ABORT
-                continue
+                c = _next(self.it)
             except Exception:
                 log.error("WSGI app %r failed while streaming %s %s; closing the connection", self.app,
                           self.environ.get("REQUEST_METHOD"), self.environ.get("PATH_INFO"), exc_info=True)
                 self.close()
                 return ABORT
+            if c is None:
+                self.close()  # before the last bytes go: the client may act on them at once
+                if self.chunked:
+                    pending.append(b"0\r\n\r\n")
+                elif self.left > 0:
+                    log.warning("WSGI app %r: body shorter than its Content-Length; closing", self.app)
+                    return ABORT
+                continue
             pending += self._frame(c)
 
     def _pending(self) -> list:
@@ -630,6 +615,17 @@ class Exchange:
                 close()
             except Exception:
                 log.error("WSGI iterable's close() raised", exc_info=True)
+
+
+def _next(it: Any) -> bytes | None:
+    """The iterable's next item (None at its end); not bytes: the app's error."""
+    try:
+        c = next(it)
+    except StopIteration:
+        return None
+    if type(c) is not bytes:
+        raise AppError(f"the app's iterable yielded {type(c).__name__}, not bytes")
+    return c
 
 
 def _caused_by(exc: BaseException, kind: type) -> bool:
