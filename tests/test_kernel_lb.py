@@ -265,3 +265,21 @@ def test_kernel_service_reports_endpoints_like_a_balancer_and_takes_back_what_it
         ks.stop()
         svc.close()
     assert not ks.notes
+
+
+@pytest.mark.skipif(not shutil.which("perf") or os.geteuid() != 0, reason="needs perf and root")
+def test_perf_stops_when_the_run_is_killed():
+    code = ("import time; from fastc1k.capacity.scaleout.kcpu import NetfilterProfile\n"
+            "p = NetfilterProfile(99).start(); print(p.proc.pid, p.dir, flush=True); time.sleep(60)\n")
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": SRC})
+    pid, tmp = run.stdout.readline().split()
+    run.kill()   # SIGKILL: no finally, no atexit
+    run.wait(10)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

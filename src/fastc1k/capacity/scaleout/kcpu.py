@@ -22,6 +22,8 @@ sqrt(samples)/freq.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 import shutil
@@ -96,6 +98,16 @@ class PidTracker:
         return set(self.pids)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """In perf before it execs: SIGINT (its clean stop) when the run dies, however it dies;
+    a run killed with SIGKILL once left perf recording the whole machine into /tmp."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+
+
 class NetfilterProfile:
     """perf sampling of every CPU for a run: `start`, `stop`, then `windows`."""
 
@@ -112,7 +124,8 @@ class NetfilterProfile:
             return self
         self.proc = subprocess.Popen([self.perf, "record", "-a", "-e", "cpu-clock", "-F", str(self.freq),
                                       "-k", "CLOCK_MONOTONIC", "-o", self.data, "--quiet"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                     preexec_fn=_stop_with_parent)
         return self
 
     def stop(self) -> None:
