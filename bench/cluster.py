@@ -45,7 +45,8 @@ class Cluster:
         port = free_port()
         self.address = f"tcp://127.0.0.1:{port}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+        # the scheduler too sits with the load on its core: the server's core is the server's
+        self.procs = [subprocess.Popen(["taskset", "-c", str(LOAD_CPU), sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                         "--no-dashboard"], stderr=subprocess.DEVNULL, env=env)]
         cmd = ["taskset", "-c", str(LOAD_CPU), sys.executable, "-m", "dask", "worker", self.address, "--nthreads", str(nthreads),
                "--no-dashboard", "--no-nanny"]
