@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from ..host import sysctl
+from ..host import proc, sysctl
 from ..host.cgroup import Cgroup
 from .container import ContainerSpec
 
@@ -253,15 +253,7 @@ class PodmanServer:
 
     def fds(self) -> int | None:
         """Open fds of all the container's processes."""
-        if not self.cgroup:
-            return None
-        n = 0
-        for pid in self.cgroup.pids():
-            try:
-                n += len(os.listdir(f"/proc/{pid}/fd"))
-            except OSError:
-                pass
-        return n
+        return proc.num_fds(self.cgroup.pids()) if self.cgroup else None
 
     def cgroup_sample(self) -> dict[str, Any]:
         return {"cpu_s": self.cpu_seconds(), "throttled": self.throttled(), "memory": self.memory_used(),

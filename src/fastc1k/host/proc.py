@@ -14,7 +14,7 @@ import psutil
 
 from . import sysctl
 
-__all__ = ["listen_queue", "tree", "cpu_times", "cpu_seconds", "rss", "schedstat", "meminfo", "mem_used_fraction",
+__all__ = ["listen_queue", "tree", "cpu_times", "cpu_seconds", "rss", "num_fds", "schedstat", "task_schedstat", "meminfo", "mem_used_fraction",
            "sockstat", "netstat", "NETSTAT_KEYS", "host_busy_seconds", "host_info", "nofile_limits", "status", "cpu_model"]
 
 NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPAbortOnMemory", "TCPAbortOnTimeout",
@@ -67,6 +67,27 @@ def rss(pids: Iterable[int]) -> int:
     return total
 
 
+def num_fds(pids: Iterable[int]) -> int:
+    """Open fds summed over these processes; gone (or unreadable) ones count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).num_fds()
+        except psutil.Error:
+            pass
+    return total
+
+
+def task_schedstat(task: str = "self") -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable but waiting for one) of one task ("self": the calling
+    process's main thread; a pid or "thread-self"); None if unreadable."""
+    try:
+        run, wait = map(int, _text(f"/proc/{task}/schedstat").split()[:2])
+        return run, wait
+    except ValueError:
+        return None
+
+
 def schedstat(pid: int) -> tuple[int, int] | None:
     """(ns on a CPU, ns runnable but waiting for one), summed over the process's threads.
     The wait shows a server that is CPU-bound on a shared host although its CPU time is
@@ -77,12 +98,9 @@ def schedstat(pid: int) -> tuple[int, int] | None:
     except OSError:
         return None
     for tid in tids:
-        try:
-            a, b, _ = _text(f"/proc/{pid}/task/{tid}/schedstat").split()
-        except ValueError:
-            continue
-        run += int(a)
-        wait += int(b)
+        if ss := task_schedstat(f"{pid}/task/{tid}"):
+            run += ss[0]
+            wait += ss[1]
     return run, wait
 
 

@@ -36,6 +36,7 @@ import uuid
 from multiprocessing.connection import Connection, wait
 from urllib.parse import urlsplit
 
+from ..host import sysctl
 from ..host.net import parse_source_ips
 from . import farm as _farm
 
@@ -59,12 +60,8 @@ class ClusterError(RuntimeError):
 def machine_limits() -> dict:
     """What this machine can hold, read here: fd limit, ephemeral ports, declared sources."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = map(int, f.read().split())
-        ports = hi - lo + 1
-    except (OSError, ValueError):
-        ports = 28_232
+    lo, hi = sysctl.port_range() or sysctl.DEFAULT_PORT_RANGE
+    ports = hi - lo + 1
     declared = os.environ.get(SOURCES_ENV, "")
     try:
         sources = parse_source_ips(declared)

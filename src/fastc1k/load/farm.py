@@ -24,6 +24,7 @@ import time
 import traceback
 
 from . import hist
+from ..host import proc
 from ..host.net import parse_source_ips  # noqa: F401 - capacity's import
 from .spec import LoadSpec
 
@@ -38,11 +39,8 @@ BOTTLENECK_WAIT = 0.20      # a worker that waited this share of the time for a 
 
 def _runqueue_wait_s() -> float:
     # time this (single-threaded) process spent runnable but waiting for a CPU
-    try:
-        with open("/proc/self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    ss = proc.task_schedstat()
+    return ss[1] / 1e9 if ss else 0.0
 
 ERROR_CLASSES = ("refused", "reset", "connect_timeout", "read_timeout", "addrnotavail",
                  "emfile", "bad_response", "connect_error")

@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ...host import net, sysctl
+from ...host import conntrack, net, sysctl
 
 __all__ = ["PREFIX", "NeedsRoot", "require_root", "Endpoint", "ruleset", "service_rule", "ServiceNet",
            "KernelBalancer", "Conntrack", "nft", "sweep", "PICKS", "host_notrack_rules"]
@@ -336,12 +336,14 @@ def _gotos(obj: Any) -> list[str]:
 
 # --------------------------------------------------------------------------- conntrack
 
-CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+CONNTRACK_MAX = "net.netfilter.nf_conntrack_max"
 
 
-def _read_int(path: str) -> int:
-    with open(path) as f:
-        return int(f.read().split()[0])
+def _conntrack_max() -> int:
+    mx = sysctl.read_int(CONNTRACK_MAX)
+    if mx is None:
+        raise OSError(f"no {CONNTRACK_MAX}: the nf_conntrack module is not loaded")
+    return mx
 
 
 class Conntrack:
@@ -363,11 +365,10 @@ class Conntrack:
     def size(self, want: int, exact: bool = False) -> dict[str, Any]:
         """Raises the host's nf_conntrack_max to `want` (or sets it to exactly `want`);
         never lowers it unless asked to."""
-        self.before = _read_int(CONNTRACK_MAX)
+        self.before = _conntrack_max()
         target = want if exact else max(want, self.before)
         if target != self.before:
-            with open(CONNTRACK_MAX, "w") as f:
-                f.write(str(target))
+            sysctl.write(CONNTRACK_MAX, str(target))
             self.set_to = target
         return {"before": self.before, "max": target, "wanted": want, "changed": target != self.before}
 
@@ -377,11 +378,10 @@ class Conntrack:
         if self.set_to is None or self.before is None:
             return None
         try:
-            now = _read_int(CONNTRACK_MAX)
+            now = _conntrack_max()
             if now != self.set_to:
                 return f"nf_conntrack_max is {now}, not the {self.set_to} this run set: left as it is"
-            with open(CONNTRACK_MAX, "w") as f:
-                f.write(str(self.before))
+            sysctl.write(CONNTRACK_MAX, str(self.before))
         except OSError as exc:
             return f"nf_conntrack_max not restored to {self.before}: {exc}"
         finally:
@@ -391,14 +391,10 @@ class Conntrack:
     @staticmethod
     def read_here() -> dict[str, int]:
         """Count, max and summed per-CPU drops of the calling thread's namespace."""
-        out = {"count": _read_int("/proc/sys/net/netfilter/nf_conntrack_count"), "max": _read_int(CONNTRACK_MAX)}
-        with open("/proc/thread-self/net/stat/nf_conntrack") as f:
-            head, *rows = [ln.split() for ln in f if ln.strip()]
-        for key in ("drop", "early_drop", "insert_failed"):
-            if key in head:
-                i = head.index(key)
-                out[key] = sum(int(r[i], 16) for r in rows)
-        return out
+        got = conntrack.read()
+        if got is None:
+            raise OSError("the nf_conntrack module is not loaded")
+        return got
 
     def read(self) -> dict[str, int]:
         return net.in_netns(self.node, self.read_here)
