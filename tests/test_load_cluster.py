@@ -270,6 +270,7 @@ def test_two_machines_shares_stages_and_a_lost_machine(two_machines, tmp_path):
     full = {r["t"]: r["connections_open"] for r in rows if not r["lost_processes"]}
     assert full.get(0) == 4 and full.get(2) == 12 and full.get(4) == 20, rows
     # the lost machine: reported with its load, later seconds marked, the run ended by itself
+    assert len(s["lost"]) == 1, s["lost"]
     (lost,) = s["lost"]
     assert lost["machine"] == f"{NET}.10" and lost["connections"] == 10 and lost["rate"] == 200.0
     assert "left the Dask cluster" in lost["why"] or "exited" in lost["why"]

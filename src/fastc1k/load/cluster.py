@@ -33,6 +33,8 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from multiprocessing.connection import Connection, wait
 from urllib.parse import urlsplit
 
@@ -274,6 +276,8 @@ class DaskExecutor:
         self._where = []           # farm process -> worker address
         self._last_heard = {}
         self._gone = set()
+        self._pulling = {}          # worker -> its take in flight (one at a time, in order)
+        self._puller = None
         self._clock = {}
         self._offsets = {}
         self._next_pull = 0.0
@@ -387,8 +391,7 @@ class DaskExecutor:
         self._nodes = list(by_worker)
         caps, bad = {}, []
         # one Client.run per worker, all in flight together (their items differ)
-        import concurrent.futures as cf
-        with cf.ThreadPoolExecutor(len(by_worker)) as pool:
+        with ThreadPoolExecutor(len(by_worker)) as pool:
             futs = {a: pool.submit(self._run, _node_launch, self._run_id, _host(a), items,
                                    workers=[a]) for a, items in by_worker.items()}
         for a, f in futs.items():
@@ -424,12 +427,24 @@ class DaskExecutor:
         time.sleep(max(0.0, min(timeout, self._next_pull - time.monotonic())))
         self._next_pull = time.monotonic() + PULL_EVERY
         out = []
-        try:
-            got = self._run(_node_take, self._run_id)
-        except Exception:                               # noqa: BLE001 - the scheduler is gone
-            got = {}
+        # One take per worker, each its own Client.run: a worker that died while the
+        # scheduler still lists it holds only its own take (up to Dask's connect time-out),
+        # never the others', which would then look silent and be called lost too.
+        if self._puller is None:
+            self._puller = ThreadPoolExecutor(max(1, len(self._nodes)))
+        for a in self._nodes:
+            if a not in self._gone and a not in self._pulling:
+                self._pulling[a] = self._puller.submit(self._run, _node_take, self._run_id, workers=[a])
+        wait_futures(list(self._pulling.values()), timeout=PULL_EVERY)
         now = time.monotonic()
-        for a, batch in got.items():
+        for a, f in list(self._pulling.items()):
+            if not f.done():
+                continue
+            del self._pulling[a]
+            try:
+                batch = f.result().get(a)
+            except Exception:                           # noqa: BLE001 - lost, or the scheduler is gone
+                batch = None
             if isinstance(batch, bytes):
                 self._last_heard[a] = now
                 out.extend(pickle.loads(batch))
@@ -460,6 +475,9 @@ class DaskExecutor:
         except Exception:                               # noqa: BLE001 - lost meanwhile
             pass
         self._nodes = []
+        if self._puller is not None:
+            self._puller.shutdown(wait=False, cancel_futures=True)
+            self._puller = None
         try:
             self._client.close(timeout=5)
         except Exception:                               # noqa: BLE001

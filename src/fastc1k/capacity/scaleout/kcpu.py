@@ -123,7 +123,8 @@ class NetfilterProfile:
         if self.why_not:
             return self
         self.proc = subprocess.Popen([self.perf, "record", "-a", "-e", "cpu-clock", "-F", str(self.freq),
-                                      "-k", "CLOCK_MONOTONIC", "-o", self.data, "--quiet"],
+                                      "-k", "CLOCK_MONOTONIC", "-o", self.data, "--quiet",
+                                      "--no-buildid"],   # no build-id pass at exit: it stops at once
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                                      preexec_fn=_stop_with_parent)
         return self
