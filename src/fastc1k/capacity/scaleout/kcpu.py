@@ -104,6 +104,9 @@ PR_SET_PDEATHSIG = 1
 def _stop_with_parent() -> None:
     """In perf before it execs: SIGINT (its clean stop) when the run dies, however it dies;
     a run killed with SIGKILL once left perf recording the whole machine into /tmp."""
+    # A run started in the background (`cmd &`, nohup, a CI job) inherits SIGINT ignored,
+    # and perf keeps an ignored SIGINT ignored: it would then never stop, by death or stop().
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
 
