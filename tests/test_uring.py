@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
+import h11
 import pytest
 
 import fastc1k
-from fastc1k import ServerConfig
+from fastc1k import Routes, ServerConfig
 from fastc1k.config import ConfigError
 
 from _env import SRC
@@ -111,3 +114,65 @@ def test_the_pure_engine_says_it_has_no_io_uring():
     assert r.stdout.split() == ["epoll", "-", '{"status":"ok"}']
     assert r.stderr.splitlines() == [
         "fastc1k: io_uring unavailable (the python engine has no io_uring backend); serving with epoll"]
+
+
+# --- the review of core/uring.pxi: behaviour the epoll backend has and io_uring must keep ---------
+def _read_until_close(sock: socket.socket) -> bytes:
+    out = bytearray()
+    while chunk := sock.recv(1 << 20):
+        out += chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize("engine", ["c", "c-uring"], indirect=True)
+def test_a_request_arriving_while_a_wsgi_stream_waits_is_answered_after_it(make_server, engine):
+    """A pipelined request that arrives while a WSGI stream waits for the client to read is
+    parsed only once the stream has ended (the epoll backend stops reading meanwhile): its
+    app is not called beside the stream's, and the two answers come whole and in order."""
+    block, n = b"s" * 65536, 256  # 16 MiB: more than loopback buffers while the client waits
+    calls = []
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        calls.append(path)
+        if path == "/api/health":
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        if path == "/second":
+            return [b"second"]
+        time.sleep(0.2)  # the next request reaches the server meanwhile
+
+        def stream():
+            try:
+                for _ in range(n):
+                    yield block
+            finally:
+                calls.append("stream closed")
+        return stream()
+
+    srv = make_server(Routes(wsgi=app, builtin_prefix=None))
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the stream fills it at once
+        s.settimeout(10)
+        s.connect(srv.address)
+        s.sendall(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.05)
+        s.sendall(b"GET /second HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        time.sleep(0.5)  # the stream waits for room
+        data = _read_until_close(s)
+    assert calls == ["/first", "stream closed", "/second"]
+    bodies = []
+    while data:  # each response framed by h11, in order
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/", headers=[("Host", "t")]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(data)
+        conn.receive_data(b"")
+        body = bytearray()
+        while not isinstance(ev := conn.next_event(), h11.EndOfMessage):
+            if isinstance(ev, h11.Data):
+                body += ev.data
+        bodies.append(bytes(body))
+        data = conn.trailing_data[0]
+    assert [len(b) for b in bodies] == [len(block) * n, 6] and bodies[1] == b"second"

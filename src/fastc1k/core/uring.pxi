@@ -277,7 +277,7 @@ cdef void u_feed(Worker w, int fd, Conn *c, UConn *u, const char *data, size_t n
         c.buf_len += <uint32_t>k
         data += k
         n -= k
-        if c.out_len:  # writing: parsed when the send completes
+        if c.out_len or c.flags & F_STREAM:  # writing (a stream's writes are direct): parsed once sent
             if n:  # and the buffer is full: stash the rest, stop reading
                 u_interest(w, fd, c, True)
                 u_stash(w, fd, c, u, data, n)
