@@ -176,3 +176,31 @@ def test_a_request_arriving_while_a_wsgi_stream_waits_is_answered_after_it(make_
         bodies.append(bytes(body))
         data = conn.trailing_data[0]
     assert [len(b) for b in bodies] == [len(block) * n, 6] and bodies[1] == b"second"
+
+
+@pytest.mark.parametrize("engine", ["c", "c-uring"], indirect=True)
+def test_a_client_that_half_closes_gets_the_whole_wsgi_stream(make_server, engine):
+    """A client may shut its side once it has sent its request (nc -N, HTTP/1.0 tools): a
+    stream still waiting for room when that FIN arrives is sent whole, then closed."""
+    block, n = b"s" * 65536, 256
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/api/health":
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        time.sleep(0.2)  # the FIN reaches the server meanwhile
+        return (block for _ in range(n))
+
+    srv = make_server(Routes(wsgi=app, builtin_prefix=None))
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(srv.address)
+        s.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.05)
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)  # the stream waits for room
+        data = _read_until_close(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body.endswith(b"0\r\n\r\n"), (head, len(body))

@@ -233,7 +233,7 @@ cdef void u_on_recv(Worker w, int fd, fc_cqe *e) noexcept nogil:
             fc_buf_put(w.ring, bid)
     elif res == 0:  # the peer's FIN
         if c.state != S_FREE:
-            if c.out_len:
+            if c.out_len or c.flags & F_STREAM:
                 u.flags |= U_EOF  # answer what was asked first, as the epoll path does
             else:
                 w._close(fd, c)
