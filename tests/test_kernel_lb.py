@@ -285,3 +285,25 @@ def test_perf_stops_when_the_run_is_killed():
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_kernel_service_whose_rules_fail_to_load_can_be_stopped_and_gives_conntrack_back(monkeypatch):
+    """start() raised part-way (nft refused the rules after conntrack was sized): stop()
+    still runs every step, so the host's nf_conntrack_max is put back."""
+    from fastc1k.capacity.scaleout.kservice import KernelService
+
+    def refused(*argv, **kw):
+        raise OSError("nft: refused (expected by the test)")
+
+    class Node:
+        node, table, vip, port = "fc1k-kbal-0-0-node", "fc1k_kbal_0_0", "10.233.0.2", 80
+        nft = staticmethod(refused)
+    calls = []
+    monkeypatch.setattr(K, "nft", refused)
+    monkeypatch.setattr(K.Conntrack, "size", lambda self, want, exact=False: calls.append("size") or {})
+    monkeypatch.setattr(K.Conntrack, "restore", lambda self: calls.append("restore"))
+    ks = KernelService(Node(), [K.Endpoint("r0", "10.233.0.6", 8080)], "random", ProbeSpec())
+    with pytest.raises(OSError, match="refused"):
+        ks.start()
+    ks.stop()
+    assert calls == ["size", "restore"]

@@ -129,3 +129,50 @@ def test_a_full_conntrack_table_is_named_as_the_bound():
     assert "conntrack 400 of 1000 entries, 12 drops" in dropping["bound"]["evidence"]
     assert roomy["bound"]["resource"] == "replicas" and "conntrack 400 of 1000 entries, 0 drops" in \
         roomy["bound"]["evidence"]
+
+
+@pytest.mark.parametrize("balancer", ["kernel", "haproxy-http"])
+def test_a_balancer_that_fails_to_start_is_stopped_with_the_replicas_and_namespaces(monkeypatch, balancer):
+    """NodeDeployment: a balancer whose start() raised part-way (the kernel's after it raised
+    nf_conntrack_max, HAProxy's after it forked, or Ctrl-C meanwhile) is stopped like the
+    replicas and the namespaces, not left behind."""
+    from fastc1k.capacity.scaleout import kscale
+    from fastc1k.capacity.scaleout.config import ScaleoutConfig
+    done = []
+
+    class Part:
+        def __init__(self, name, *a, **kw):
+            self.name, self.replicas, self.node, self.vip, self.port = name, [], "n", "10.233.0.2", 80
+
+        def setup(self):
+            return self
+
+        def start(self):
+            if self.name == "lb":
+                raise KeyboardInterrupt
+            return self
+
+        def backends(self):
+            return []
+
+        def stop(self):
+            done.append(f"{self.name} stopped")
+
+        def teardown(self):
+            done.append("net torn down")
+            return []
+
+    class LB(Part):
+        checker, notes = type("C", (), {"events": []})(), []
+
+        def __init__(self, *a, **kw):
+            super().__init__("lb")
+    monkeypatch.setattr(kscale, "require_root", lambda: None)
+    monkeypatch.setattr(kscale, "ServiceNet", lambda: Part("net"))
+    monkeypatch.setattr(kscale, "Fleet", lambda *a, **kw: Part("fleet"))
+    monkeypatch.setattr(kscale, "KernelService", LB)
+    monkeypatch.setattr(kscale, "Balancer", LB)
+    dep = kscale.NodeDeployment(1, ScaleoutConfig(), {}, balancer, kscale.KernelOptions())
+    with pytest.raises(KeyboardInterrupt):
+        dep.__enter__()
+    assert done == ["lb stopped", "fleet stopped", "net torn down"]

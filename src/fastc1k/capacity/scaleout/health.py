@@ -130,7 +130,8 @@ class HealthChecker:
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(self.spec.timeout_s + 2)
+            if t.is_alive():   # (a start that failed part-way is stopped too)
+                t.join(self.spec.timeout_s + 2)
 
     def ready(self) -> list[str]:
         with self._lock:

@@ -100,12 +100,13 @@ class NodeDeployment:
                 eps = [Endpoint(b.name, b.host, b.port) for b in self.fleet.backends()]
                 want = self.kopts.conntrack_max or Conntrack.needed(self.cfg.run.max_clients)
                 self.lb = KernelService(self.net, eps, self.kopts.pick, self.kopts.probe, want,
-                                        conntrack_exact=self.kopts.conntrack_max is not None).start()
+                                        conntrack_exact=self.kopts.conntrack_max is not None)
             else:
                 kind, _, mode = self.balancer.partition("-")
                 bs = BalancerSpec(**{**self.cfg.balancer.__dict__, "kind": kind, "mode": mode or "http",
                                      "cpu": self.lb_cpu, "netns": self.net.node})
-                self.lb = Balancer(self.fleet.backends(), bs.validate(), listen=(self.net.vip, self.net.port)).start()
+                self.lb = Balancer(self.fleet.backends(), bs.validate(), listen=(self.net.vip, self.net.port))
+            self.lb.start()   # ours before it starts: a start that fails part-way is stopped below
             if not self.lb.wait_healthy(15):
                 raise BalancerError(f"the {self.balancer} balancer did not see every replica healthy: "
                                     f"{self.lb.servers()}")
@@ -136,15 +137,19 @@ class NodeDeployment:
     def __exit__(self, *exc: Any) -> None:
         if self.fleet.replicas:
             self.victim_killed_at = self.fleet.replicas[0].killed_at
-        if self.lb is not None:
-            self.lb.stop()
-            if isinstance(self.lb, KernelService):
-                self.events = list(self.lb.checker.events)
-                self.notes += self.lb.notes
-        self.fleet.stop()
-        left = self.net.teardown()
-        if left:
-            self.notes.append("not removed: " + "; ".join(left))
+        try:
+            if self.lb is not None:
+                self.lb.stop()
+                if isinstance(self.lb, KernelService):
+                    self.events = list(self.lb.checker.events)
+                    self.notes += self.lb.notes
+        finally:   # the replicas and the namespaces go whatever the balancer's stop did
+            try:
+                self.fleet.stop()
+            finally:
+                left = self.net.teardown()
+                if left:
+                    self.notes.append("not removed: " + "; ".join(left))
 
 
 # --------------------------------------------------------------------------- the kernel's figures

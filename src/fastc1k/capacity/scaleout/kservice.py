@@ -68,7 +68,8 @@ class ConntrackSampler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._t.join(2)
+        if self._t.is_alive():
+            self._t.join(2)
 
     def window(self, t0: float, t1: float) -> dict[str, Any] | None:
         """Peak count, the max, and drops (full table: drop, early_drop, insert_failed) in [t0, t1]."""
