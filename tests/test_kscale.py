@@ -176,3 +176,27 @@ def test_a_balancer_that_fails_to_start_is_stopped_with_the_replicas_and_namespa
     with pytest.raises(KeyboardInterrupt):
         dep.__enter__()
     assert done == ["lb stopped", "fleet stopped", "net torn down"]
+
+
+def test_a_kernel_ramp_that_fails_leaves_no_perf_recording_behind(monkeypatch, tmp_path):
+    """The kernel's perf sampling (kcpu) is stopped and its data directory removed when the
+    ramp raises (a balancer error, Ctrl-C), not only when it ends well: perf records every
+    CPU into that directory until it is stopped."""
+    import contextlib
+    import tempfile
+
+    from fastc1k.capacity.scaleout import kscale
+    from fastc1k.capacity.scaleout.config import ScaleoutConfig
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    class Dep:
+        fleet = type("F", (), {"pids": staticmethod(lambda: [])})()
+        unit, events, notes = "connections", [], []
+
+    def failing_ramp(*a, before=None, **kw):
+        raise RuntimeError("the ramp failed (expected by the test)")
+    monkeypatch.setattr(kscale, "NodeDeployment", lambda *a, **kw: contextlib.nullcontext(Dep()))
+    monkeypatch.setattr(kscale, "run_count", failing_ramp)
+    with pytest.raises(RuntimeError, match="expected by the test"):
+        kscale._count(1, "kernel", ScaleoutConfig(), {}, kscale.KernelOptions(), lambda st: None)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("fc1k-kbal-perf-")]

@@ -94,7 +94,8 @@ class PidTracker:
 
     def stop(self) -> set[int]:
         self._stop.set()
-        self._t.join(2)
+        if self._t.is_alive():
+            self._t.join(2)
         return set(self.pids)
 
 

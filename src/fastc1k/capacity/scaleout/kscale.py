@@ -187,6 +187,11 @@ class _KernelMeasures:
         done = farm.stop().summary.get("requests") or 0
         self.calibration = (t0, t1, done)
 
+    def abandon(self) -> None:
+        """The ramp raised: perf stopped and its data gone (after() does that otherwise)."""
+        self.pids.stop()
+        self.prof.cleanup()
+
     def after(self, runner: Any, res: dict[str, Any]) -> None:
         self.t0 = runner.t0
         self.prof.stop()
@@ -265,10 +270,15 @@ def _count(n: int, balancer: str, cfg: ScaleoutConfig, priv: dict[str, Any], kop
         if balancer == "kernel":
             km = _KernelMeasures(dep, kopts.profile_hz)
             hooks = {"before": km.before, "after": km.after}
-        res = run_count(n, dep, cfg, priv, lambda st: progress({**st, "balancer": balancer}), unit=dep.unit,
-                        lb_cores=float(ncpu) if balancer == "kernel" else 1.0,
-                        lb_name="kernel balancer (netfilter, sampled)" if balancer == "kernel" else "balancer",
-                        **hooks)
+        try:
+            res = run_count(n, dep, cfg, priv, lambda st: progress({**st, "balancer": balancer}), unit=dep.unit,
+                            lb_cores=float(ncpu) if balancer == "kernel" else 1.0,
+                            lb_name="kernel balancer (netfilter, sampled)" if balancer == "kernel" else "balancer",
+                            **hooks)
+        except BaseException:
+            if km:
+                km.abandon()
+            raise
         res["replica_counters"] = dep.replica_counters()
         if balancer == "kernel":
             _conntrack_bound(res)
