@@ -200,3 +200,23 @@ def test_a_kernel_ramp_that_fails_leaves_no_perf_recording_behind(monkeypatch, t
     with pytest.raises(RuntimeError, match="expected by the test"):
         kscale._count(1, "kernel", ScaleoutConfig(), {}, kscale.KernelOptions(), lambda st: None)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("fc1k-kbal-perf-")]
+
+
+def test_a_calibration_without_requests_is_not_reported_as_zero_host_hooks(monkeypatch):
+    """The routed calibration (the host's own netfilter cost per request) that passed no
+    request measured nothing: its figure is None and the method says nothing was taken
+    off, instead of '0.00 µs' taken off."""
+    from fastc1k.capacity.scaleout import kscale
+    dep = type("D", (), {"fleet": type("F", (), {"pids": staticmethod(lambda: [])})(),
+                         "lb": type("L", (), {"sampler": type("S", (), {"window": staticmethod(lambda a, b: None)})(),
+                                              "conntrack_sizing": {}})()})()
+    km = kscale._KernelMeasures(dep, 999)
+    km.calibration = (0.0, 3.0, 0)
+    monkeypatch.setattr(km.prof, "windows", lambda wins, mine: {
+        "routed": {"balancer_cpu_s": 0.02}, "s0": {"balancer_cpu_s": 0.5, "error_cpu_s": 0.01, "others_cpu_s": 0.0}})
+    res = {"stages": {"stages": [{"start_s": 0.0, "duration_s": 3.0, "ok": 1000, "error_count": 0}]},
+           "balancer": {}}
+    km.after(type("R", (), {"t0": 10.0})(), res)
+    b = res["balancer"]
+    assert b["host_hooks_us_per_request"] is None and b["us_per_request"] == b["netfilter_us_per_request"] == 500.0
+    assert "no request" in b["cpu_method"]

@@ -230,12 +230,14 @@ class _KernelMeasures:
         b["cpu_s"] = round(net_cpu, 4)
         b["us_per_request"] = round(net_cpu / total_req * 1e6, 3) if total_req else None
         b["netfilter_us_per_request"] = round(total_raw / total_req * 1e6, 3) if total_req else None
-        b["host_hooks_us_per_request"] = round(hooks * 1e6, 3) if cal else None
+        b["host_hooks_us_per_request"] = round(hooks * 1e6, 3) if cal and done else None
         b["calibration"] = {"seconds": CALIBRATION_S, "clients": CALIBRATION_CLIENTS, "requests": done,
                             "netfilter": cal}
+        less = (f"less the netfilter CPU per request of a routed load without the service "
+                f"({b['host_hooks_us_per_request']} µs)" if b["host_hooks_us_per_request"] is not None else
+                "with nothing taken off (the routed load without the service passed no request)")
         b["cpu_method"] = (f"perf cpu-clock samples at {self.prof.freq} Hz on every CPU in netfilter code, in the "
-                           f"run's own tasks (plus their share of ksoftirqd's), less the netfilter CPU per request "
-                           f"of a routed load without the service ({b['host_hooks_us_per_request']} µs): see "
+                           f"run's own tasks (plus their share of ksoftirqd's), {less}: see "
                            f"capacity/scaleout/kcpu.py and kscale.py"
                            if not self.prof.why_not else f"not measured: {self.prof.why_not}")
         b["conntrack"] = self.dep.lb.conntrack_sizing
