@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fastc1k._readme import write_block
+from fastc1k.capacity.analysis import peak_text
 
 from .ceiling import README, RESULTS, machine
 
@@ -61,7 +62,21 @@ def _capacity_run(engine: str, versus: bool, out: Path, quick: bool) -> tuple[li
     if p.returncode not in (0, 1) or not (out / "capacity-report.json").exists():
         raise SystemExit(f"bench.figures: {' '.join(argv[1:])} failed ({p.returncode}): {p.stderr.strip()[-600:]}")
     with open(out / "capacity-report.json") as f:
-        return ["python"] + argv[1:argv.index("--quiet")] + argv[argv.index("--out") + 2:], json.load(f)
+        rep = json.load(f)
+    check_contained(rep)
+    return ["python"] + argv[1:argv.index("--quiet")] + argv[argv.index("--out") + 2:], rep
+
+
+def check_contained(rep: dict[str, Any]) -> None:
+    """The figures are the container's only if its limits were in force on every server
+    process, master and workers, for the whole run."""
+    if set(rep["container"].get("applied") or {}) < {"cpus", "memory"}:
+        raise SystemExit(f"bench.figures: the container's limits were not applied: {'; '.join(rep['notes'])}")
+    for name, pids in [("fastc1k", rep["container"].get("outside"))] + [
+            (n, v.get("outside_container")) for n, v in (rep.get("versus") or {}).items()]:
+        if pids is None or pids:
+            raise SystemExit(f"bench.figures: {name}: server process(es) {pids} ran outside the container's "
+                             "cgroup (or the run could not tell): its figures would not be the container's")
 
 
 def condense(phases: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +90,7 @@ def condense(phases: dict[str, Any]) -> dict[str, Any]:
         "breaks_between": [bp.get("last_good_clients"), bp.get("clients")] if bp else None,
         "breaks_because": bp.get("reasons"), "configured_limit": bp.get("configured_limit"),
         "probes": bp.get("probes"), "precision": bp.get("precision"),
-        "peak_throughput": st.get("peak_throughput"),
+        "peak_throughput": st.get("peak_throughput"), "peak": peak_text(st.get("stages") or []),
         "p99_ms_by_clients": {c: (s.get("latency_ms") or {}).get("p99") for c, s in by.items()},
         "throughput_by_clients": {c: round(s["throughput"]) for c, s in by.items()},
         "first_bottleneck": {k: b.get(k) for k in ("resource", "clients", "evidence")} if b else None,
@@ -103,8 +118,7 @@ def capacity_markdown(data: dict[str, Any]) -> str:
     names = list(servers)
     common = sorted(set.intersection(*(set(s["p99_ms_by_clients"]) for s in servers.values())), key=int)
     rows = [("breaking point (bisected to 5 %)", [_cell_bp(servers[n]) for n in names]),
-            ("peak throughput", [f"{servers[n]['peak_throughput']:,.0f} req/s" if servers[n]["peak_throughput"]
-                                 else "-" for n in names])]
+            ("peak throughput (closed loop; the server's CPU there)", [servers[n]["peak"] or "-" for n in names])]
     for c in [x for x in common if int(x) in (100, 1000, 5063)]:
         rows.append((f"p99 at {int(c):,} clients", [_ms(servers[n]["p99_ms_by_clients"][c]) for n in names]))
     rows.append(("first bottleneck (open-loop ramp)", [

@@ -6,6 +6,7 @@ reason; the CPU quota is skipped when not root. Whole file: about 15 s.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import pytest
@@ -140,6 +141,7 @@ def test_figures_blocks_render_from_their_json():
     srv = {"breaks_between": [9870, 10340], "breaks_because": ["p99 1200 ms > 1000 ms"],
            "configured_limit": "configured limit reached (max_connections=9,936 per worker): x", "probes": 3,
            "precision": 0.05, "peak_throughput": 50000.0, "p99_ms_by_clients": {100: 1.5, 1000: 20.0},
+           "peak": "50,000 req/s at 250 clients (server CPU 0.45 of 0.50 cores allowed, 9.0 µs/request)",
            "throughput_by_clients": {100: 40000}, "first_bottleneck": {"resource": "cpu", "clients": 570,
                                                                        "evidence": "server CPU 0.50 of 0.50"},
            "recovery_label": "0.3 s ± 100 ms", "blast_clients": 20000, "recovery_clients": 1034}
@@ -149,6 +151,7 @@ def test_figures_blocks_render_from_their_json():
     assert "configured limit reached (max_connections=9,936 per worker)" in md
     assert "| p99 at 1,000 clients | 20.0 ms | 20.0 ms |" in md and "0.3 s ± 100 ms" in md
     assert "load average 1 2 3 → 4 5 6" in md and "bench/results/capacity.json" in md
+    assert "| 50,000 req/s at 250 clients (server CPU 0.45 of 0.50 cores allowed, 9.0 µs/request) |" in md
     case = {"ratio_median": 0.8, "ratio_min": 0.7, "ratio_max": 0.9, "ours_us": 5.0, "ours_user_us": 0.5,
             "wrk_us": 6.0, "wrk_user_us": 1.0}
     md = figures.vswrk_markdown({"name": "vswrk", "command": "make vswrk", "machine": m, "rounds": 5, "seconds": 4,
@@ -164,6 +167,20 @@ def test_figures_blocks_render_from_their_json():
                                "result": res})
     assert "| connections held (200 when opened, 200 again after the hold) | **1,000,000** of 1,000,000 |" in md
     assert "| server user space per connection (RSS delta of the workers) | 64 B |" in md
+
+
+def test_figures_refuse_a_run_whose_server_left_the_container():
+    """A capacity figure is the container's only if every server process ran in its cgroup."""
+    from bench import figures
+    ok = {"container": {"applied": {"cpus": 0.5, "memory": 1 << 28}, "outside": []}, "notes": [],
+          "versus": {"nginx": {"outside_container": []}}}
+    figures.check_contained(ok)
+    for bad, why in [({**ok, "container": {**ok["container"], "outside": [4242]}}, "fastc1k: server process(es) [4242]"),
+                     ({**ok, "versus": {"nginx": {"outside_container": [7]}}}, "nginx: server process(es) [7]"),
+                     ({**ok, "container": {"applied": {"memory": 1}, "outside": []}, "notes": ["cgroup not applied"]},
+                      "limits were not applied: cgroup not applied")]:
+        with pytest.raises(SystemExit, match=re.escape(why)):
+            figures.check_contained(bad)
 
 
 def test_every_readme_figure_block_has_its_command():

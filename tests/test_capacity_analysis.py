@@ -198,3 +198,17 @@ def test_cascade():
     assert A.cascade_seconds([err, err, fine, fine, fine, fine]) == 2
     assert A.cascade_seconds([fine] * 6) == 0
     assert A.cascade_seconds([err] * 6) == 0  # errors that are the stage's own, not a cascade
+
+
+def test_peak_names_its_stage_and_the_servers_cpu_there():
+    """The peak is one stage's rate, not a probe's or a 100 ms row's, with the server's CPU
+    beside it: 100k req/s at 0.40 of 0.50 cores is 4 µs a request and not quota-bound."""
+    samples = [{"t": 10 + i / 10, "cpu_used": c, "cpu_allowed": 0.5} for i, c in enumerate([0.3, 0.5] * 5)]
+    cpu = A.server_cpu(samples, 100_000.0)
+    assert cpu == {"server_cpu": 0.4, "server_cpu_allowed": 0.5, "cpu_us_per_request": 4.0}
+    assert A.server_cpu(samples[:1], 1.0) == {}                 # one sample is no mean
+    stages = [{"clients": 100, "throughput": 90_000.0}, {"clients": 250, "throughput": 100_000.0, **cpu},
+              {"clients": 500, "throughput": 80_000.0}]
+    assert A.peak_text(stages) == ("100,000 req/s at 250 clients (server CPU 0.40 of 0.50 cores allowed, "
+                                   "4.0 µs/request)")
+    assert A.peak_text(stages[:1]) == "90,000 req/s at 100 clients" and A.peak_text([]) is None

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -185,3 +186,51 @@ def test_versus_nginx_runs_the_same_plan_in_the_same_container(tmp_path):
     assert "Side by side, same plan, same container, same run: fastc1k" in r["_stdout"]
     assert "    nginx  " in r["_stdout"]
     assert "Side by side" in (tmp_path / "capacity-report.html").read_text()
+
+
+@pytest.mark.root
+def test_every_server_process_runs_under_the_containers_quota(tmp_path):
+    """--container cpus=0.5 with two workers: the master and both workers are in the cgroup
+    for the whole run, and the server's CPU in each stage stays within the quota (a worker
+    outside it would take up to a core of its own)."""
+    r = capacity(tmp_path, "--engine", ENGINE, "--workers", "2", "--runtime", "kernel",
+                 "--container", "cpus=0.5,memory=256M", "--phases", "stages", "--stages", "100,200",
+                 "--stage-duration", "2", "--final-duration", "2", "--max-clients", "200", "--no-charts")
+    skip_unless_applied(r, "cpus")
+    assert r["container"]["outside"] == [], r["notes"]
+    pids = {p["pid"] for s in r["samples"] for p in s.get("procs", ())}
+    assert len(pids) == 3, pids                       # master + 2 workers, all sampled
+    for st in r["phases"]["stages"]["stages"]:
+        assert st["server_cpu_allowed"] == 0.5 and 0 < st["server_cpu"] <= 0.5 * 1.2, st
+    assert "peak: " in r["_stdout"] and "of 0.50 cores allowed" in r["_stdout"]
+
+
+@pytest.mark.root
+def test_monitor_names_a_server_process_outside_the_container():
+    """A process of the server's tree moved out of the cgroup is named in the samples and
+    the notes (bench.figures then refuses the run)."""
+    from fastc1k.capacity.container import Container, ContainerSpec
+    from fastc1k.capacity.monitor import Monitor
+    c = Container(ContainerSpec(cpus=0.5, memory=64 << 20)).setup()
+    if c.cgroup is None:
+        pytest.skip("; ".join(c.notes))
+    tree = subprocess.Popen(["sh", "-c", "sleep 30 & wait"], preexec_fn=c.preexec())
+    child: list[int] = []
+    try:
+        m = Monitor(tree.pid, container=c)
+        deadline = time.monotonic() + 5
+        while not child and time.monotonic() < deadline:
+            time.sleep(0.02)
+            child = [p.pid for p in m._tree() if p.pid != tree.pid]
+        assert child and "outside_container" not in m.sample_once(0.1)
+        for d in c.cgroup.dirs:   # into the parent group: out of the quota and the memory limit
+            with open(os.path.join(os.path.dirname(d), "cgroup.procs"), "w") as f:
+                f.write(str(child[0]))
+        assert m.sample_once(0.1)["outside_container"] == child
+        assert any(f"process(es) {child[0]} outside the container's cgroup" in n for n in m.notes)
+    finally:
+        for pid in child:
+            os.kill(pid, 9)
+        tree.kill()
+        tree.wait()
+        c.cleanup()

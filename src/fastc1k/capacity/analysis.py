@@ -15,7 +15,7 @@ from ..config import FD_RESERVE
 __all__ = ["Thresholds", "CONNECT_ERRORS", "TIMEOUT_ERRORS", "CONN_ENDING_ERRORS", "summarize_rows",
            "is_broken", "breaking_point", "latency_explosion", "degradation", "usl_fit", "usl_throughput",
            "first_bottleneck", "recovery_time", "cascade_seconds", "bisect_next", "bracket_text",
-           "configured_limit", "PLAN_RECOVERY_BAR_S"]
+           "configured_limit", "server_cpu", "peak_text", "PLAN_RECOVERY_BAR_S"]
 
 # Error classes of fastc1k.load. A connect failure is also counted in connects_failed;
 # the others end an established connection (the client reconnects), so they are failed
@@ -91,6 +91,33 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], clients: int) -> dict[str,
         "connections_open_max": max(opened) if opened else 0,
         "late_sends": sum(int(r.get("late_sends", 0) or 0) for r in rows),
     }
+
+
+def server_cpu(samples: Sequence[Mapping[str, Any]], throughput: float) -> dict[str, Any]:
+    """The server's CPU over a stage, from the monitor's samples inside it: mean cores used,
+    the cores it was allowed, and CPU per answered request. A throughput beside its CPU says
+    what bound it: a server well under its allowance was held back by something else (the
+    load generator, on a shared host)."""
+    used = [float(x["cpu_used"]) for x in samples if x.get("cpu_used") is not None]
+    if len(used) < 2:
+        return {}
+    cores = sum(used) / len(used)
+    allowed = [x["cpu_allowed"] for x in samples if x.get("cpu_allowed")]
+    return {"server_cpu": round(cores, 3), "server_cpu_allowed": min(allowed) if allowed else None,
+            "cpu_us_per_request": round(cores / throughput * 1e6, 2) if throughput > 0 else None}
+
+
+def peak_text(stages: Sequence[Mapping[str, Any]]) -> str | None:
+    """The highest stage throughput, where, and the server's CPU there (what bound it)."""
+    if not stages:
+        return None
+    s = max(stages, key=lambda x: x["throughput"])
+    txt = f"{s['throughput']:,.0f} req/s at {s['clients']:,} clients"
+    if s.get("server_cpu") is not None:
+        txt += f" (server CPU {s['server_cpu']:.2f}" + (f" of {s['server_cpu_allowed']:.2f} cores allowed"
+                                                         if s.get("server_cpu_allowed") else " cores")
+        txt += f", {s['cpu_us_per_request']:.1f} µs/request)" if s.get("cpu_us_per_request") else ")"
+    return txt
 
 
 def is_broken(stage: Mapping[str, Any], th: Thresholds) -> list[str]:

@@ -147,6 +147,11 @@ class Container:
         """Periods in which the quota throttled the server (cpu.stat nr_throttled)."""
         return self.cgroup.throttled() if self.cgroup and self.cpu_quota else None
 
+    def outside(self, pids: list[int]) -> list[int]:
+        """The server's processes that are not inside the cgroup (none, unless something
+        moved them out): their CPU and memory are not under the container's limits."""
+        return self.cgroup.outside(pids) if self.cgroup else []
+
     def oom_kills(self) -> int | None:
         return self.cgroup.oom_kills() if self.cgroup and self.memory_limit else None
 

@@ -186,6 +186,14 @@ class Monitor:
                      ctx_voluntary=vol, ctx_involuntary=invol, procs=per_proc)
             lim = getattr(self.container, "memory_limit", None)
             s["mem_limit"] = lim or psutil.virtual_memory().total
+            outside = getattr(self.container, "outside", None)
+            escaped = outside(sorted(alive)) if outside and alive else []
+            if escaped:   # its CPU and memory are not under the container's limits
+                s["outside_container"] = escaped
+                note = (f"server process(es) {', '.join(map(str, escaped))} outside the container's cgroup: "
+                        "the figures are not the container's")
+                if note not in self.notes:
+                    self.notes.append(note)
         ns = proc.netstat(pid=self.netns_pid)
         for k, v in ns.items():
             s[_snake(k)] = v - self.base_netstat.get(k, 0)

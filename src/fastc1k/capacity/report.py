@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any
 
+from . import analysis as A
+
 __all__ = ["write_json", "summary_text", "render_charts", "write_html", "write_all", "CHARTS", "stage_table",
            "chart_stages", "html_opening", "pyplot", "png"]
 
@@ -101,6 +103,8 @@ def summary_text(report: dict[str, Any]) -> str:
                 out.append(f"  {bp['configured_limit']}: the server's own cap, not a limit of the container")
         else:
             out.append(f"  no breaking point up to {st['stages'][-1]['clients']} clients ({st['stop_reason']})")
+        if st["stages"]:
+            out.append(f"  peak: {A.peak_text(st['stages'])}")
         ex = st.get("latency_explosion")
         if ex:
             out.append(f"  latency explosion at {ex['clients']} clients: p99 {ex['p99_before_ms']:.1f} -> "
@@ -176,7 +180,7 @@ def _figures(phases: dict[str, Any]) -> dict[str, str]:
         out["breaking point"] = ((bp.get("text") or f"{bp['clients']:,} clients") + f" ({'; '.join(bp['reasons'])})"
                                  + (f"; {bp['configured_limit']}" if bp.get("configured_limit") else "")
                                  if bp else f"none up to {st['stages'][-1]['clients']:,} clients")
-        out["peak throughput"] = fmt_num(st.get("peak_throughput"), "{:,.0f} req/s")
+        out["peak throughput"] = A.peak_text(st["stages"]) or "-"
         out["p99 by clients (ms)"] = ", ".join(f"{s['clients']:,}: {fmt_num((s.get('latency_ms') or {}).get('p99'))}"
                                                for s in st["stages"])
     if rp:

@@ -438,6 +438,7 @@ class Runner:
             "degradation": A.degradation(stages, th),
             "usl": A.usl_fit(clients_l, tput),
             "peak_throughput": max(tput) if tput else None,
+            "peak_clients": clients_l[tput.index(max(tput))] if tput else None,
             "load_summary": farm.stop().summary,
         }
 
@@ -448,6 +449,7 @@ class Runner:
         h = farm.histogram_between(k0, k1)
         st.update(start_s=round(base + k0, 3), duration_s=k1 - k0, latency_ms=latency_block(h),
                   histogram=_encode(h))
+        st.update(A.server_cpu(self.monitor.between(base + k0, base + k1), st["throughput"]))
         st["broken"] = A.is_broken(st, th)
         if st["broken"]:
             srv = [s.get("server") or {} for s in self.monitor.between(base + k0, base + k1 + 0.5)]

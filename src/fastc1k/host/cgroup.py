@@ -248,6 +248,15 @@ class Cgroup:
             _read(self._file("cpu", "cgroup.procs", "cgroup.procs")) or ""
         return [int(x) for x in t.split()]
 
+    def outside(self, pids: list[int]) -> list[int]:
+        """Those of `pids` that are not in this group in every hierarchy it has (a process
+        that escaped it escapes its quota or its memory limit)."""
+        inside = None
+        for d in sorted(set(self._dir.values())):
+            members = {int(x) for x in (_read(f"{d}/cgroup.procs") or "").split()}
+            inside = members if inside is None else inside & members
+        return [] if inside is None else [p for p in pids if p not in inside]
+
     def remove(self, tries: int = 50) -> list[str]:
         """Thaw, then rmdir each directory (retried while the kernel finishes reaping the
         group's tasks); returns the ones that would not go."""

@@ -41,6 +41,12 @@ def _peaks(samples: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any
             "loop_lag_p99_us": max((s.get("server") or {}).get("fastc1k_loop_lag_p99_us", 0) for s in sm)}
 
 
+def outside_container(samples: list[dict[str, Any]]) -> list[int]:
+    """The server processes any sample found outside the container's cgroup (none: every
+    process, master and workers, ran under its limits)."""
+    return sorted({p for s in samples for p in s.get("outside_container", ())})
+
+
 def run_versus(args: argparse.Namespace, plan: RunConfig, container: Any, progress: Any,
                in_netns: bool) -> dict[str, Any]:
     """The same plan against nginx, in the same container and namespace, after fastc1k."""
@@ -57,7 +63,8 @@ def run_versus(args: argparse.Namespace, plan: RunConfig, container: Any, progre
         other.stop()
     phases = {k: r.pop(k) for k in PHASES if k in r}
     return {"server": {"name": "nginx", "workers": args.workers, "argv": other.argv,
-                       "startup_line": other.startup_line}, "phases": phases, **r}
+                       "startup_line": other.startup_line}, "phases": phases,
+            "outside_container": outside_container(r["samples"]), **r}
 
 
 def _podman_start(args: argparse.Namespace, spec: ContainerSpec, extra: list[str], max_clients: int,
@@ -188,7 +195,7 @@ def run_ramp(args: argparse.Namespace, cfg: RunConfig, spec: ContainerSpec) -> i
                    if server else ({"pid": args.server_pid} if args.server_pid else None)),
         "container": {**spec.describe(), "applied": (container.applied if container else {}),
                       "cgroup": getattr(container, "version", None) if runtime == "kernel" else runtime,
-                      "netns": in_netns},
+                      "netns": in_netns, "outside": outside_container(out["samples"])},
         "runtime": rt, "oom_kills": oom, "oom_at": oom_at,
         "host": host_info(), "config": cfg.as_dict(), "thresholds": cfg.as_dict()["thresholds"],
         "notes": notes, "phases": phases, **out,
