@@ -362,3 +362,71 @@ def test_conntrack_max_is_raised_for_the_run_and_restored():
         assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before + 4096
     assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before
     assert ct.how == f"conntrack: nf_conntrack_max raised {before} -> {before + 4096} for the run, then restored"
+
+
+# --------------------------------------------------------------------------- scale-out on podman replicas
+
+def _left_of(run_id: str) -> list[str]:
+    """Containers labelled with a fleet's run id, and namespaces named after it."""
+    ps = podman("ps", "-a", "--format", "{{.Names}}", "--filter", f"label=fastc1k.run={run_id}").stdout.split()
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return ps + [ln for ln in ns.splitlines() if run_id in ln]
+
+
+def test_a_podman_fleet_runs_the_image_with_each_replicas_limits_in_its_own_namespace():
+    from fastc1k.capacity import scaleout as S
+    spec = S.ReplicaSpec(ContainerSpec.parse("cpus=0.25,memory=128M,nofile=4096,somaxconn=1024"),
+                         runtime="podman")
+    fleet = S.Fleet(2, spec)
+    image_id = podman("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip()
+    try:
+        fleet.start()
+        assert len({b.host for b in fleet.backends()}) == 2
+        for r in fleet.replicas:
+            info = json.loads(podman("inspect", r.server.name).stdout)[0]
+            assert info["Image"] == image_id and info["Config"]["Labels"]["fastc1k.run"] == fleet.run_id
+            assert info["HostConfig"]["NetworkMode"] == f"ns:/run/netns/{r.net.name}"
+            assert r.cgroup.quota() == (0.25, 128 << 20)
+            assert podman("exec", r.server.name, "cat", "/proc/sys/net/core/somaxconn").stdout.strip() == "1024"
+            assert podman("exec", r.server.name, "sh", "-c", "ulimit -n").stdout.strip() == "4096"
+            assert get(f"http://{r.host}:{r.backend.port}/api/health")[0] == 200
+            assert r.pids() and set(r.pids()) <= set(r.cgroup.pids())
+    finally:
+        fleet.stop()
+    assert _left_of(fleet.run_id) == []
+
+
+def test_scaleout_on_two_podman_replicas_spreads_traffic_survives_a_kill_and_leaves_nothing(tmp_path):
+    """The whole run, tiny: 2 podman replicas behind HAProxy, one 1 s stage, r0 killed
+    (its container's init, SIGKILL) under load; about 15 s."""
+    from fastc1k.capacity import scaleout as S
+    from fastc1k.capacity import analysis as A
+    from fastc1k.capacity.stages import RunConfig
+    run = RunConfig(phases=("stages",), stages=(20,), stage_s=1, final_stage_s=1, max_clients=20,
+                    thresholds=A.Thresholds(break_p99_ms=500.0))
+    cfg = S.ScaleoutConfig(replicas=(2,), container=ContainerSpec.parse("cpus=0.25,memory=128M"), run=run,
+                           fault="kill", fault_clients=10, fault_before_s=1, fault_after_s=2, runtime="podman")
+    rep = S.run(cfg)
+    assert S.running == []
+    res = rep["results"][0]
+    per = res["balancer"]["per_server_requests"]
+    assert set(per) == {"r0", "r1"} and all(v > 0 for v in per.values()), per
+    rt = rep["runtime"]
+    image_id = podman("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip()
+    assert rt["name"] == "podman" and rt["image_id"] == image_id and len(rt["containers"]) == 2 + 2
+    assert "podman" in rep["replica_desc"]
+    f = rep["fault"]
+    assert "error" not in f, f
+    assert f["marked_down_s"] is not None and f["throughput_after"] > 0
+    for run_id in rt["run_ids"]:
+        assert _left_of(run_id) == []
+
+
+def test_scaleout_runtime_podman_that_cannot_run_is_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    r = subprocess.run([sys.executable, "-m", "fastc1k.capacity", "scaleout", "--replicas", "1", "--runtime", "podman",
+                        "--image", "localhost/fc1k-podman-none:x", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("fastc1k.capacity.scaleout: error: --runtime podman: no image "
+                                                 "localhost/fc1k-podman-none:x: build it with `make image`")

@@ -132,9 +132,9 @@ def plan_limits(spec: ContainerSpec, network: str) -> tuple[list[str], dict[str,
     return flags, applied, refused
 
 
-def _free_port() -> int:
+def _free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
 
 
@@ -145,18 +145,26 @@ class PodmanServer:
 
     def __init__(self, spec: ContainerSpec, network: str = "publish", workers: int = 1,
                  extra: list[str] | None = None, image: str = IMAGE, run_id: str | None = None,
-                 startup_timeout: float = 30.0) -> None:
-        if network not in NETWORKS:
-            raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+                 startup_timeout: float = 30.0, tag: str | None = None, address: str = "127.0.0.1",
+                 cpuset: set[int] | None = None) -> None:
+        """network: publish, host, or ns:NAME (join the named network namespace the caller
+        made, as a CNI plugin does for a pod); address: where the server is reached (host:
+        the address it binds; ns:NAME: the namespace's address); tag: the name's last part."""
+        if network not in NETWORKS and not network.startswith("ns:"):
+            raise ValueError(f"network must be one of {NETWORKS} or ns:NAME, got {network!r}")
         self.spec = spec
         self.network = network
         self.image = image
         self.run_id = run_id or new_run_id()
-        self.name = f"fc1k-podman-{self.run_id}-{network}"
+        self.name = f"fc1k-podman-{self.run_id}-{tag or network}"
+        self.address = address
         self.startup_timeout = startup_timeout
         self.flags, self.applied, self.refused = plan_limits(spec, network)
-        self.port = _free_port() if network == "host" else CONTAINER_PORT
-        self.server_argv = ["python", "-m", "fastc1k.serve", "--host", "0.0.0.0", "--port", str(self.port),
+        if cpuset:
+            self.flags += ["--cpuset-cpus", ",".join(map(str, sorted(cpuset)))]
+        self.port = _free_port(address) if network == "host" else CONTAINER_PORT
+        bind = address if network == "host" else "0.0.0.0"
+        self.server_argv = ["python", "-m", "fastc1k.serve", "--host", bind, "--port", str(self.port),
                             "--workers", str(workers), "--log-level", "warning", *(extra or [])]
         self.argv: list[str] = []
         self.url: str | None = None
@@ -172,7 +180,12 @@ class PodmanServer:
         self._dir = ""
 
     def start(self) -> "PodmanServer":
-        net = ["--network", "host"] if self.network == "host" else ["-p", f"127.0.0.1::{CONTAINER_PORT}"]
+        if self.network == "host":
+            net = ["--network", "host"]
+        elif self.network.startswith("ns:"):
+            net = ["--network", f"ns:/run/netns/{self.network[3:]}"]
+        else:
+            net = ["-p", f"127.0.0.1::{CONTAINER_PORT}"]
         self.argv = [*PODMAN, "run", "-d", "--name", self.name, "--label", f"{LABEL}={self.run_id}",
                      "--health-cmd", "none", *net, *self.flags, self.image, *self.server_argv]
         # conmon (podman's monitor) writes a file "oom" into its working directory when the
@@ -188,8 +201,8 @@ class PodmanServer:
             self.image_id = info["Image"]
             self.pid = int(info["State"]["Pid"])
             self.cgroup = Cgroup.of_process(self.pid)
-            if self.network == "host":
-                self.url = f"http://127.0.0.1:{self.port}"
+            if self.network != "publish":
+                self.url = f"http://{self.address}:{self.port}"
             else:
                 hp = info["NetworkSettings"]["Ports"][f"{CONTAINER_PORT}/tcp"][0]
                 self.url = f"http://{hp['HostIp']}:{hp['HostPort']}"

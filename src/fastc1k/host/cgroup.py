@@ -127,7 +127,7 @@ class Cgroup:
         """The group another process is in (a container's, made by its runtime), to read:
         `remove` leaves it alone (nothing of it is in `dirs`)."""
         cg = cls(f"pid-{pid}", root)
-        for c in ("cpu", "cpuacct", "memory"):
+        for c in ("cpu", "cpuacct", "memory", "freezer"):
             path = own_path(None if cg.version == "v2" else c, f"/proc/{pid}/cgroup")
             if path is not None:
                 cg._dir[c] = root + path.rstrip("/") if cg.version == "v2" else f"{root}/{c}{path.rstrip('/')}"

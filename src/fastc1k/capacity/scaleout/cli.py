@@ -15,6 +15,7 @@ from ..._cli import UsageError
 from .. import analysis as A
 from ..console import Progress, Tool, p99_limit, stage_list
 from ..container import ContainerSpec
+from ..podman import IMAGE, RUNTIMES, PodmanError, choose_runtime
 from ..stages import RunConfig
 from .balancer import ALGORITHMS, BalancerSpec
 from .config import DEFAULT_BREAK_P99_MS, PROG, ScaleoutConfig
@@ -56,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maxconn", type=int, default=9000, help="balancer maxconn [9000: ~2 fds each, 20,000 max]")
     p.add_argument("--no-pin", action="store_true", help="do not pin the balancer to its own core")
     p.add_argument("--host-net", action="store_true", help="replicas on 127.0.0.x even when namespaces are permitted")
+    p.add_argument("--runtime", choices=RUNTIMES, default="kernel",
+                   help="what a replica is: kernel (a process in cgroups of the run's own), podman (a container of "
+                        "the image of `make image`, its limits as podman flags, in the replica's namespace), auto: "
+                        "podman where it is installed and runs, else kernel [default kernel: the figures in the "
+                        "README are kernel parts', and a run should not change with whether an image is built]")
+    p.add_argument("--image", default=IMAGE, help=f"podman: the image [default {IMAGE}]")
     r = p.add_argument_group("the ramp (per replica count)")
     r.add_argument("--quick", action="store_true", help="short stages (CI)")
     r.add_argument("--stages", type=stage_list, help="client counts [default 100,250,500,750,1000, then x1.5]")
@@ -113,7 +120,8 @@ def config_from(args: argparse.Namespace) -> ScaleoutConfig:
     return ScaleoutConfig(replicas=args.replicas, container=spec, engine=args.engine, balancer=bs,
                           run=RunConfig(**kw), fault=fault, fault_replicas=args.fault_replicas,
                           fault_clients=args.fault_clients, fault_after_s=args.fault_duration,
-                          use_netns=not args.host_net, pin=not args.no_pin, server_args=list(args.server_arg))
+                          use_netns=not args.host_net, pin=not args.no_pin, server_args=list(args.server_arg),
+                          runtime=args.runtime, image=args.image)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -121,6 +129,12 @@ def run_cli(args: argparse.Namespace) -> int:
         cfg = config_from(args)
     except ValueError as exc:   # ContainerError, a bad balancer spec
         raise UsageError(str(exc)) from None
+    try:
+        cfg.runtime, chose = choose_runtime(cfg.runtime, cfg.image)
+    except PodmanError as exc:
+        raise UsageError(str(exc)) from None
+    if chose and not args.quiet:
+        print(f"{PROG}: {chose}", file=sys.stderr)
     side = side_by_side(args)
     if side:
         try:

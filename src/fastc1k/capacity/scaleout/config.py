@@ -7,6 +7,7 @@ from typing import Any
 from .. import analysis as A
 from ..container import ContainerSpec
 from ..stages import RunConfig
+from ..podman import IMAGE
 from .balancer import BalancerSpec
 
 __all__ = ["PROG", "DEFAULT_BREAK_P99_MS", "ScaleoutConfig", "describe_replica"]
@@ -36,6 +37,8 @@ class ScaleoutConfig:
     use_netns: bool = True
     pin: bool = True
     server_args: list[str] = field(default_factory=list)
+    runtime: str = "kernel"               # what a replica is: kernel parts, or a podman container of `image`
+    image: str = IMAGE
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("container", "balancer", "run")}
@@ -48,7 +51,9 @@ class ScaleoutConfig:
 def describe_replica(cfg: ScaleoutConfig, priv: dict[str, Any]) -> str:
     c = cfg.container
     bits = []
-    if priv.get("cgroup"):
+    if cfg.runtime == "podman":
+        bits.append(f"a podman container of {cfg.image}")
+    if priv.get("cgroup") or cfg.runtime == "podman":
         if c.cpus:
             bits.append(f"{c.cpus:g} CPU")
         if c.memory:

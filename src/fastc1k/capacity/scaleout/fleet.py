@@ -6,6 +6,15 @@ the host by a veth pair on a /30 of 10.231.B.0/24 (B: a block no interface uses)
 the host's TCP sysctls copied in. Without root the replicas listen on 127.0.0.2, .3, ...
 of the host, unconfined, and `privileges` says why. Every namespace, veth and cgroup made
 here is removed on exit, also on failure (atexit).
+
+With runtime "podman" a replica is a container of the project's image (`make image`)
+with the replica's limits as podman flags, and it joins the namespace the fleet made for
+it (`--network ns:`, as a CNI plugin gives a pod its netns): the balancers reach it at
+the same address, over the same veth, as a kernel-parts replica. Not podman's own
+networks: `-p 127.0.0.1` answers connections from 127.0.0.1 only (netavark masquerades
+no other source), which HAProxy in kscale's node namespace cannot be; the bridge address
+would need routes and NAT from the node to the bridge, and would measure another path
+than the kernel-parts fleet's. Containers carry the label fastc1k.run=<fleet run id>.
 """
 from __future__ import annotations
 
@@ -22,11 +31,12 @@ from ...host import cgroup, proc
 from ...host.cgroup import Cgroup
 from ...host.net import NetNs, Veth, free_block, ip_available
 from ..container import ContainerSpec
+from ..podman import IMAGE, PodmanServer, remove_run
 from ..stages import ServerProcess
 from .balancer import Backend
 
-__all__ = ["NET_PREFIX", "REPLICA_PORT", "privileges", "ReplicaNet", "ReplicaSpec", "Replica", "Fleet", "running",
-           "stop_all"]
+__all__ = ["NET_PREFIX", "REPLICA_PORT", "privileges", "ReplicaNet", "ReplicaSpec", "Replica", "PodmanReplica",
+           "Fleet", "running", "stop_all"]
 
 NET_PREFIX = "10.231"
 REPLICA_PORT = 8080
@@ -88,6 +98,8 @@ class ReplicaSpec:
     server_args: list[str] = field(default_factory=list)
     cpus_pin: set[int] | None = None   # cores the replicas may run on
     use_netns: bool = True
+    runtime: str = "kernel"            # kernel (our cgroup + process) or podman (a container of `image`)
+    image: str = IMAGE
 
 
 class Replica:
@@ -173,6 +185,50 @@ class Replica:
             self.cgroup.remove(tries=100)
 
 
+class PodmanReplica(Replica):
+    """A replica that is a podman container of the image, in the namespace the fleet made
+    for it (or, without one, on the host's 127.0.0.x): its cgroup is podman's."""
+
+    def __init__(self, index: int, run_id: str, spec: ReplicaSpec, net: Any, host: str) -> None:
+        super().__init__(index, run_id, spec, net, host, use_cgroup=False)
+        c = spec.container
+        # podman's --cpuset-cpus pins as sched_setaffinity does for a kernel-parts replica
+        self.server = PodmanServer(c, f"ns:{net.name}" if net else "host", extra=self._extra(), image=spec.image,
+                                   run_id=run_id, tag=self.name, address=self.host, cpuset=spec.cpus_pin)
+
+    def _extra(self) -> list[str]:
+        return [*(["--engine", self.spec.engine] if self.spec.engine else []), *self.spec.server_args]
+
+    def start(self) -> "PodmanReplica":
+        assert isinstance(self.server, PodmanServer)
+        self.server.start()
+        self.cgroup = self.server.cgroup
+        return self
+
+    @property
+    def backend(self) -> Backend:
+        assert self.server and self.server.url
+        return Backend(self.name, self.host, int(self.server.url.rsplit(":", 1)[1]))
+
+    def pids(self) -> list[int]:
+        return self.cgroup.pids() if self.cgroup else []
+
+    def kill(self) -> None:
+        """SIGKILL to the container's init (tini): the kernel kills its whole pid namespace."""
+        assert isinstance(self.server, PodmanServer)
+        self.killed_at = time.monotonic()
+        os.kill(self.server.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.cgroup and self.cgroup.can_freeze:
+            try:
+                self.cgroup.freeze(False)   # a frozen task cannot die
+            except OSError:
+                pass
+        if isinstance(self.server, PodmanServer):
+            self.server.stop(timeout=1)
+
+
 class Fleet:
     """N replicas: their namespaces, veths, cgroups and servers; stop() undoes all of it."""
 
@@ -206,7 +262,10 @@ class Fleet:
                                      f"{NET_PREFIX}.{block}.{4 * i + 1}", f"{NET_PREFIX}.{block}.{4 * i + 2}")
                     self.nets.append(net)
                     self.notes += net.setup(self.spec.container.sysctls)
-                r = Replica(i, self.run_id, self.spec, net, f"127.0.0.{2 + i}", bool(self.priv.get("cgroup")))
+                if self.spec.runtime == "podman":
+                    r: Replica = PodmanReplica(i, self.run_id, self.spec, net, f"127.0.0.{2 + i}")
+                else:
+                    r = Replica(i, self.run_id, self.spec, net, f"127.0.0.{2 + i}", bool(self.priv.get("cgroup")))
                 self.replicas.append(r)
                 r.start()
         except BaseException:
@@ -217,6 +276,15 @@ class Fleet:
     def backends(self) -> list[Backend]:
         return [r.backend for r in self.replicas]
 
+    def describe(self) -> dict[str, Any]:
+        """What ran: the runtime, and for podman the run id, image id and container names."""
+        if self.spec.runtime != "podman":
+            return {"runtime": "kernel"}
+        ps = [r.server for r in self.replicas if isinstance(r.server, PodmanServer)]
+        return {"runtime": "podman", "run_id": self.run_id, "image": self.spec.image,
+                "image_id": next((p.image_id for p in ps if p.image_id), None), "containers": [p.name for p in ps],
+                "applied": ps[0].applied if ps else {}, "refused": ps[0].refused if ps else []}
+
     def pids(self) -> list[int]:
         return [p for r in self.replicas for p in r.pids()]
 
@@ -226,6 +294,8 @@ class Fleet:
     def stop(self) -> None:
         for r in self.replicas:
             r.stop()
+        if self.spec.runtime == "podman":   # also a container whose start failed half-way
+            self.notes += [f"not removed: {x}" for x in remove_run(self.run_id)]
         for net in self.nets:
             net.cleanup()
         self.replicas.clear()

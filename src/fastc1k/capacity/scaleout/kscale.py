@@ -39,7 +39,7 @@ from .kcpu import NetfilterProfile, PidTracker
 from .kernel_lb import Conntrack, Endpoint, NeedsRoot, ServiceNet, require_root, sweep
 from .kservice import KernelService, NodeSlot
 from ..stages import load_api
-from .run import pinning, run_count, run_fault
+from .run import pinning, run_count, run_fault, runtime_of
 
 __all__ = ["KINDS", "parse_balancers", "KernelOptions", "NodeDeployment", "run_compare", "summary_text",
            "readme_block", "write_outputs", "side_by_side", "NeedsRoot", "require_root"]
@@ -81,7 +81,7 @@ class NodeDeployment:
         # HAProxy keeps its core and the replicas the others; the kernel balancer has no
         # process to keep a core for, so its replicas float
         spec = ReplicaSpec(cfg.container, cfg.engine, cfg.server_args,
-                           None if balancer == "kernel" else rep_cpus, True)
+                           None if balancer == "kernel" else rep_cpus, True, cfg.runtime, cfg.image)
         self.fleet = Fleet(n, spec, priv, slot=lambda i: NodeSlot(self.net, i))
         self.lb: Any = None
         self.victim_killed_at: float | None = None
@@ -375,7 +375,7 @@ def run_compare(cfg: ScaleoutConfig, balancers: tuple[str, ...], faults: tuple[s
     return {"tool": "fastc1k.capacity scaleout --balancer", "version": __version__, "started": started,
             "host": host_info(), "privileges": priv, "config": cfg.as_dict(), "kernel": kopts.describe(),
             "balancers": list(balancers), "replica_desc": describe_replica(cfg, priv) + ", behind the node",
-            "notes": notes, "results": results, "analysis": analysis, "faults": fault_list,
+            "runtime": runtime_of(cfg, results, fault_list), "notes": notes, "results": results, "analysis": analysis, "faults": fault_list,
             "host_load": {"before": [round(x, 2) for x in load0], "after": [round(x, 2) for x in os.getloadavg()]},
             "elapsed_s": round(time.monotonic() - t0, 1)}
 

@@ -24,7 +24,7 @@ from .balancer import Balancer, BalancerError, BalancerSpec
 from .config import PROG, ScaleoutConfig, describe_replica
 from .fleet import Fleet, ReplicaSpec, privileges
 
-__all__ = ["Sampler", "Deployment", "run_scaling", "run_count", "StatsPoller", "run_fault", "run"]
+__all__ = ["Sampler", "Deployment", "run_scaling", "run_count", "StatsPoller", "run_fault", "runtime_of", "run"]
 
 
 class Sampler:
@@ -85,7 +85,8 @@ class Deployment:
 
     def __init__(self, n: int, cfg: ScaleoutConfig, priv: dict[str, Any]) -> None:
         lb_cpu, rep_cpus = pinning(cfg)
-        self.spec = ReplicaSpec(cfg.container, cfg.engine, cfg.server_args, rep_cpus, cfg.use_netns)
+        self.spec = ReplicaSpec(cfg.container, cfg.engine, cfg.server_args, rep_cpus, cfg.use_netns, cfg.runtime,
+                                cfg.image)
         self.fleet = Fleet(n, self.spec, priv)
         bs = BalancerSpec(**{**cfg.balancer.__dict__, "cpu": lb_cpu if cfg.balancer.cpu is None else cfg.balancer.cpu})
         self.bspec = bs
@@ -166,6 +167,7 @@ def run_count(n: int, dep: Any, cfg: ScaleoutConfig, priv: dict[str, Any],
     lb_alive = lb.alive()
     lb_log = lb.output()[-600:]
     backends = [b.__dict__ for b in dep.fleet.backends()]
+    fleet = dep.fleet.describe()
     st = out.get("stages") or {"stages": []}
     # HAProxy counts requests in http mode, connections in tcp mode (and nginx nothing):
     # then the load generator's count of the requests it sent through the balancer.
@@ -178,6 +180,7 @@ def run_count(n: int, dep: Any, cfg: ScaleoutConfig, priv: dict[str, Any],
     res = {
         "replicas": n,
         "backends": backends,
+        "fleet": fleet,
         "stages": st,
         "recovery": out.get("recovery"),
         "timeline": out.get("timeline"),
@@ -241,6 +244,7 @@ def run_fault(cfg: ScaleoutConfig, priv: dict[str, Any], n: int, clients: int,
         poll = StatsPoller(lb).start()
         spec = LoadSpec(url=lb.url + cfg.run.path, connections=clients, connect_timeout=cfg.run.connect_timeout,
                         request_timeout=cfg.run.request_timeout)
+        fleet = dep.fleet.describe()
         farm = LoadFarm(spec).start()
         base = farm.started_ns / 1e9
         total = cfg.fault_before_s + cfg.fault_after_s
@@ -267,8 +271,19 @@ def run_fault(cfg: ScaleoutConfig, priv: dict[str, Any], n: int, clients: int,
             res = farm.stop()
             poll.stop()
     rows = [r for r in res.timeline if r["t"] < total and r.get("duration", 1) > 0.999]
-    return analyse_fault(rows, [(t - base, sv) for t, sv in poll.rows], t_fault, victim.name, n, clients,
-                         cfg, res.histogram)
+    return {**analyse_fault(rows, [(t - base, sv) for t, sv in poll.rows], t_fault, victim.name, n, clients,
+                            cfg, res.histogram), "fleet": fleet}
+
+
+def runtime_of(cfg: ScaleoutConfig, results: list[dict[str, Any]], faults: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's runtime: kernel parts, or podman with the image id and every container
+    the run made (by fleet: each replica count's, each fault's)."""
+    if cfg.runtime != "podman":
+        return {"name": "kernel"}
+    fleets = [r["fleet"] for r in results + faults if r.get("fleet")]
+    return {"name": "podman", "image": cfg.image, "image_id": next((f["image_id"] for f in fleets if f.get("image_id")), None),
+            "applied": fleets[0].get("applied") if fleets else {}, "refused": fleets[0].get("refused") if fleets else [],
+            "run_ids": [f["run_id"] for f in fleets], "containers": [c for f in fleets for c in f["containers"]]}
 
 
 def run(cfg: ScaleoutConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -299,6 +314,8 @@ def run(cfg: ScaleoutConfig, progress: Callable[[dict[str, Any]], None] | None =
                 fault = {"error": str(exc)}
     for r in results:
         notes += [f"{r['replicas']} replica(s): {x}" for x in r["notes"]]
+    rt = runtime_of(cfg, results, [fault] if fault else [])
+    notes += [f"podman refused: {x}" for x in rt.get("refused", [])]
     return {"tool": PROG, "version": __version__, "started": started, "host": host_info(), "privileges": priv,
-            "config": cfg.as_dict(), "replica_desc": describe_replica(cfg, priv), "notes": notes,
+            "config": cfg.as_dict(), "replica_desc": describe_replica(cfg, priv), "runtime": rt, "notes": notes,
             "results": results, "analysis": an, "fault": fault, "elapsed_s": round(time.monotonic() - t0, 1)}
