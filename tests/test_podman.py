@@ -391,6 +391,13 @@ def test_a_podman_fleet_runs_the_image_with_each_replicas_limits_in_its_own_name
             assert podman("exec", r.server.name, "sh", "-c", "ulimit -n").stdout.strip() == "4096"
             assert get(f"http://{r.host}:{r.backend.port}/api/health")[0] == 200
             assert r.pids() and set(r.pids()) <= set(r.cgroup.pids())
+        r0 = fleet.replicas[0]   # --fault freeze: the container's own freezer cgroup
+        r0.freeze()
+        with pytest.raises(OSError):
+            get(f"http://{r0.host}:{r0.backend.port}/api/health", timeout=0.5)
+        r0.cgroup.freeze(False)
+        assert get(f"http://{r0.host}:{r0.backend.port}/api/health")[0] == 200
+        r0.freeze()   # stop() thaws before it removes
     finally:
         fleet.stop()
     assert _left_of(fleet.run_id) == []
