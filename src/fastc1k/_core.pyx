@@ -1076,11 +1076,14 @@ cdef class Worker:
         return self._respond_wsgi(fd, c, env)
 
     cdef int _respond_wsgi(self, int fd, Conn *c, object env) noexcept with gil:
-        """Call the app (fastc1k.wsgi.Exchange) on env (None: the pending request's, its body
-        read); queue its head and first body pieces (as _respond does for a route)."""
+        """Call the app on env (None: the pending request's, its body read); queue its head and
+        first body pieces (as _respond does for a route). `return [body]` with a head seen
+        before is done here; the rest by a fastc1k.wsgi.Exchange (see _StartResponse)."""
         cdef bint head_only = (c.flags & F_HEAD) != 0
+        cdef bint ok = False, has_date = False, done = True, keep = (c.flags & F_KEEP) != 0, clean = True
         cdef int rc, status = 500
-        cdef bytes b
+        cdef bytes b, head = None
+        cdef _StartResponse sr
         if self.draining:
             c.flags &= ~F_KEEP
         if self.niov == 0:
@@ -1096,43 +1099,63 @@ cdef class Worker:
                 env["wsgi.input"] = _BytesIO(b"")  # attach_body(env, b"") without its Python frame
             else:
                 raise RuntimeError("WSGI request lost")
-            ex = _Exchange(self.wsgi_app, env, head_only, not (c.flags & F_V10), (c.flags & F_KEEP) != 0)
-            ok = ex.run()
-            status = ex.status
+            sr = _StartResponse.__new__(_StartResponse)
+            sr.app, sr.env, sr.inp = self.wsgi_app, env, env["wsgi.input"]
+            sr.head_only, sr.v11, sr.keep_alive = head_only, not (c.flags & F_V10), keep
+            clean = type(sr.inp) is not _ContinueInput  # else a body may still come: linger on it
+            try:
+                result = self.wsgi_app(env, sr)
+            except Exception as exc:
+                ex = sr.exchange()
+                ex.failed(exc)
+            else:
+                if sr.ex is None and sr.hit is not None and type(result) is list \
+                        and type(sr.inp) is not _ContinueInput:
+                    head = _list_head(sr.hit, <list>result)
+                if head is not None:
+                    status, has_date, ok = sr.hit[0], sr.hit[3], True
+                    pieces = () if head_only else result
+                else:
+                    ex = sr.exchange()
+                    ok = ex.finish(result)
+            if ex is not None:
+                status = ex.status
+                if ok:
+                    head, pieces, has_date, done, keep = ex.head, ex.body, ex.has_date, ex.done, ex.keep_alive
         except Exception:
             wsgi.log.exception("WSGI request failed; answering 500")
             ok = False
+            status = 500
         if not ok:
             if status == 500:
                 self.m[I_HANDLER_ERRORS] += 1
             return self._error(fd, c, status, head_only, -1)
-        if not ex.keep_alive:
+        if not keep:
             c.flags &= ~F_KEEP
-        pieces = ex.body
         if len(pieces) > 4:
             pieces = [b"".join(pieces)]
         if self.niov + 12 > IOV_CAP or self.arena_used + 128 > ARENA_CAP:
             rc = self._flush(fd, c)
             if rc < 0:
-                ex.close()
+                if ex is not None:
+                    ex.close()
                 return rc
-        b = ex.head
-        self._refs.append(b)
+        self._refs.append(head)
         self._refs.append(pieces)
-        self._add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), False)
-        if not ex.has_date:
+        self._add(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head), False)
+        if not has_date:
             self._add(self.date, DATE_LEN, False)
         self._add_conn(c)
         self._add(CRLF, 2, True)
         for b in pieces:
             self._add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), False)
         self.m[self.status_ctr[status] if 0 <= status < 600 else I_RESP_OTHER] += 1
-        if not ex.done:
+        if not done:
             self._streams[fd] = ex
             c.flags |= F_STREAM
         if not (c.flags & F_KEEP):
-            c.flags |= F_CLOSING | (F_CLEAN_CLOSE if env is None else 0)  # (None: the body was read)
-        if not ex.done or self.niov + 8 > IOV_CAP // 2 or self.out_total > 65536:
+            c.flags |= F_CLOSING | (F_CLEAN_CLOSE if clean else 0)  # the whole request was read
+        if not done or self.niov + 8 > IOV_CAP // 2 or self.out_total > 65536:
             rc = self._flush(fd, c)  # do not pile up Python objects
             if rc >= 0 and self.niov == 0:
                 self._refs.clear()

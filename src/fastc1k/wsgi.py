@@ -42,7 +42,7 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 __all__ = ["Exchange", "FileWrapper", "ContinueInput", "BodyTooLarge", "base_environ", "build_environ", "attach_body",
-           "header_key", "DONE", "BLOCKED", "ABORT"]
+           "header_key", "head_for", "DONE", "BLOCKED", "ABORT"]
 
 log = logging.getLogger("fastc1k")
 
@@ -320,6 +320,23 @@ def _check_head(status: Any, headers: Any) -> tuple[int, bytes, int, bool]:
     return int(m.group(1)), b"".join(lines), length, has_date
 
 
+def head_for(status: Any, headers: Any) -> tuple[int, bytes, int, bool]:
+    """_check_head() with a cache: most apps send the same few heads, validated once, then a
+    dict hit on (status, tuple(headers)) (the C engine looks there first, then calls this)."""
+    try:
+        key = (status, tuple(headers))
+        hit = _HEADS.get(key)
+    except TypeError:  # unhashable: not a list of (str, str); _check_head says what
+        key = hit = None
+    if hit is None:
+        hit = _check_head(status, headers)
+        if key is not None and type(headers) is list:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[key] = hit
+    return hit
+
+
 class Exchange:
     """One WSGI request and its response; see the module docstring for the protocol.
     (Class attributes are the defaults: __init__ sets only what every request has.)"""
@@ -359,18 +376,7 @@ class Exchange:
                 exc_info = None  # no reference cycle (PEP 3333)
         elif self.prefix is not None:
             raise AppError("start_response called a second time without exc_info")
-        try:  # most apps send the same few heads: validated once, then a dict hit
-            key = (status, tuple(headers))
-            hit = _HEADS.get(key)
-        except TypeError:  # unhashable: not a list of (str, str); _check_head says what
-            key = hit = None
-        if hit is None:
-            hit = _check_head(status, headers)
-            if key is not None and type(headers) is list:
-                if len(_HEADS) >= _HEADS_MAX:
-                    _HEADS.clear()
-                _HEADS[key] = hit
-        self.status, self.prefix, self.length, self.has_date = hit
+        self.status, self.prefix, self.length, self.has_date = head_for(status, headers)
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -391,7 +397,15 @@ class Exchange:
     def run(self) -> bool:
         """Call the app up to final headers. False: answer `status` instead (500 logged)."""
         try:
-            self.result = result = self.app(self.environ, self.start_response)
+            result = self.app(self.environ, self.start_response)
+        except Exception as exc:
+            return self.failed(exc)
+        return self.finish(result)
+
+    def finish(self, result: Any) -> bool:
+        """run() after the app returned `result` (the C engine calls the app itself)."""
+        try:
+            self.result = result
             if type(result) is list and self.prefix is not None and not self.written and self.status == 200 \
                     and self.input.__class__ is not ContinueInput:
                 # the common `return [body]`: all of it known, nothing to frame, no close()
@@ -441,26 +455,26 @@ class Exchange:
             self.committed = True
             self._commit(chunks, exhausted, span)
         except Exception as exc:
-            self.close()
-            if _caused_by(exc, BodyTooLarge):
-                self.status = 413
-                return False
-            if _caused_by(exc, BodyTimeout):
-                self.status = 408
-                return False
-            if _caused_by(exc, BadBody):
-                self.status = 400
-                return False
-            log.error("WSGI app %r failed on %s %s; answering 500", self.app, self.environ.get("REQUEST_METHOD"),
-                      self.environ.get("PATH_INFO"), exc_info=True)
-            self.status = 500
-            return False
+            return self.failed(exc)
         inp = self.input
         if inp.__class__ is ContinueInput and not inp.consumed:
             self.keep_alive = False  # the body the client may still send is not read: close
         if self.done:
             self.close()
         return True
+
+    def failed(self, exc: Exception) -> bool:
+        """The app (or its iterable) raised `exc` before the head went out: False, `status`
+        says the answer (500 logged with the traceback; 413/408/400 of a body read on demand)."""
+        self.close()
+        for kind, status in ((BodyTooLarge, 413), (BodyTimeout, 408), (BadBody, 400)):
+            if _caused_by(exc, kind):
+                self.status = status
+                return False
+        log.error("WSGI app %r failed on %s %s; answering 500", self.app, self.environ.get("REQUEST_METHOD"),
+                  self.environ.get("PATH_INFO"), exc_info=exc)
+        self.status = 500
+        return False
 
     def _commit(self, chunks: list | tuple, exhausted: bool, span: tuple[int, int, int] | None) -> None:
         status = self.status

@@ -1,4 +1,5 @@
-# WSGI environ from a parsed head, in C (included by _core.pyx; the rules: fastc1k.wsgi).
+# WSGI in C (included by _core.pyx; the rules: fastc1k.wsgi): the environ from a parsed head,
+# and start_response / `return [body]` for the common request without a Python frame of ours.
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
@@ -7,6 +8,8 @@ cdef dict _HEADER_KEYS = wsgi._KEYS     # lower-case name bytes -> environ key (
 cdef object _header_key = wsgi.header_key
 cdef object _unquote = wsgi.unquote
 cdef object _Exchange = wsgi.Exchange
+cdef dict _HEADS = wsgi._HEADS           # (status, tuple(headers)) -> a validated head (wsgi.head_for)
+cdef object _ContinueInput = wsgi.ContinueInput
 cdef object _attach_body = wsgi.attach_body
 cdef object _BytesIO = wsgi.io.BytesIO
 cdef str _GET = "GET"
@@ -107,3 +110,52 @@ cdef dict _wsgi_environ(dict base, const char *buf, Req *q, size_t hlen, tuple r
     if q.authority != NULL:  # an absolute-form target's authority replaces Host (RFC 9112 3.2.2)
         env["HTTP_HOST"] = _latin1(q.authority, q.authority_len)
     return env
+
+
+@cython.final
+@cython.freelist(4)
+cdef class _StartResponse:
+    """The C engine's start_response. The common case, one call with a head validated before
+    (a hit in wsgi._HEADS), stays here; anything else (a head not seen yet, exc_info, a second
+    call, write()) goes to a wsgi.Exchange made then, which holds the rules."""
+    cdef object app, env, inp
+    cdef tuple hit          # the validated head: (status code, head bytes, app's Content-Length, has Date)
+    cdef object ex          # the wsgi.Exchange, once one is needed
+    cdef bint head_only, v11, keep_alive
+
+    def __call__(self, status, headers, exc_info=None):
+        cdef PyObject *h
+        if self.ex is None and self.hit is None and exc_info is None and type(headers) is list:
+            h = PyDict_GetItem(_HEADS, (status, tuple(headers)))  # (unhashable: NULL, no error)
+            if h != NULL:
+                self.hit = <tuple>h
+                return self.write
+        return self.exchange().start_response(status, headers, exc_info)
+
+    def write(self, data):
+        return self.exchange().write(data)
+
+    cdef object exchange(self):
+        if self.ex is None:
+            ex = _Exchange(self.app, self.env, self.head_only, self.v11, self.keep_alive)
+            ex.input = self.inp
+            if self.hit is not None:
+                ex.status, ex.prefix, ex.length, ex.has_date = self.hit
+            self.ex = ex
+        return self.ex
+
+
+cdef bytes _list_head(tuple hit, list result):
+    """The head of a `return [body]` that needs no framing (all bytes, the app's Content-Length
+    absent or exact, a status with a body); None: wsgi.Exchange.finish decides."""
+    cdef int code = hit[0]
+    cdef Py_ssize_t total = 0, length = hit[2]
+    if code < 200 or code == 204 or code == 304:
+        return None
+    for x in result:
+        if type(x) is not bytes:
+            return None
+        total += PyBytes_GET_SIZE(x)
+    if length < 0:
+        return hit[1] + b"Content-Length: %d\r\n" % total
+    return hit[1] if length == total else None
