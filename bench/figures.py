@@ -51,6 +51,22 @@ def _header(data: dict[str, Any]) -> str:
             f"`{data['command']}` wrote this block and `bench/results/{data['name']}.json`.")
 
 
+def run_child(argv: list[str], grace: float = 60.0) -> subprocess.CompletedProcess:
+    """`argv`, its output captured. On ^C (which reaches the child too: same process group)
+    the child is given `grace` s to clean up (stop its server, remove its cgroup, restore
+    nf_conntrack_max) before it is killed; subprocess.run would kill it after 0.25 s."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate()
+        except KeyboardInterrupt:
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 # --- capacity ----------------------------------------------------------------------------------
 
 def _capacity_run(engine: str, versus: bool, out: Path, quick: bool) -> tuple[list[str], dict[str, Any]]:
@@ -58,7 +74,7 @@ def _capacity_run(engine: str, versus: bool, out: Path, quick: bool) -> tuple[li
             "--container", CONTAINER,
             "--quiet", "--no-png", "--out", str(out)] + (["--versus", "nginx"] if versus else []) \
         + (["--quick"] if quick else [])
-    p = subprocess.run(argv, capture_output=True, text=True)
+    p = run_child(argv)
     if p.returncode not in (0, 1) or not (out / "capacity-report.json").exists():
         raise SystemExit(f"bench.figures: {' '.join(argv[1:])} failed ({p.returncode}): {p.stderr.strip()[-600:]}")
     with open(out / "capacity-report.json") as f:
@@ -220,7 +236,7 @@ def c1m_markdown(data: dict[str, Any]) -> str:
         ("client user space per connection (Python probe)", f"{r['client_rss_bytes_per_conn']:,.0f} B"),
         ("RAM in use at the peak", f"{r['mem_used_fraction_peak']:.1%} of {r['limits'].get('mem_total', 0) / 2**30:.1f} GiB"),
         ("stopped by", r["stopped_by"]), ("the next limit", r["next_limit"]),
-    ]
+    ] + ([("conntrack", r["conntrack"])] if r.get("conntrack") else [])
     return "\n".join([_header(data), "", f"`{data['probe_command']}` ({r['workers']} server workers, "
                       f"{r['clients']} client processes, {r['engine']} engine; server RSS "
                       f"{r['server_rss_before'] / mib:,.0f} -> {r['server_rss_after'] / mib:,.0f} MiB):", "",
@@ -234,7 +250,7 @@ def c1m(readme: bool, probe_args: str | None) -> None:
                             "probe_command": " ".join(cmd), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="fastc1k-figures-") as tmp:
         out = os.path.join(tmp, "probe.json")
-        p = subprocess.run([sys.executable, *cmd[1:], "--quiet", "--json", out], capture_output=True, text=True)
+        p = run_child([sys.executable, *cmd[1:], "--quiet", "--json", out])
         if p.returncode != 0 or not os.path.exists(out):
             raise SystemExit(f"bench.figures: the probe failed ({p.returncode}): {p.stderr.strip()[-600:]}")
         with open(out) as f:

@@ -219,3 +219,25 @@ def test_wsgi_bench_end_to_end_on_two_servers(tmp_path):
     hello = report["apps"]["hello"]["summary"]
     assert hello["c"]["cpu_us"] > 0 and hello[anchor]["vs_best"][0] == 1.0
     assert report["apps"]["hello"]["memory"]["c"]["answered"] == 200
+
+
+def test_figures_child_cleans_up_after_ctrl_c(tmp_path):
+    """^C during `make capacity-figures` reaches the run too: bench.figures waits for it to
+    clean up (its server, cgroup, nf_conntrack_max) instead of killing it at once."""
+    import signal
+    import subprocess
+    import time
+    mark = tmp_path / "cleaned"
+    child = (f"import time\ntry:\n    open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(30)\n"
+             f"except KeyboardInterrupt:\n    time.sleep(1.0); open({str(mark)!r}, 'w').close()\n")
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from bench.figures import run_child; "
+                               f"run_child([sys.executable, '-c', {child!r}])"],
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), start_new_session=True,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(parent.pid, signal.SIGINT)          # as a terminal's ^C: the whole group
+    parent.wait(20)
+    assert mark.exists()

@@ -42,3 +42,40 @@ def test_capacity_cli_hands_the_probe_flag_to_the_probe():
     assert p.returncode == 0, p.stderr
     plan = json.loads(p.stdout)
     assert plan["connections"] == 1000 and plan["limits"]["nofile_hard"] > 0
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_probe_raises_a_tracked_tables_max_for_the_run_and_restores_it(monkeypatch):
+    """With conntrack tracking the namespace and its table nearly full, the probe raises
+    nf_conntrack_max to hold every connection, restores it after, and says so; with
+    tracking not active it leaves the max alone and says why."""
+    from fastc1k.capacity.probe import run as probe_run
+    from fastc1k.host import sysctl
+    before = sysctl.read_int("net.netfilter.nf_conntrack_max")
+    if before is None:
+        pytest.skip("no conntrack module loaded")
+    real = probe_run.host_limits
+
+    def nearly_full(active, why):
+        def lim():
+            return {**real(), "conntrack_active": active, "conntrack_why": why,
+                    "nf_conntrack_max": before, "nf_conntrack_count": before - 100}
+        return lim
+    spec = ProbeSpec(connections=200, workers=1, clients=1, source_ips=parse_source_ips("127.0.0.2"), hold=0.2,
+                     quiet=True)
+    monkeypatch.setattr(probe_run, "host_limits", nearly_full(True, "a rule here needs it: masquerade"))
+    res = run_probe(spec)
+    assert res.held == 200, summary(res)
+    need = before - 100 + 200 + probe_run.CONNTRACK_SPARE
+    if "someone set it" in res.conntrack:
+        pytest.skip(res.conntrack)      # another run changed the max meanwhile
+    assert res.conntrack.startswith(f"conntrack: nf_conntrack_max raised {before} -> {need} for the run, then "
+                                    "restored (tracking active: a rule here needs it: masquerade"), res.conntrack
+    assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before
+    assert f"conntrack          {res.conntrack}" in summary(res)
+    assert f"nf_conntrack_max {need:,}" in res.next_limit or "nf_conntrack" not in res.next_limit
+    monkeypatch.setattr(probe_run, "host_limits", nearly_full(False, "no NAT or ct rule in this namespace"))
+    res = run_probe(spec)
+    assert res.conntrack == "conntrack: not raised, not active here (no NAT or ct rule in this namespace)"
+    assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before

@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 from ..host import proc, sysctl
+from ..host.conntrack import raised_max as conntrack_for_run
 from ..host.cgroup import Cgroup
 from .container import ContainerSpec
 
@@ -300,47 +301,3 @@ def remove_run(run_id: str) -> list[str]:
             if rm.returncode != 0:
                 left.append(f"{kind} {ident}: {_why(rm)}")
     return left
-
-
-CONNTRACK_MAX = "net.netfilter.nf_conntrack_max"
-
-
-class conntrack_for_run:
-    """Publishing a port loads a NAT table, and from then on every connection on the host
-    is tracked, up to nf_conntrack_max (past it SYNs are dropped silently). For the run
-    the max is raised to at least `need` (and restored after, unless someone else changed
-    it meanwhile); `how` says what was done, for the report."""
-
-    def __init__(self, need: int) -> None:
-        self.need = need
-        self.old: int | None = None
-        self.set_to: int | None = None
-        self.how = ""
-
-    def __enter__(self) -> "conntrack_for_run":
-        self.old = sysctl.read_int(CONNTRACK_MAX)
-        if self.old is None:
-            self.how = "conntrack: no nf_conntrack_max on this host (the module is not loaded)"
-        elif self.old >= self.need:
-            self.how = f"conntrack: nf_conntrack_max {self.old} already covers {self.need} connections"
-        else:
-            try:
-                sysctl.write(CONNTRACK_MAX, str(self.need))
-                self.set_to = self.need
-                self.how = f"conntrack: nf_conntrack_max raised {self.old} -> {self.need} for the run, then restored"
-            except OSError as exc:
-                self.how = (f"conntrack: nf_conntrack_max {self.old} could not be raised ({exc.strerror or exc}): "
-                            f"past {self.old} tracked connections SYNs are dropped")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.set_to is None:
-            return
-        now = sysctl.read_int(CONNTRACK_MAX)
-        if now == self.set_to:
-            try:
-                sysctl.write(CONNTRACK_MAX, str(self.old))
-            except OSError:
-                self.how += " (could not be restored)"
-        else:
-            self.how += f" (not restored: someone set it to {now} meanwhile)"

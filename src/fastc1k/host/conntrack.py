@@ -22,9 +22,12 @@ import subprocess
 import time
 from typing import Any
 
-__all__ = ["read", "ruleset_needs_tracking", "active", "fix", "MAX", "COUNT", "STAT"]
+from . import sysctl
+
+__all__ = ["read", "ruleset_needs_tracking", "active", "fix", "raised_max", "MAX", "COUNT", "STAT"]
 
 MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+SYSCTL_MAX = "net.netfilter.nf_conntrack_max"
 COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
 STAT = "/proc/thread-self/net/stat/nf_conntrack"   # the calling thread's namespace
 COUNTERS = ("drop", "early_drop", "insert_failed")
@@ -113,3 +116,43 @@ def fix(port: int | None = None) -> str:
             "table ip fastc1k_notrack { chain pre { type filter hook prerouting priority raw; "
             f"tcp dport {p} notrack; tcp sport {p} notrack; }}; chain out {{ type filter hook output priority raw; "
             f"tcp dport {p} notrack; tcp sport {p} notrack; }}; }}'")
+
+
+class raised_max:
+    """For a run that opens `need` tracked connections: nf_conntrack_max raised to at least
+    `need` (from the initial namespace; restored after, unless someone else changed it
+    meanwhile); `how` says what was done, for the report."""
+
+    def __init__(self, need: int) -> None:
+        self.need = need
+        self.old: int | None = None
+        self.set_to: int | None = None
+        self.how = ""
+
+    def __enter__(self) -> "raised_max":
+        self.old = sysctl.read_int(SYSCTL_MAX)
+        if self.old is None:
+            self.how = "conntrack: no nf_conntrack_max on this host (the module is not loaded)"
+        elif self.old >= self.need:
+            self.how = f"conntrack: nf_conntrack_max {self.old} already covers {self.need} connections"
+        else:
+            try:
+                sysctl.write(SYSCTL_MAX, str(self.need))
+                self.set_to = self.need
+                self.how = f"conntrack: nf_conntrack_max raised {self.old} -> {self.need} for the run, then restored"
+            except OSError as exc:
+                self.how = (f"conntrack: nf_conntrack_max {self.old} could not be raised ({exc.strerror or exc}): "
+                            f"past {self.old} tracked connections SYNs are dropped")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.set_to is None:
+            return
+        now = sysctl.read_int(SYSCTL_MAX)
+        if now == self.set_to:
+            try:
+                sysctl.write(SYSCTL_MAX, str(self.old))
+            except OSError:
+                self.how += " (could not be restored)"
+        else:
+            self.how += f" (not restored: someone set it to {now} meanwhile)"

@@ -88,6 +88,7 @@ class ProbeResult:
     workers: int = 0
     clients: int = 0
     engine: str = ""
+    conntrack: str = ""                 # what was done about nf_conntrack_max, and why
 
 
 # --- host facts ---------------------------------------------------------------------------------
@@ -203,8 +204,28 @@ def _say(spec: ProbeSpec, msg: str) -> None:
         print(f"[probe {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+CONNTRACK_SPARE = 65536   # entries left for the host's other connections while the probe holds its own
+
+
 def run_probe(spec: ProbeSpec) -> ProbeResult:
+    """The probe. Where conntrack tracks this namespace (a NAT or ct rule: any container
+    engine's published port), nf_conntrack_max would cap the run with silently dropped SYNs:
+    it is raised for the run to hold every connection, and restored afterwards."""
     lim = host_limits()
+    if not lim.get("conntrack_active"):
+        res = _run_probe(spec, lim)
+        res.conntrack = f"conntrack: not raised, {'not active' if lim.get('conntrack_active') is False else 'unknown'}" \
+                        f" here ({lim.get('conntrack_why')})"
+        return res
+    with conntrack.raised_max((lim.get("nf_conntrack_count") or 0) + spec.connections + CONNTRACK_SPARE) as ct:
+        lim["nf_conntrack_max"] = max(lim.get("nf_conntrack_max") or 0, ct.set_to or 0)
+        _say(spec, ct.how)
+        res = _run_probe(spec, lim)
+    res.conntrack = f"{ct.how} (tracking active: {lim.get('conntrack_why')}; each connection's entry is in the kernel memory)"
+    return res
+
+
+def _run_probe(spec: ProbeSpec, lim: dict[str, Any]) -> ProbeResult:
     res = ProbeResult(spec.connections, limits=lim, clients=spec.clients)
     per_client = -(-spec.connections // spec.clients)
     if per_client > lim["nofile_hard"] - FD_RESERVE:
@@ -382,4 +403,5 @@ def summary(res: ProbeResult) -> str:
         f"errors             {res.errors or 'none'}",
         f"stopped by         {res.stopped_by}",
         f"next limit         {res.next_limit}",
+        f"conntrack          {res.conntrack}",
     ])
