@@ -307,3 +307,11 @@ def test_a_kernel_service_whose_rules_fail_to_load_can_be_stopped_and_gives_conn
         ks.start()
     ks.stop()
     assert calls == ["size", "restore"]
+
+
+def test_nft_in_a_namespace_that_is_gone_is_an_oserror():
+    """nft(netns=) promises its output or OSError (teardown's _quietly goes on past an
+    OSError): a namespace already removed must not escape as another exception."""
+    with pytest.raises(OSError, match="fc1k-kbal-0-0-gone"):
+        K.nft("list", "tables", netns="fc1k-kbal-0-0-gone")
+    assert K._quietly(K.nft, "list", "tables", netns="fc1k-kbal-0-0-gone")

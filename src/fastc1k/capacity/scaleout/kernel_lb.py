@@ -103,8 +103,11 @@ def host_notrack_rules(table: str, block: str) -> str:
 
 def nft(*argv: str, stdin: str | None = None, netns: str | None = None) -> str:
     """Runs `nft ARGV` (inside the named namespace when given); its stdout, or OSError."""
-    r = subprocess.run(["nft", *argv], input=stdin, capture_output=True, text=True,
-                       preexec_fn=(lambda: net.enter(netns)) if netns else None)
+    try:
+        r = subprocess.run(["nft", *argv], input=stdin, capture_output=True, text=True,
+                           preexec_fn=(lambda: net.enter(netns)) if netns else None)
+    except subprocess.SubprocessError:   # the child could not enter netns (it is gone)
+        raise OSError(f"nft {' '.join(argv)}: cannot enter the namespace {netns}") from None
     if r.returncode != 0:
         raise OSError(f"nft {' '.join(argv)}{f' in {netns}' if netns else ''}: {r.stderr.strip() or r.returncode}")
     return r.stdout
