@@ -101,6 +101,15 @@ def test_clocks_beyond_the_bound_are_refused(cluster, server):
                  executor=DaskExecutor(cluster, max_clock_offset=1e-9))
 
 
+def test_only_the_clocks_of_workers_that_get_processes_are_judged(cluster, server):
+    """One farm process on a two-worker cluster: the refusal names only the worker that
+    would run it (the idle one's clock cannot skew the run's seconds)."""
+    with pytest.raises(ClusterError) as got:
+        LoadFarm(LoadSpec(url=_url(server), connections=2, processes=1),
+                 executor=DaskExecutor(cluster, max_clock_offset=1e-9))
+    assert str(got.value).count("tcp://") == 1, got.value
+
+
 def test_cli_on_a_cluster_prints_the_table(cluster, server, tmp_path):
     out = tmp_path / "r.json"
     p = subprocess.run([sys.executable, "-m", "fastc1k.load", _url(server), "-c", "4", "-R", "200",

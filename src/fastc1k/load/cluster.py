@@ -371,7 +371,7 @@ class DaskExecutor:
                                f"holds {holds:,}: " + "; ".join(lines)
                                + " (more workers, --processes or declared source addresses "
                                  "hold more)")
-        self._measure_clocks(counts)
+        self._measure_clocks([a for a, n in counts.items() if n])   # the workers that run processes
         return places
 
     # -- running
