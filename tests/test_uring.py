@@ -204,3 +204,50 @@ def test_a_client_that_half_closes_gets_the_whole_wsgi_stream(make_server, engin
         data = _read_until_close(s)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body.endswith(b"0\r\n\r\n"), (head, len(body))
+
+
+@pytest.mark.parametrize("engine", ["c", "c-uring"], indirect=True)
+def test_connections_accepted_as_the_worker_stops_are_closed_not_kept(engine):
+    """A hard stop that meets a burst of new connections (the kernel accepted them; on
+    io_uring their completions wait behind the stop's): every one is closed or refused when
+    the server is gone, none kept open in the process with its client left hanging."""
+    import select
+
+    from conftest import TEST_DEFAULTS, engine_and_backend
+    name, backend = engine_and_backend(engine)
+    clients: list[socket.socket] = []
+    box = []
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/burst" and not clients:
+            box[0].stop(False)  # the stop's wake-up is queued first, the burst behind it
+            for _ in range(1500):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(box[0].address)
+                clients.append(s)
+            time.sleep(0.2)  # every handshake done: the kernel holds them for the listener
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    try:
+        with fastc1k.running_server(ServerConfig(**{**TEST_DEFAULTS, "backend": backend}), engine=name,
+                                    wsgi=app) as srv:
+            box.append(srv)
+            with socket.create_connection(srv.address, timeout=5) as a:
+                a.sendall(b"GET /burst HTTP/1.1\r\nHost: t\r\n\r\n")
+                a.shutdown(socket.SHUT_WR)  # closed at once after its answer: no request left in flight
+                a.recv(100)
+        assert len(clients) == 1500
+        poller, deadline = select.poll(), time.monotonic() + 3
+        for s in clients:
+            poller.register(s, select.POLLIN)
+        hanging = {s.fileno() for s in clients}
+        while hanging and time.monotonic() < deadline:  # EOF or reset makes each readable
+            for fd, _ in poller.poll(200):
+                poller.unregister(fd)
+                hanging.discard(fd)
+        assert not hanging, f"{len(hanging)} of 1500 connections kept open by a stopped server"
+    finally:
+        for s in clients:
+            s.close()

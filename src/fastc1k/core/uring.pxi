@@ -73,21 +73,23 @@ cdef str u_open(Worker w):
 
 
 cdef void u_close(Worker w) noexcept nogil:
-    """After the loop (every connection closed): wait briefly for the completions of the
-    cancels, close the fds they held, release the ring."""
+    """After the loop (every connection closed): reap every completion left (an accept's
+    holds a new fd: closed here), wait briefly for those of the cancels, close the fds they
+    held, release the ring."""
     cdef int fd, k
     cdef unsigned n, i
     cdef UConn *u
+    w.accepting = False  # the accept's last completion must not re-arm it
     u_listen(w, False)
     w.quit = True
     for k in range(100):
-        if w.u_zombies == 0:
-            break
-        fc_enter(w.ring, 10)
-        n = fc_reap(w.ring)
+        n = fc_reap(w.ring)  # a stop can be reaped before a burst of accepts queued behind it
         for i in range(n):
             u_complete(w, &w.ring.cqes[i])
-    fc_ring_close(w.ring)  # the kernel cancels and drops whatever is left
+        if n == 0 and w.u_zombies == 0 and not w.u_accept_armed:
+            break
+        fc_enter(w.ring, 10)
+    fc_ring_close(w.ring)  # the kernel cancels what is still in flight
     for fd in range(w.max_fd + 1):
         u = &w.uc[fd]
         if u.flags & U_ZOMBIE:
