@@ -59,7 +59,7 @@ class H11:
     def request(self, method="GET", target="/", headers=(), body=b"", chunked=False):
         if self.conn.our_state is h11.DONE:
             self.conn.start_next_cycle()
-        hdrs = [("Host", "t"), *headers]
+        hdrs = list(headers) if any(k.lower() == "host" for k, _ in headers) else [("Host", "t"), *headers]
         if chunked:
             hdrs.append(("Transfer-Encoding", "chunked"))
         elif body:
@@ -183,6 +183,32 @@ def test_absolute_form_authority_is_http_host(wsgi_server):
     resp = raw(srv, b"GET http://example.test:81/env?x=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
     env = json.loads(split_responses(resp)[0][1])
     assert (env["http"]["HTTP_HOST"], env["PATH_INFO"], env["QUERY_STRING"]) == ("example.test:81", "/env", "x=1")
+
+
+def test_environ_is_exact_for_each_request_on_one_connection(wsgi_server):
+    """Header names, values and paths seen before are reused (C: a cache): never a stale one."""
+    srv = wsgi_server()
+    long_name, long_value = "X-" + "n" * 60, "v" * 300
+    with H11(srv.address) as c:
+        for host, extra, path, want_path in [
+                ("a.example", [("X-Dup", "same"), ("x-dup", "same")], "/env", "/env"),
+                ("b.example", [("X-Dup", "other")], "/env/%20x", "/env/ x"),
+                ("a.example", [(long_name, long_value), (long_name, "2")], "/env", "/env"),
+                ("a.example", [("X-Dup", "")], "/env/%6E", "/env/n")]:
+            status, _, body = c.request("GET", path, headers=[("Host", host), *extra])
+            env = json.loads(body) if status == 200 else {}
+            want = {"HTTP_HOST": host}
+            for k, v in extra:
+                key = "HTTP_" + k.upper().replace("-", "_")
+                want[key] = want[key] + "," + v if key in want else v
+            assert (status, env["http"], env["PATH_INFO"]) == (200, want, want_path)
+
+
+def test_input_of_a_request_without_a_body_reads_empty(wsgi_server):
+    srv = wsgi_server(validate=False)
+    for _ in range(3):  # the app closes it each time: the next request's still reads
+        status, _, body = get(srv, "/read-empty")
+        assert (status, json.loads(body)) == (200, {"read": "", "line": "", "lines": [], "iter": []})
 
 
 def test_http10_environ_and_no_body_content_length_absent(wsgi_server):

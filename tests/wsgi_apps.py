@@ -43,7 +43,7 @@ def plain(environ, start_response):
     path = environ["PATH_INFO"]
     if path == "/api/health":  # the test fixtures' liveness probe
         return _json(start_response, {"status": "ok"})
-    if path == "/env":
+    if path.startswith("/env"):  # /env, /env/<anything>
         out = {k: environ.get(k) for k in ENV_KEYS}
         out["http"] = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
         out["input"] = hasattr(environ["wsgi.input"], "read")
@@ -55,6 +55,12 @@ def plain(environ, start_response):
         body = environ["wsgi.input"].read(int(cl) if cl else -1)  # validate wants one argument
         return _json(start_response, {"len": len(body), "md5": hashlib.md5(body).hexdigest(),
                                       "content_length": environ.get("CONTENT_LENGTH")})
+    if path == "/read-empty":
+        inp = environ["wsgi.input"]
+        out = {"read": inp.read().decode(), "line": inp.readline().decode(), "lines": inp.readlines(),
+               "iter": list(inp)}
+        inp.close()
+        return _json(start_response, out)
     if path == "/list":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"hello ", b"world"]

@@ -1052,7 +1052,7 @@ cdef class Worker:
         return 0
 
     cdef object _environ(self, int fd, Conn *c, Req *q, size_t off, size_t hlen):
-        return _wsgi_environ(self.wsgi_base, c.buf + off, q, hlen, _peer(self, fd, c))
+        return _wsgi_environ(self.wsgi_base, c.buf + off, q, hlen, self, fd, c)
 
     cdef int _begin_wsgi(self, int fd, Conn *c, Req *q, size_t off, size_t hlen, bint cont) noexcept with gil:
         """A WSGI request with a body: its environ now (the buffer moves on), the body later."""
@@ -1084,10 +1084,13 @@ cdef class Worker:
         cdef int rc, status = 500
         cdef bytes b, head = None
         cdef _StartResponse sr
+        cdef int i, niov0
+        cdef size_t size0, n, k
+        cdef char *p
         if self.draining:
             c.flags &= ~F_KEEP
         if self.niov == 0:
-            self._refs.clear()  # nothing queued points into them any more
+            del self._refs[:]  # nothing queued points into them any more
         ex = None
         try:
             if env is None and c.flags & F_PENDING_PY:
@@ -1095,12 +1098,13 @@ cdef class Worker:
                 c.flags &= ~F_PENDING_PY
                 env = pend[0]
                 _attach_body(env, bytes(pend[1]) if pend[1] is not None else b"")
+                inp = env["wsgi.input"]
             elif env is not None:
-                env["wsgi.input"] = _BytesIO(b"")  # attach_body(env, b"") without its Python frame
+                env["wsgi.input"] = inp = _EMPTY_INPUT  # attach_body(env, b"") without its Python frame
             else:
                 raise RuntimeError("WSGI request lost")
             sr = _StartResponse.__new__(_StartResponse)
-            sr.app, sr.env, sr.inp = self.wsgi_app, env, env["wsgi.input"]
+            sr.app, sr.env, sr.inp = self.wsgi_app, env, inp
             sr.head_only, sr.v11, sr.keep_alive = head_only, not (c.flags & F_V10), keep
             clean = type(sr.inp) is not _ContinueInput  # else a body may still come: linger on it
             try:
@@ -1140,8 +1144,7 @@ cdef class Worker:
                 if ex is not None:
                     ex.close()
                 return rc
-        self._refs.append(head)
-        self._refs.append(pieces)
+        niov0, size0 = self.niov, self.out_total
         self._add(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head), False)
         if not has_date:
             self._add(self.date, DATE_LEN, False)
@@ -1149,6 +1152,20 @@ cdef class Worker:
         self._add(CRLF, 2, True)
         for b in pieces:
             self._add(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), False)
+        n = self.out_total - size0
+        if n <= WSGI_COALESCE and self.arena_used + n <= ARENA_CAP and not self.uring:
+            # a small response: one piece in the arena (one send, no Python object kept)
+            p = self.arena + self.arena_used
+            k = 0
+            for i in range(niov0, self.niov):
+                memcpy(p + k, self.iov[i].iov_base, self.iov[i].iov_len)
+                k += self.iov[i].iov_len
+            self.niov, self.out_total = niov0, size0
+            self.arena_used += n
+            self._add(p, n, False)
+        else:
+            self._refs.append(head)
+            self._refs.append(pieces)
         self.m[self.status_ctr[status] if 0 <= status < 600 else I_RESP_OTHER] += 1
         if not done:
             self._streams[fd] = ex

@@ -41,7 +41,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import unquote
 
-__all__ = ["Exchange", "FileWrapper", "ContinueInput", "BodyTooLarge", "base_environ", "build_environ", "attach_body",
+__all__ = ["Exchange", "FileWrapper", "ContinueInput", "BodyTooLarge", "base_environ", "build_environ", "attach_body", "EMPTY_INPUT",
            "header_key", "head_for", "DONE", "BLOCKED", "ABORT"]
 
 log = logging.getLogger("fastc1k")
@@ -125,11 +125,48 @@ def build_environ(base: dict, method: str, path: str, query: str, version: str,
     return env
 
 
+class EmptyInput(io.BufferedIOBase):
+    """wsgi.input of a request without a body: reads nothing. Stateless, so one instance
+    (EMPTY_INPUT) serves every such request; close() leaves it open for the next one."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    read1 = read
+
+    def readinto(self, b) -> int:
+        return 0
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+EMPTY_INPUT = EmptyInput()
+
+
 def attach_body(env: dict, body: bytes) -> None:
     """wsgi.input over a body read before the call (chunked ones decoded: their length is
     known, so CONTENT_LENGTH says it)."""
     if "wsgi.input" not in env:
-        env["wsgi.input"] = io.BytesIO(body)
+        env["wsgi.input"] = io.BytesIO(body) if body else EMPTY_INPUT
         if body or "CONTENT_LENGTH" in env:
             env["CONTENT_LENGTH"] = str(len(body))
 

@@ -5,6 +5,7 @@ cdef enum:
     ACCEPT_BATCH = 64           # accept4 calls per listener event
     IOV_CAP = 256               # iovecs per writev (16 pipelined responses x 4 pieces, and more)
     ARENA_CAP = 32768           # per-writev scratch for dynamic pieces (/api/data)
+    WSGI_COALESCE = 2048        # a WSGI response up to this size is copied into the arena: one piece
     SCRATCH_SIZE = 65536        # lingering-close discard buffer
     MAX_WAIT_MS = 50            # the loop wakes at least this often (signals, timers)
     LINGER_MS = 1000            # read-and-discard window after an error response
