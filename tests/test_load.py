@@ -603,3 +603,19 @@ def test_cli_bad_flags(args):
     p = _cli(*args)
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_load_process_that_fails_to_start_is_reported_at_once(monkeypatch):
+    """One farm process failing at start-up is reported without waiting out the others,
+    which sit waiting for their start command: they are let go at once, not each given
+    2 s before it is killed."""
+    from fastc1k.load import procs
+    launch = procs.ProcessExecutor.launch
+
+    def first_broken(self, cfgs):
+        return launch(self, [{"broken": True}] + cfgs[1:])
+    monkeypatch.setattr(procs.ProcessExecutor, "launch", first_broken)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="load worker 0 failed"):
+        LoadFarm(LoadSpec(url="http://127.0.0.1:9/", connections=8, processes=8)).start()
+    assert time.monotonic() - t0 < 4.0

@@ -92,6 +92,9 @@ class ProcessExecutor:
         return out
 
     def close(self) -> None:
+        # A process still waiting for its start command ends at once on "stop" (not on our
+        # end's close: the forked siblings hold copies of it); one that ended ignores it.
+        self.send({i: ("stop",) for i in range(len(self._pipes))})
         for p in self._procs:
             p.join(timeout=2)
             if p.is_alive():
