@@ -3,6 +3,9 @@ reports: the common stage, CPU per request (the server's and the host's), the ta
 The real three-way run writes bench/results/netcost.json and the README block."""
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 
 from fastc1k.capacity.ramp import netcost as N
@@ -48,6 +51,11 @@ def test_compare_uses_the_largest_stage_every_variant_held():
     assert "| load generator CPU per request at 50 clients (µs) | 450 | 240 | 200 |" in md
     assert "| first bottleneck | cpu at 400 | cpu at 400 | cpu at 400 |" in md
     assert "| machine's load average at the start (other work) | 1.2 | 1.2 | 1.2 |" in md
+    assert "gap" not in md
+    # a variant whose monitor stalled: the table says so under it, not only with "-"
+    reps["podman --network host"]["notes"] = ["other", "monitor: no sample for 71.3 s (t=2.0 to 73.3 s): x"]
+    md = N.markdown({**N.compare(reps), "date": "", "host": "", "image": "", "command": ""})
+    assert "Monitor gaps: podman --network host: no sample for 71.3 s (t=2.0 to 73.3 s)." in md
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -66,3 +74,25 @@ def test_a_readme_without_the_markers_is_refused_before_any_run(tmp_path, capsys
     assert N.main(["--variants", "kernel parts", "--readme", str(readme)]) == 2
     assert capsys.readouterr().err == (f"fastc1k.capacity.netcost: error: {readme} has no <!-- netcost:start --> ... "
                                        f"<!-- netcost:end --> markers\n")
+
+
+def test_a_stalled_monitor_says_so_in_the_report_notes(monkeypatch):
+    """A sampler that gets no sample for a while (a starved or blocked thread) leaves
+    those figures out: the report's notes say when and how long, so a "-" is explained."""
+    from fastc1k.capacity.monitor import Monitor
+    m = Monitor(None, interval=0.05)
+    m.own_netns = True   # no 0.5 s baseline of the host's counters
+    real, calls = m.sample_once, []
+
+    def sample(dt):
+        calls.append(dt)
+        if len(calls) == 3:
+            time.sleep(1.2)
+        return real(dt)
+    monkeypatch.setattr(m, "sample_once", sample)
+    m.start()
+    time.sleep(1.8)
+    m.stop()
+    gaps = [n for n in m.notes if n.startswith("monitor: no sample for")]
+    assert len(gaps) == 1, m.notes
+    assert re.match(r"monitor: no sample for 1\.[2-9] s \(t=0\.\d+ to 1\.\d+ s\)", gaps[0]), gaps

@@ -24,6 +24,8 @@ from ..metrics import parse_prometheus_text
 
 __all__ = ["Monitor", "parse_prometheus"]
 
+GAP_S = 1.0   # samples further apart than this: a gap the report names
+
 
 def parse_prometheus(text: str) -> dict[str, float]:
     """Unlabelled series as-is; labelled per-worker series folded: *_p99_us and *_max_*
@@ -234,6 +236,10 @@ class Monitor:
         last = None
         while not self._stop.is_set():
             now = time.monotonic()
+            if last is not None and now - last > GAP_S:
+                # a starved or blocked sampler: its window has no figures; say so, not just "-"
+                self.notes.append(f"monitor: no sample for {now - last:.1f} s (t={last - self.t0:.1f} to "
+                                  f"{now - self.t0:.1f} s): the figures of that window are missing")
             try:
                 self.samples.append(self.sample_once(now - last if last else None))
             except Exception as exc:  # a sampler error is a note in the report, not a crash

@@ -90,6 +90,9 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "oom_kills": report.get("oom_kills"),
         "aborted": report.get("aborted"),
         "load_average": round(((report.get("host") or {}).get("loadavg") or [0])[0], 1),
+        # the monitor's own gaps (capacity.monitor): why a CPU cell can be "-"
+        "monitor_gaps": [n.split(": ", 1)[1].split("):")[0] + ")" for n in report.get("notes") or []
+                         if n.startswith("monitor: no sample for")],
     }
 
 
@@ -154,6 +157,9 @@ def markdown(result: dict[str, Any]) -> str:
     refused = sorted({r for n in names for r in v[n].get("refused") or []})
     if refused:
         lines.append("Refused: " + "; ".join(refused) + ".")
+    gaps = [f"{n}: {'; '.join(v[n]['monitor_gaps'])}" for n in names if v[n].get("monitor_gaps")]
+    if gaps:
+        lines.append("Monitor gaps: " + "; ".join(gaps) + ".")
     ct = sorted({v[n]["conntrack"] for n in names if v[n].get("conntrack")})
     if ct:
         lines.append("; ".join(ct) + ".")
