@@ -475,3 +475,27 @@ def test_scaleout_runtime_podman_that_cannot_run_is_one_line_and_exit_2(tmp_path
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == ("fastc1k.capacity.scaleout: error: --runtime podman: no image "
                                                  "localhost/fc1k-podman-none:x: build it with `make image`")
+
+
+@pytest.mark.slow
+def test_the_kernel_balancer_spreads_connections_over_two_podman_replicas_and_leaves_nothing(tmp_path):
+    """The side-by-side CLI with the kernel (nftables) balancer in front of 2 podman
+    replicas in the node's replica namespaces; ~30 s."""
+    p = subprocess.Popen([sys.executable, "-m", "fastc1k.capacity.scaleout", "--replicas", "2", "--balancer", "kernel",
+                          "--runtime", "podman", "--container", "cpus=0.2,memory=256M", "--quick", "--stages", "40",
+                          "--max-clients", "40", "--no-recovery", "--fault", "kill", "--fault-duration", "3",
+                          "--pick", "inc", "--out", str(tmp_path), "--no-charts", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+    out, err = p.communicate(timeout=150)
+    assert p.returncode == 0, err[-2000:]
+    rep = json.loads((tmp_path / "scaleout.json").read_text())
+    assert rep["runtime"]["name"] == "podman" and len(rep["runtime"]["containers"]) == 4
+    (res,) = rep["results"]
+    own = res["replica_counters"]   # each container's own /metrics
+    assert set(own) == {"r0", "r1"} and all(v["requests"] > 100 for v in own.values()), own
+    assert res["balancer"]["per_server_requests"] == {"r0": 20, "r1": 20}   # round robin, by the rules' counters
+    (f,) = rep["faults"]
+    assert f["mode"] == "kill" and f["marked_down_s"] is not None and f["marked_down_s"] < 1.0
+    for run_id in rep["runtime"]["run_ids"]:
+        assert _left_of(run_id) == []
+    assert f"fc1k-kbal-{p.pid}-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
