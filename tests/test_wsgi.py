@@ -278,6 +278,16 @@ def test_content_length_from_app_is_kept_short_body_closes(wsgi_server):
     assert "/short" in wsgi_apps.CLOSED
 
 
+def test_iterable_whole_within_a_few_items_gets_its_close_once(wsgi_server):
+    srv = wsgi_server(validate=False)
+    wsgi_apps.CLOSED.clear()
+    with H11(srv.address) as c:
+        for n in (1, 2):
+            status, h, body = c.request("GET", "/whole")
+            assert (status, h["content-length"], body) == (200, "5", b"12345")
+            assert wsgi_apps.CLOSED == ["/whole"] * n
+
+
 def test_204_has_no_body_and_no_framing(wsgi_server):
     srv = wsgi_server()
     status, h, body = get(srv, "/empty")
@@ -331,7 +341,8 @@ def _errors_logged(caplog) -> list[logging.LogRecord]:
 
 @pytest.mark.parametrize("path", ["/raise", "/gen-fail-early", "/bad/non-latin1", "/bad/crlf", "/bad/hop",
                                   "/bad/te", "/bad/status", "/bad/status-digits", "/bad/not-tuple",
-                                  "/bad/bytes-header", "/bad/twice", "/str-body", "/no-start", "/exc-info-late"])
+                                  "/bad/bytes-header", "/bad/twice", "/str-body", "/no-start", "/exc-info-late",
+                                  "/whole-fail", "/whole-str"])
 def test_app_errors_are_500_logged_once_and_the_worker_goes_on(wsgi_server, caplog, path):
     srv = wsgi_server(validate=False)
     caplog.set_level(logging.ERROR, logger="fastc1k")
@@ -343,7 +354,7 @@ def test_app_errors_are_500_logged_once_and_the_worker_goes_on(wsgi_server, capl
         errs = _errors_logged(caplog)
         assert len(errs) == n and errs[-1].exc_info is not None, [r.getMessage() for r in errs]
         assert get(srv, "/list")[0] == 200
-        if path == "/gen-fail-early":
+        if path in ("/gen-fail-early", "/whole-fail", "/whole-str"):
             assert wsgi_apps.CLOSED == [path] * n
         assert srv.counters()["handler_errors"] == n
 

@@ -117,6 +117,11 @@ def plain(environ, start_response):
     if path == "/length":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
         return Closing(path, [b"12", b"345"])
+    if path.startswith("/whole"):  # Content-Length reached, then the end (or a failure) a few items on
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return {"/whole": Closing(path, [b"", b"12345", b""]),
+                "/whole-fail": Closing(path, [b"12345", b""], fail_at=1),
+                "/whole-str": Closing(path, [b"12345", "not bytes"])}[path]
     if path == "/short":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
         return Closing(path, [b"12", b"345"])

@@ -20,6 +20,7 @@ from .includes.system cimport *
 from .includes.liburing cimport *
 from .core.debug cimport FC_DBG, FC_ASSERT
 
+import itertools
 import logging
 import os
 import sys
@@ -1107,21 +1108,34 @@ cdef class Worker:
             sr.app, sr.env, sr.inp = self.wsgi_app, env, inp
             sr.head_only, sr.v11, sr.keep_alive = head_only, not (c.flags & F_V10), keep
             clean = type(sr.inp) is not _ContinueInput  # else a body may still come: linger on it
+            result = it = None
             try:
                 result = self.wsgi_app(env, sr)
+                if sr.ex is None and sr.hit is not None and type(sr.inp) is not _ContinueInput:
+                    if type(result) is list:
+                        head = _list_head(sr.hit, <list>result)
+                    elif type(result) is not _FileWrapper:  # (sendfile) an iterable: whole within a few items?
+                        pieces = []
+                        it = iter(result)
+                        pulled = _pull_whole(it, pieces, sr.hit[2])
+                        if pulled == 1:
+                            head = _list_head(sr.hit, pieces)
+                        if head is not None:
+                            _close_iterable(result)
+                            result = pieces
+                        else:  # wsgi.Exchange goes on with the items taken first
+                            it = iter(pieces) if pulled == 1 else _chain(pieces, it)
             except Exception as exc:
                 ex = sr.exchange()
+                ex.result = result  # closed by failed()
                 ex.failed(exc)
             else:
-                if sr.ex is None and sr.hit is not None and type(result) is list \
-                        and type(sr.inp) is not _ContinueInput:
-                    head = _list_head(sr.hit, <list>result)
                 if head is not None:
                     status, has_date, ok = sr.hit[0], sr.hit[3], True
                     pieces = () if head_only else result
                 else:
                     ex = sr.exchange()
-                    ok = ex.finish(result)
+                    ok = ex.finish(result, it)
             if ex is not None:
                 status = ex.status
                 if ok:

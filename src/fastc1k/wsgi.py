@@ -54,6 +54,7 @@ _STATUS = re.compile(r"([1-9][0-9]{2}) [^\x00-\x1f\x7f]*")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # CTLs except HTAB (RFC 9110 5.5)
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 SENDFILE_MAX = 1 << 30
+WHOLE_EXTRA = 4  # items taken past the first body byte to find the end of a Content-Length body
 
 
 class BodyTooLarge(Exception):
@@ -439,8 +440,9 @@ class Exchange:
             return self.failed(exc)
         return self.finish(result)
 
-    def finish(self, result: Any) -> bool:
-        """run() after the app returned `result` (the C engine calls the app itself)."""
+    def finish(self, result: Any, it: Any = None) -> bool:
+        """run() after the app returned `result` (the C engine calls the app itself; `it`:
+        result's iterator, when the C engine has begun it: the items it took come first)."""
         try:
             self.result = result
             if type(result) is list and self.prefix is not None and not self.written and self.status == 200 \
@@ -473,11 +475,12 @@ class Exchange:
                 chunks = chunks + list(result) if chunks else result
                 exhausted = True
             else:
-                self.it = it = iter(result)
+                self.it = it = iter(result) if it is None else it
                 extra = 0
                 # up to the first body byte; then, if its Content-Length is already here (Flask,
                 # Falcon), a few items more for the end: the response goes out whole, not streamed
-                while not self.committed or (0 <= self.length <= sum(map(len, chunks)) and extra < 4):
+                # (the C engine's _pull_whole takes items by the same rule)
+                while not self.committed or (0 <= self.length <= sum(map(len, chunks)) and extra < WHOLE_EXTRA):
                     c = _next(it)
                     if c is None:
                         exhausted = True
@@ -660,12 +663,17 @@ class Exchange:
             return
         self.closed = True
         self.it = None
-        close = getattr(self.result, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.error("WSGI iterable's close() raised", exc_info=True)
+        close_iterable(self.result)
+
+
+def close_iterable(result: Any) -> None:
+    """The iterable's close(), if it has one (PEP 3333), logging what it raises."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.error("WSGI iterable's close() raised", exc_info=True)
 
 
 def _next(it: Any) -> bytes | None:

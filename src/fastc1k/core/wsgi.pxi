@@ -17,6 +17,10 @@ cdef object _unquote = wsgi.unquote
 cdef object _Exchange = wsgi.Exchange
 cdef dict _HEADS = wsgi._HEADS           # (status, tuple(headers)) -> a validated head (wsgi.head_for)
 cdef object _ContinueInput = wsgi.ContinueInput
+cdef object _close_iterable = wsgi.close_iterable
+cdef object _FileWrapper = wsgi.FileWrapper
+cdef Py_ssize_t _WHOLE_EXTRA = wsgi.WHOLE_EXTRA
+cdef object _chain = itertools.chain
 cdef object _attach_body = wsgi.attach_body
 cdef object _EMPTY_INPUT = wsgi.EMPTY_INPUT
 cdef str _GET = "GET"
@@ -262,3 +266,27 @@ cdef bytes _list_head(tuple hit, list result):
     if length < 0:
         return hit[1] + b"Content-Length: %d\r\n" % total
     return hit[1] if length == total else None
+
+
+cdef int _pull_whole(object it, list chunks, Py_ssize_t length) except -2:
+    """Take `it`'s items into chunks by wsgi.Exchange.finish's rule (up to the first body byte;
+    then, with the app's Content-Length reached, up to WHOLE_EXTRA more to find the end).
+    1: the iterable ended; 0: the rule stopped (more may come); -1: the last item is not bytes."""
+    cdef Py_ssize_t total = 0, extra = 0
+    cdef bint committed = False
+    while not committed or (0 <= length <= total and extra < _WHOLE_EXTRA):
+        c = next(it, _END)
+        if c is _END:
+            return 1
+        chunks.append(c)
+        if type(c) is not bytes:
+            return -1
+        if committed:
+            extra += 1
+        if PyBytes_GET_SIZE(c):
+            committed = True
+            total += PyBytes_GET_SIZE(c)
+    return 0
+
+
+cdef object _END = object()
