@@ -1090,7 +1090,7 @@ cdef class Worker:
         cdef char *p
         if self.draining:
             c.flags &= ~F_KEEP
-        if self.niov == 0:
+        if self.niov == 0 and self._refs:
             del self._refs[:]  # nothing queued points into them any more
         ex = None
         try:
@@ -1101,7 +1101,7 @@ cdef class Worker:
                 _attach_body(env, bytes(pend[1]) if pend[1] is not None else b"")
                 inp = env["wsgi.input"]
             elif env is not None:
-                env["wsgi.input"] = inp = _EMPTY_INPUT  # attach_body(env, b"") without its Python frame
+                inp = _EMPTY_INPUT  # (base_environ's)
             else:
                 raise RuntimeError("WSGI request lost")
             sr = _StartResponse.__new__(_StartResponse)

@@ -89,12 +89,14 @@ def header_key(name: bytes) -> str | None:
 
 
 def base_environ(server_name: str, server_port: int, multiprocess: bool) -> dict[str, Any]:
-    """The keys every request of one worker shares (copied per request)."""
+    """The keys every request of one worker shares (copied per request; wsgi.input: that of
+    a request without a body)."""
     return {
         "SCRIPT_NAME": "", "SERVER_NAME": server_name, "SERVER_PORT": str(server_port),
         "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
         "wsgi.multithread": False, "wsgi.multiprocess": multiprocess, "wsgi.run_once": False,
         "wsgi.input_terminated": True, "wsgi.file_wrapper": FileWrapper,
+        "wsgi.input": EMPTY_INPUT,  # attach_body() or a ContinueInput replaces it
     }
 
 
@@ -166,8 +168,9 @@ EMPTY_INPUT = EmptyInput()
 def attach_body(env: dict, body: bytes) -> None:
     """wsgi.input over a body read before the call (chunked ones decoded: their length is
     known, so CONTENT_LENGTH says it)."""
-    if "wsgi.input" not in env:
-        env["wsgi.input"] = io.BytesIO(body) if body else EMPTY_INPUT
+    if env["wsgi.input"] is EMPTY_INPUT:  # (not a ContinueInput)
+        if body:
+            env["wsgi.input"] = io.BytesIO(body)
         if body or "CONTENT_LENGTH" in env:
             env["CONTENT_LENGTH"] = str(len(body))
 
