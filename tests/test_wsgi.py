@@ -301,6 +301,21 @@ def test_write_callable_output_comes_first(wsgi_server):
     assert wsgi_apps.CLOSED == ["/write"]
 
 
+def test_write_past_its_bound_is_a_clear_500(wsgi_server, caplog, monkeypatch):
+    """write() is buffered (PEP 3333 allows it), so it is bounded: past wsgi.WRITE_MAX unsent
+    bytes it raises in the app (500, logged once, naming the bound); below it, all arrives."""
+    srv = wsgi_server(validate=False)
+    caplog.set_level(logging.ERROR, logger="fastc1k")
+    monkeypatch.setattr(fastc1k.wsgi, "WRITE_MAX", 32 * len(wsgi_apps.BIG))
+    status, _, body = get(srv, "/write-big")
+    assert (status, body) == (200, wsgi_apps.BIG * 32)
+    monkeypatch.setattr(fastc1k.wsgi, "WRITE_MAX", 1 << 20)
+    status, _, body = get(srv, "/write-big")
+    errs = _errors_logged(caplog)
+    assert status == 500 and len(errs) == 1 and "WRITE_MAX" in errs[0].exc_text
+    assert get(srv, "/list")[2] == b"hello world"
+
+
 def split_responses(data: bytes) -> list[tuple[int, bytes]]:
     """Every response in `data` (read until the close), framed by h11, in order."""
     out = []

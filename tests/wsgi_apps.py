@@ -74,6 +74,11 @@ def plain(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"written ")
         return Closing(path, [b"then ", b"iterated"])
+    if path == "/write-big":  # 2 MiB through write() (tests lower wsgi.WRITE_MAX below it)
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        for _ in range(32):
+            write(BIG)
+        return []
     if path == "/exc-info":
         try:
             raise ValueError("before any body")

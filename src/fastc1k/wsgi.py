@@ -55,6 +55,7 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # CTLs except HTAB (RF
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 SENDFILE_MAX = 1 << 30
 WHOLE_EXTRA = 4  # items taken past the first body byte to find the end of a Content-Length body
+WRITE_MAX = 64 << 20  # bytes write() may hold unsent (it is buffered); past it the app gets an AppError
 
 
 class BodyTooLarge(Exception):
@@ -397,6 +398,7 @@ class Exchange:
     file: list[int] | None = None  # [in_fd, offset, count] for sendfile
     left = -1                     # Content-Length bytes still to send (-1: no limit)
     written: list[bytes] = []
+    held = 0                      # bytes write() buffered (at least those still unsent)
     closed = False
 
     def __init__(self, app: Callable, environ: dict, head_only: bool, v11: bool, keep_alive: bool) -> None:
@@ -422,13 +424,21 @@ class Exchange:
 
     def write(self, data: bytes) -> None:
         """The legacy write(): buffered in order before the iterable's items (PEP 3333 lets a
-        server buffer it); it commits the headers like a body chunk does."""
+        server buffer it); it commits the headers like a body chunk does. Buffered, so bounded:
+        more than WRITE_MAX bytes held unsent raise AppError in the app (a 500 before the head
+        went out; else the connection closes). A large body streams as an iterable instead."""
         if self.prefix is None:
             raise AppError("write() before start_response")
         if type(data) is not bytes:
             raise AppError(f"write() takes bytes, got {type(data).__name__}")
         if data:
             self.committed = True
+            self.held += len(data)
+            if self.held > WRITE_MAX:  # (after run() the pump sends some: count what is left)
+                self.held = sum(map(len, self.pending if self.head else self.written)) + len(data)
+                if self.held > WRITE_MAX:
+                    raise AppError(f"write() would hold {self.held} bytes unsent, over fastc1k.wsgi.WRITE_MAX "
+                                   f"({WRITE_MAX}): return an iterable to stream a large body")
             if self.head:  # after run(): goes out with the iterable's items
                 self._pending().extend(self._frame(data))
             else:
