@@ -216,7 +216,7 @@ cdef class _StartResponse:
         cdef PyObject *h
         cdef Py_ssize_t i
         if self.ex is None and self.hit is None and exc_info is None and type(headers) is list:
-            if status is _last_status and len(<list>headers) == len(_last_items):
+            if _last_hit is not None and status is _last_status and len(<list>headers) == len(_last_items):
                 for i in range(len(_last_items)):  # the very same (immutable) header tuples
                     if PyList_GET_ITEM(headers, i) != PyTuple_GET_ITEM(_last_items, i):
                         break
