@@ -257,3 +257,25 @@ def test_connections_accepted_as_the_worker_stops_are_closed_not_kept(engine):
         for s in clients:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("engine", ["c", "c-uring"], indirect=True)
+@pytest.mark.parametrize("head_size", [2000, 2048, 4096])
+def test_a_100_continue_body_sent_with_its_head_reaches_the_wsgi_app(make_server, engine, head_size):
+    """A client may send its body right behind an `Expect: 100-continue` head. On io_uring
+    the kernel may already have taken that body from the socket (a head ending on a 2 KiB
+    receive buffer's edge), where wsgi.input would wait for it: the app gets it at once."""
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read() if environ["PATH_INFO"] != "/api/health" else b"ok"
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    srv = make_server(Routes(wsgi=app, builtin_prefix=None), header_timeout=1.0)
+    head = b"POST /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\nX-Pad: "
+    head += b"p" * (head_size - len(head) - 4) + b"\r\n\r\n"
+    with socket.create_connection(srv.address, timeout=5) as s:
+        s.sendall(head + b"hello")
+        data = b""
+        while not data.endswith(b"hello") and (chunk := s.recv(4096)):
+            data += chunk
+    assert b" 200 OK\r\n" in data and data.endswith(b"\r\n\r\nhello"), data

@@ -73,6 +73,8 @@ cdef class Worker:
         UConn *uc                       # per fd, beside conns
         bint u_accept_armed
         int u_zombies                   # closed connections whose fd waits for its last completion
+        unsigned u_at, u_n              # the completion being handled, of u_n reaped (0: none)
+        size_t u_rest                   # bytes of the current receive not yet in the buffer
 
     cdef void _loop(self) noexcept nogil
     cdef int _wait_ms(self) noexcept nogil

@@ -814,8 +814,9 @@ cdef class Worker:
             c.resp = R_WSGI
             if not (q.chunked or q.content_length):
                 return self._call_wsgi(fd, c, q, off, hlen)  # environ and app in one GIL section
-            if q.expect_continue and q.v11 and off + hlen == c.buf_len:
-                # the app decides: its wsgi.input sends 100 Continue when read
+            if q.expect_continue and q.v11 and off + hlen == c.buf_len and not (self.uring and u_more_input(self, fd)):
+                # the app decides: its wsgi.input sends 100 Continue when read (and reads
+                # the body from the socket: not when io_uring already took some of it)
                 self._begin_wsgi(fd, c, q, off, hlen, True)
                 return self._respond(fd, c)
             c.flags |= F_WANT_BODY

@@ -217,6 +217,21 @@ static inline unsigned fc_reap(fc_ring *r)
     return n;
 }
 
+/* 1 when a completion after r->cqes[from] (of the n reaped, or still in the CQ) brings
+   bytes for `ud`: the kernel already took them from the socket. */
+static inline int fc_more_data(fc_ring *r, unsigned from, unsigned n, uint64_t ud)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, i;
+    for (i = from; i < n; i++)
+        if (r->cqes[i].user_data == ud && r->cqes[i].res > 0)
+            return 1;
+    io_uring_for_each_cqe(&r->ring, head, cqe)
+        if (cqe->user_data == ud && cqe->res > 0)
+            return 1;
+    return 0;
+}
+
 static inline char *fc_buf(fc_ring *r, unsigned bid)
 {
     return r->bufs + (size_t)bid * r->bufsize;
@@ -256,6 +271,8 @@ static inline int fc_cancel_fd(fc_ring *r, int fd, uint64_t ud) { (void)r; (void
 static inline int fc_cancel(fc_ring *r, uint64_t t, uint64_t ud) { (void)r; (void)t; (void)ud; return -ENOSYS; }
 static inline int fc_enter(fc_ring *r, int wait_ms) { (void)r; (void)wait_ms; return -ENOSYS; }
 static inline unsigned fc_reap(fc_ring *r) { (void)r; return 0; }
+static inline int fc_more_data(fc_ring *r, unsigned from, unsigned n, uint64_t ud)
+{ (void)r; (void)from; (void)n; (void)ud; return 0; }
 static inline char *fc_buf(fc_ring *r, unsigned bid) { (void)r; (void)bid; return NULL; }
 static inline void fc_buf_put(fc_ring *r, unsigned bid) { (void)r; (void)bid; }
 

@@ -66,6 +66,8 @@ cdef str u_open(Worker w):
         w.uc = NULL
         return f"{stage.decode()}: {os.strerror(-e)}"
     w.u_zombies = 0
+    w.u_at = w.u_n = 0
+    w.u_rest = 0
     w.u_accept_armed = False
     u_listen(w, True)
     fc_poll(w.ring, w.efd, POLLIN, _ud(UD_WAKE, w.efd))
@@ -112,8 +114,11 @@ cdef uint64_t u_round(Worker w) noexcept nogil:
     n = fc_reap(w.ring)
     w.m[I_LOOP_WAITS] += 1
     w.m[I_LOOP_EVENTS] += n
+    w.u_n = n
     for i in range(n):
+        w.u_at = i
         u_complete(w, &w.ring.cqes[i])
+    w.u_n = 0
     return t0
 
 
@@ -254,6 +259,13 @@ cdef inline uint32_t u_unread(Worker w, int fd) noexcept nogil:
     return w.uc[fd].xlen
 
 
+cdef bint u_more_input(Worker w, int fd) noexcept nogil:
+    """Bytes of fd already received but not in its buffer yet (the rest of this receive,
+    the stash, a later completion): what epoll would still find in the socket."""
+    return w.u_rest > 0 or w.uc[fd].xlen > 0 or \
+        fc_more_data(w.ring, w.u_at + 1, w.u_n, _ud(UD_RECV, fd)) != 0
+
+
 cdef void u_feed(Worker w, int fd, Conn *c, UConn *u, const char *data, size_t n) noexcept nogil:
     """Bytes received: into the connection's buffer and through _process, as after a read()."""
     cdef size_t k
@@ -286,7 +298,9 @@ cdef void u_feed(Worker w, int fd, Conn *c, UConn *u, const char *data, size_t n
             return
         if c.tkind == T_IDLE:
             t_clear(w.conns, w.tl, fd)
+        w.u_rest = n
         w._process(fd, c)
+        w.u_rest = 0
         if c.state == S_FREE or c.state == S_LINGER:
             return
 

@@ -35,5 +35,6 @@ cdef extern from "uring.h" nogil:
     int fc_cancel(fc_ring *r, uint64_t target, uint64_t ud)
     int fc_enter(fc_ring *r, int wait_ms)
     unsigned fc_reap(fc_ring *r)
+    int fc_more_data(fc_ring *r, unsigned start, unsigned n, uint64_t ud)
     char *fc_buf(fc_ring *r, unsigned bid)
     void fc_buf_put(fc_ring *r, unsigned bid)
