@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: compile test test-pure test-c bench ceiling capacity-figures vswrk cluster-figures clean debug test-asan testinstalled test-hostile fuzz soak c1m image scaleout
+.PHONY: compile test test-pure test-c bench ceiling capacity-figures vswrk cluster-figures clean debug test-asan testinstalled test-hostile fuzz soak differential fuzz-figures c1m image scaleout
 
 compile:            ## build the extensions in place (src/fastc1k/*.so)
 	$(PY) setup.py build_ext --inplace
@@ -57,8 +57,16 @@ test-hostile:       ## hostile input, parser differential, short fuzz, soak (10 
 fuzz:               ## coverage-guided fuzz of the C parser, instrumented with clang (FUZZ_SECONDS=600)
 	PY=$(PY) sh fuzz/build.sh && PY=$(PY) sh fuzz/run.sh $(FUZZ_SECONDS)
 
-soak:               ## the documented 10-minute soak at 70% of capacity, with churn (C engine)
-	PYTHONPATH=src $(PY) tests/test_soak.py --engine c --duration 600
+SOAK_SECONDS ?= 600
+DIFF_EXAMPLES ?= 100000
+soak:               ## the soak at 70% of capacity, with churn (C engine; SOAK_SECONDS=600): bench/results/soak.* and its README block
+	PYTHONPATH=src:. $(PY) -m bench.hardening soak --seconds $(SOAK_SECONDS)
+
+differential:       ## the parser differential, DIFF_EXAMPLES per test (~20 min at 100000): bench/results/differential.* and its README block
+	PYTHONPATH=src:. $(PY) -m bench.hardening differential --examples $(DIFF_EXAMPLES)
+
+fuzz-figures:       ## atheris on the normal build for FUZZ_SECONDS (no clang needed): bench/results/fuzz.* and its README block
+	PYTHONPATH=src:. $(PY) -m bench.hardening fuzz --seconds $(FUZZ_SECONDS)
 
 c1m:                ## hold 1,000,000 connections, bench/results/c1m.* and the README block (heavy: ~12 GB RAM, a few minutes)
 	PYTHONPATH=src:. $(PY) -m bench.figures c1m

@@ -193,7 +193,8 @@ def test_every_readme_figure_block_has_its_command():
                "capacity": "bench.figures capacity", "vswrk": "bench.figures vswrk",
                "scaleout": "capacity scaleout --readme", "cluster": "bench.cluster", "wsgi": "bench.wsgi_bench",
                "netcost": "capacity netcost --readme", "wsgi-capacity": "bench.wsgi_capacity",
-               "c1m": "bench.figures c1m"}
+               "c1m": "bench.figures c1m", "soak": "bench.hardening soak",
+               "differential": "bench.hardening differential", "fuzz": "bench.hardening fuzz"}
     assert blocks <= set(writers), blocks - set(writers)
     assert {"ceiling", "capacity", "vswrk", "config-table"} <= blocks
     for name in blocks:
@@ -241,3 +242,60 @@ def test_figures_child_cleans_up_after_ctrl_c(tmp_path):
     os.killpg(parent.pid, signal.SIGINT)          # as a terminal's ^C: the whole group
     parent.wait(20)
     assert mark.exists()
+
+
+def test_hardening_blocks_render_from_their_runs_output():
+    """bench.hardening reads the figures from the runs' own output (no figure typed by hand)."""
+    from bench import hardening
+    stats = ("tests/test_differential.py::test_parsers_agree:\n\n  - during reuse phase (0.01 seconds):\n"
+             "    - 3 passing examples, 0 failing examples, 1 invalid example\n"
+             "  - during generate phase (20.5 seconds):\n"
+             "    - 99,997 passing examples, 0 failing examples, 12 invalid examples\n"
+             "  - Stopped because settings.max_examples=100000\n")
+    assert hardening.parse_hypothesis_stats(stats) == {"test_parsers_agree": {
+        "passing": 100000, "failing": 0, "invalid": 13, "stopped_because": "settings.max_examples=100000"}}
+    fz = hardening.parse_libfuzzer("#2048\tpulse  cov: 250 ft: 700 corp: 100/2Kb\n#15802\tDONE   cov: 258 ft: 720 "
+                                   "corp: 120/3Kb lim: 4 exec/s: 2633\nDone 15802 runs in 6 second(s)\n")
+    assert fz == {"runs": 15802, "seconds": 6, "cov": 258, "ft": 720, "corpus": 120}
+    m = {"date_utc": "2026-11-30 22:00:00", "cpu": "cpu", "cores": 2, "kernel": "6", "loadavg": ["1", "2", "3"],
+         "loadavg_end": ["1", "1", "1"]}
+    md = hardening.fuzz_markdown({"name": "fuzz", "command": "make fuzz-figures", "machine": m, "seed": 1,
+                                  "fuzz_command": "python fuzz/fuzz_parser.py", "returncode": 0, "result": fz})
+    assert "| inputs run | 15,802 in 6 s (2,634/s) |" in md and "| none |" in md
+    r = {"engine": "c", "duration": 120.0, "capacity_rps": 50000.0, "rate": 35000.0, "achieved_rps": 34000.0,
+         "requests": 4080000, "error_count": 0, "connects": 700, "p99_us": 2500, "rss_warm": 17 << 20,
+         "rss_end": 17 << 20, "rss_max_growth": 8192, "fds_baseline": 6, "fds_max": 70, "fds_after": 6, "alive": True}
+    md = hardening.soak_markdown({"name": "soak", "command": "make soak", "machine": m, "passed": True,
+                                  "soak_command": "python tests/test_soak.py", "result": r})
+    assert "| **passed** |" in md and "35,000 req/s asked, 34,000 achieved, for 120 s" in md
+    assert "| requests / errors / connections opened | 4,080,000 / 0 / 700 |" in md
+    assert "| **failed**: errors during the soak |" in hardening.soak_markdown(
+        {"name": "soak", "command": "make soak", "machine": m, "passed": False, "failure": "errors during the soak",
+         "soak_command": "x", "result": r})
+
+
+def test_c1m_reports_a_run_that_did_not_hold_every_connection(monkeypatch):
+    """The probe exits 1 when a connection was lost or not answered again: the block says
+    how many were held rather than the run being thrown away."""
+    import json
+    import subprocess
+    from bench import figures
+    res = {"held": 999_990, "target_connections": 1_000_000, "opened": 1_000_000, "failed_open": 0,
+           "lost_during_hold": 4, "failed_verify": 6, "open_seconds": 90.0, "open_rate": 11111.0,
+           "verify_seconds": 40.0, "kernel_bytes_per_conn": 10300.0, "server_rss_bytes_per_conn": 64.0,
+           "server_rss_before": 1 << 30, "server_rss_after": 2 << 30, "client_rss_bytes_per_conn": 256.0,
+           "mem_used_fraction_peak": 0.5, "limits": {"mem_total": 24 << 30}, "stopped_by": "target reached",
+           "next_limit": "fs.file-max", "workers": 56, "clients": 56, "engine": "c",
+           "conntrack": "conntrack: nf_conntrack_max raised 262144 -> 1136966 for the run, then restored"}
+
+    def probe(argv, **kw):
+        with open(argv[argv.index("--json") + 1], "w") as f:
+            json.dump(res, f)
+        return subprocess.CompletedProcess(argv, 1, "connections held 999,990\n", "")
+    saved = {}
+    monkeypatch.setattr(figures, "run_child", probe)
+    monkeypatch.setattr(figures, "_save", lambda name, data, md, readme: saved.update(name=name, md=md))
+    figures.c1m(False, None)
+    assert saved["name"] == "c1m" and "**999,990** of 1,000,000" in saved["md"]
+    assert "| failed / lost while held / second answer failed | 0 / 4 / 6 |" in saved["md"]
+    assert "| conntrack | conntrack: nf_conntrack_max raised 262144 -> 1136966" in saved["md"]
