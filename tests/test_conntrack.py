@@ -100,10 +100,11 @@ def test_the_probe_counts_connections_stuck_in_syn_sent_as_failed(netns, tmp_pat
     _ns(sys.executable, os.path.join(TESTS, "_conntrack.py"), "free", "300")   # room for the probe's own check
     out = tmp_path / "probe.json"
     r = _ns(sys.executable, "-m", "fastc1k.capacity.probe", "--connections", "1500", "--connect-timeout", "2",
-            "--hold", "1", "--quiet", "--json", str(out), timeout=60)
+            "--hold", "1", "--conntrack", "leave", "--quiet", "--json", str(out), timeout=60)
     with open(out) as f:
         res = json.load(f)
     assert res["errors"].get("ETIMEDOUT", 0) >= 1000 and res["failed_open"] >= 1000 and res["held"] <= ROOM, res
     assert res["opened"] + res["failed_open"] == 1500 and res["open_seconds"] < 20, res
     assert res["stopped_by"].startswith("conntrack:"), res["stopped_by"]
     assert "nf_conntrack_max" in res["next_limit"], res["next_limit"]
+    assert res["conntrack"].startswith("conntrack: left as it is (--conntrack leave; tracking active: "), res["conntrack"]

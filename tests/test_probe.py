@@ -3,6 +3,8 @@ connections held, each answered when opened and again after the hold, no errors.
 The full-size run (one million) is documented in the README ("Hardening")."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fastc1k.capacity.probe import ProbeSpec, run_probe, summary
@@ -47,9 +49,9 @@ def test_capacity_cli_hands_the_probe_flag_to_the_probe():
 @pytest.mark.root
 @pytest.mark.timeout(60)
 def test_probe_raises_a_tracked_tables_max_for_the_run_and_restores_it(monkeypatch):
-    """With conntrack tracking the namespace and its table nearly full, the probe raises
-    nf_conntrack_max to hold every connection, restores it after, and says so; with
-    tracking not active it leaves the max alone and says why."""
+    """--conntrack raise: with conntrack tracking the namespace and its table nearly full,
+    the probe raises nf_conntrack_max to hold every connection, restores it after, and says
+    so; with tracking not active it leaves everything alone and says why."""
     from fastc1k.capacity.probe import run as probe_run
     from fastc1k.host import sysctl
     before = sysctl.read_int("net.netfilter.nf_conntrack_max")
@@ -63,19 +65,61 @@ def test_probe_raises_a_tracked_tables_max_for_the_run_and_restores_it(monkeypat
                     "nf_conntrack_max": before, "nf_conntrack_count": before - 100}
         return lim
     spec = ProbeSpec(connections=200, workers=1, clients=1, source_ips=parse_source_ips("127.0.0.2"), hold=0.2,
-                     quiet=True)
+                     quiet=True, conntrack="raise")
     monkeypatch.setattr(probe_run, "host_limits", nearly_full(True, "a rule here needs it: masquerade"))
     res = run_probe(spec)
     assert res.held == 200, summary(res)
     need = before - 100 + 200 + probe_run.CONNTRACK_SPARE
     if "someone set it" in res.conntrack:
         pytest.skip(res.conntrack)      # another run changed the max meanwhile
-    assert res.conntrack.startswith(f"conntrack: nf_conntrack_max raised {before} -> {need} for the run, then "
-                                    "restored (tracking active: a rule here needs it: masquerade"), res.conntrack
+    assert res.conntrack == (f"conntrack: nf_conntrack_max raised {before} -> {need} for the run, then restored "
+                             "(tracking was active: a rule here needs it: masquerade)"), res.conntrack
     assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before
     assert f"conntrack          {res.conntrack}" in summary(res)
-    assert f"nf_conntrack_max {need:,}" in res.next_limit or "nf_conntrack" not in res.next_limit
     monkeypatch.setattr(probe_run, "host_limits", nearly_full(False, "no NAT or ct rule in this namespace"))
     res = run_probe(spec)
-    assert res.conntrack == "conntrack: not raised, not active here (no NAT or ct rule in this namespace)"
+    assert res.conntrack == "conntrack: nothing done, not active here (no NAT or ct rule in this namespace)"
     assert sysctl.read_int("net.netfilter.nf_conntrack_max") == before
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_probe_exempts_its_port_from_tracking_and_removes_the_rule(monkeypatch):
+    """By default, where tracking is active, the server's port is exempted (notrack) for the
+    run: its connections make no entries, conntrack is not named as a limit, and the table
+    of rules is gone afterwards."""
+    import shutil
+    import subprocess
+    from fastc1k.capacity.probe import run as probe_run
+    from fastc1k.host import conntrack
+    if conntrack.read() is None or not shutil.which("nft") or not shutil.which("conntrack"):
+        pytest.skip("needs the conntrack module, nft and conntrack(8)")
+    real = probe_run.host_limits
+    monkeypatch.setattr(probe_run, "host_limits", lambda: {**real(), "conntrack_active": True,
+                                                           "conntrack_why": "a rule here needs it: masquerade"})
+    seen = {}
+    orig = probe_run.snapshot
+
+    def snapshot():   # taken after the clients opened their connections: count the port's entries then
+        if "port" in seen:
+            # established ones: the server's readiness check, before the exemption, is closed by now
+            seen["entries"] = subprocess.run(["conntrack", "-L", "-p", "tcp", "--dport", str(seen["port"]), "--state",
+                                              "ESTABLISHED"], capture_output=True, text=True).stdout.count("dport=")
+        return orig()
+    monkeypatch.setattr(probe_run, "snapshot", snapshot)
+    real_np = conntrack.notrack_port
+
+    def notrack(port):
+        seen["port"] = port
+        return real_np(port)
+    monkeypatch.setattr(probe_run.conntrack, "notrack_port", notrack)
+    res = run_probe(ProbeSpec(connections=200, workers=1, clients=1, source_ips=parse_source_ips("127.0.0.2"),
+                              hold=0.2, quiet=True))
+    assert res.held == 200, summary(res)
+    assert res.conntrack.startswith(f"conntrack: loopback port {seen['port']} exempted from tracking for the run "
+                                    f"(nft table inet fastc1k_notrack_{os.getpid()}, notrack), then removed"), \
+        res.conntrack
+    assert seen["entries"] == 0
+    assert "nf_conntrack" not in res.next_limit
+    assert f"fastc1k_notrack_{os.getpid()}" not in subprocess.run(["nft", "list", "tables"], capture_output=True,
+                                                                  text=True).stdout

@@ -16,6 +16,7 @@ that made them (TIME_WAIT ones for 120 s).
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 
 from . import sysctl
 
-__all__ = ["read", "ruleset_needs_tracking", "active", "fix", "raised_max", "MAX", "COUNT", "STAT"]
+__all__ = ["read", "ruleset_needs_tracking", "active", "fix", "raised_max", "notrack_port", "MAX", "COUNT", "STAT"]
 
 MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 SYSCTL_MAX = "net.netfilter.nf_conntrack_max"
@@ -156,3 +157,46 @@ class raised_max:
                 self.how += " (could not be restored)"
         else:
             self.how += f" (not restored: someone set it to {now} meanwhile)"
+
+
+class notrack_port:
+    """For a run on loopback TCP port `port`: its packets exempted from connection tracking
+    (both directions, in both hooks: loopback packets pass output, then prerouting) by an
+    nft table of the run's own, deleted afterwards. Cheaper than a raised max: no entry
+    per connection, no lookups in an overfull hash. `made` says whether it took; `how`
+    says what was done, for the report."""
+
+    def __init__(self, port: int, table: str | None = None) -> None:
+        self.port = port
+        self.table = table or f"fastc1k_notrack_{os.getpid()}"
+        self.made = False
+        self.how = ""
+
+    def _nft(self, *args: str, stdin: str | None = None) -> tuple[bool, str]:
+        nft = shutil.which("nft")
+        if not nft:
+            return False, "nft is not installed"
+        try:
+            r = subprocess.run([nft, *args], input=stdin, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return False, str(exc)
+        return r.returncode == 0, (r.stderr.strip().splitlines() or [""])[-1]
+
+    def __enter__(self) -> "notrack_port":
+        p = self.port
+        rules = (f"table inet {self.table} {{\n"
+                 f"  chain pre {{ type filter hook prerouting priority raw; iifname \"lo\" tcp dport {p} notrack; "
+                 f"iifname \"lo\" tcp sport {p} notrack; }}\n"
+                 f"  chain out {{ type filter hook output priority raw; oifname \"lo\" tcp dport {p} notrack; "
+                 f"oifname \"lo\" tcp sport {p} notrack; }}\n}}\n")
+        self.made, err = self._nft("-f", "-", stdin=rules)
+        self.how = (f"conntrack: loopback port {p} exempted from tracking for the run (nft table inet {self.table}, "
+                    "notrack), then removed" if self.made else f"conntrack: could not exempt port {p} ({err})")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.made:
+            ok, err = self._nft("delete", "table", "inet", self.table)
+            if not ok:
+                self.how += f" (could not be removed: {err}; nft delete table inet {self.table})"
+

@@ -17,7 +17,7 @@ from typing import Sequence
 from ..._cli import UsageError
 from ...host.net import parse_source_ips
 from ..console import Tool
-from .run import KERNEL_BYTES_PER_PAIR, ProbeSpec, auto_connections, host_limits, run_probe, summary
+from .run import CONNTRACK_WAYS, KERNEL_BYTES_PER_PAIR, ProbeSpec, auto_connections, host_limits, run_probe, summary
 
 __all__ = ["TOOL", "main", "add_arguments"]
 
@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a connection unanswered this long after connect() failed (e.g. stuck in SYN-SENT "
                         "behind a full conntrack table) [10 s]")
     p.add_argument("--max-memory", type=float, default=0.85, help="stop opening past this fraction of RAM [0.85]")
+    p.add_argument("--conntrack", choices=CONNTRACK_WAYS, default="notrack",
+                   help="where conntrack tracks the namespace (a NAT table: any container engine's published port): "
+                        "exempt the server's port for the run (notrack), or raise nf_conntrack_max to hold every "
+                        "connection (raise), both undone afterwards; or leave the host as it is (leave) [notrack]")
     p.add_argument("--plan", action="store_true", help="print the plan and the host's limits, open nothing")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.add_argument("--quiet", action="store_true")
@@ -61,7 +65,7 @@ def run_cli(args: argparse.Namespace) -> int:
     spec = ProbeSpec(source_ips=ips, target=target, server_pids=args.server_pid, engine=args.engine,
                      hold=args.hold, open_timeout=args.open_timeout, in_flight=args.in_flight,
                      connect_timeout=args.connect_timeout,
-                     max_memory=args.max_memory, quiet=args.quiet)
+                     max_memory=args.max_memory, quiet=args.quiet, conntrack=args.conntrack)
     if args.connections == "auto":
         lim = host_limits()
         spec.workers = args.workers or 1 << 20   # let fds of the processes not be the cap...

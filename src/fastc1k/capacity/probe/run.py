@@ -25,8 +25,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ...config import FD_RESERVE
 from ...doctor import KERNEL_BYTES_PER_LOOPBACK_PAIR as KERNEL_BYTES_PER_PAIR
@@ -57,6 +58,7 @@ class ProbeSpec:
     connect_timeout: float = 10.0
     max_memory: float = 0.85           # stop opening past this fraction of RAM in use
     quiet: bool = False
+    conntrack: str = "notrack"         # where tracking is active: exempt the port, or "raise" the max
 
 
 @dataclass
@@ -205,27 +207,46 @@ def _say(spec: ProbeSpec, msg: str) -> None:
 
 
 CONNTRACK_SPARE = 65536   # entries left for the host's other connections while the probe holds its own
+CONNTRACK_WAYS = ("notrack", "raise", "leave")
 
 
 def run_probe(spec: ProbeSpec) -> ProbeResult:
     """The probe. Where conntrack tracks this namespace (a NAT or ct rule: any container
-    engine's published port), nf_conntrack_max would cap the run with silently dropped SYNs:
-    it is raised for the run to hold every connection, and restored afterwards."""
+    engine's published port), every connection costs a table entry and nf_conntrack_max
+    caps them with silently dropped SYNs: the server's port is exempted from tracking for
+    the run (spec.conntrack "notrack"; "raise": nf_conntrack_max raised to hold every
+    connection; "leave": the host as it is), undone afterwards; the result says which."""
     lim = host_limits()
-    if not lim.get("conntrack_active"):
-        res = _run_probe(spec, lim)
-        res.conntrack = f"conntrack: not raised, {'not active' if lim.get('conntrack_active') is False else 'unknown'}" \
-                        f" here ({lim.get('conntrack_why')})"
-        return res
-    with conntrack.raised_max((lim.get("nf_conntrack_count") or 0) + spec.connections + CONNTRACK_SPARE) as ct:
-        lim["nf_conntrack_max"] = max(lim.get("nf_conntrack_max") or 0, ct.set_to or 0)
-        _say(spec, ct.how)
-        res = _run_probe(spec, lim)
-    res.conntrack = f"{ct.how} (tracking active: {lim.get('conntrack_why')}; each connection's entry is in the kernel memory)"
+    done: list[Any] = []
+    with ExitStack() as stack:
+        def untrack(port: int) -> None:
+            if not lim.get("conntrack_active") or spec.conntrack == "leave":
+                return
+            if spec.conntrack == "notrack":
+                ct = stack.enter_context(conntrack.notrack_port(port))
+                done.append(ct)
+                if ct.made:   # nothing of the run is tracked: the table is no limit of it
+                    lim.update(conntrack_active=False, conntrack_why=f"port {port} exempted (notrack)")
+                    _say(spec, ct.how)
+                    return
+            ct = stack.enter_context(conntrack.raised_max((lim.get("nf_conntrack_count") or 0) + spec.connections
+                                                          + CONNTRACK_SPARE))
+            done.append(ct)
+            lim["nf_conntrack_max"] = max(lim.get("nf_conntrack_max") or 0, ct.set_to or 0)
+            _say(spec, ct.how)
+        why = lim.get("conntrack_why")
+        res = _run_probe(spec, lim, untrack)
+    if done:
+        res.conntrack = "; ".join(ct.how for ct in done) + f" (tracking was active: {why})"
+    elif lim.get("conntrack_active"):
+        res.conntrack = f"conntrack: left as it is (--conntrack leave; tracking active: {why})"
+    else:
+        res.conntrack = f"conntrack: nothing done, {'not active' if lim.get('conntrack_active') is False else 'unknown'}" \
+                        f" here ({why})"
     return res
 
 
-def _run_probe(spec: ProbeSpec, lim: dict[str, Any]) -> ProbeResult:
+def _run_probe(spec: ProbeSpec, lim: dict[str, Any], untrack: Callable[[int], None]) -> ProbeResult:
     res = ProbeResult(spec.connections, limits=lim, clients=spec.clients)
     per_client = -(-spec.connections // spec.clients)
     if per_client > lim["nofile_hard"] - FD_RESERVE:
@@ -245,9 +266,11 @@ def _run_probe(spec: ProbeSpec, lim: dict[str, Any]) -> ProbeResult:
         else:
             target, pids = spec.target, list(spec.server_pids)
             res.workers = len(pids)
+        untrack(target[1])
         res.engine = spec.engine or os.environ.get("FASTC1K_ENGINE", "default")
         time.sleep(0.5)
         res.before = snapshot()
+        ct0, net0 = conntrack.read() or {}, proc.netstat()
         res.server_rss_before = proc.rss(pids)
 
         ctx = mp.get_context("fork")
@@ -348,12 +371,19 @@ def _run_probe(spec: ProbeSpec, lim: dict[str, Any]) -> ProbeResult:
                                  f"fs.file-max {lim['file_max']})"
             elif res.opened >= spec.connections:
                 res.stopped_by = "target reached"
-            elif res.errors.get("ETIMEDOUT") and lim.get("conntrack_active"):
-                now = conntrack.read() or {}
-                res.stopped_by = (f"conntrack: {res.errors['ETIMEDOUT']:,} connections unanswered "
-                                  f"{spec.connect_timeout:g} s after connect() (SYNs dropped: table "
-                                  f"{now.get('count', 0):,} of nf_conntrack_max {now.get('max', 0):,}, "
-                                  f"drop counter {now.get('drop', 0):,})")
+            elif res.errors.get("ETIMEDOUT"):
+                # conntrack only with the evidence that it dropped packets during the run
+                now, net = conntrack.read() or {}, proc.netstat()
+                drops = sum(now.get(k, 0) - ct0.get(k, 0) for k in ("drop", "insert_failed"))
+                unanswered = f"{res.errors['ETIMEDOUT']:,} connections unanswered {spec.connect_timeout:g} s after connect()"
+                if lim.get("conntrack_active") and drops > 0:
+                    res.stopped_by = (f"conntrack: {unanswered} (SYNs dropped: {drops:,} conntrack drops and insert "
+                                      f"failures during the run, table {now.get('count', 0):,} of nf_conntrack_max "
+                                      f"{now.get('max', 0):,})")
+                else:
+                    lo = net.get("ListenOverflows", 0) - net0.get("ListenOverflows", 0)
+                    res.stopped_by = (f"timeouts: {unanswered} ({lo:,} listen queue overflows during the run, "
+                                      "host-wide; no conntrack drop)")
             else:
                 res.stopped_by = f"errors: {res.errors}"
         res.next_limit = _next_limit(spec, res, lim)
