@@ -205,11 +205,6 @@ class PodmanReplica(Replica):
         self.cgroup = self.server.cgroup
         return self
 
-    @property
-    def backend(self) -> Backend:
-        assert self.server and self.server.url
-        return Backend(self.name, self.host, int(self.server.url.rsplit(":", 1)[1]))
-
     def pids(self) -> list[int]:
         return self.cgroup.pids() if self.cgroup else []
 
