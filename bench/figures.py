@@ -217,7 +217,7 @@ def vswrk(readme: bool, rounds: int, seconds: int) -> None:
 # --- one million connections -----------------------------------------------------------------
 
 C1M_ARGS = ("--connections 1000000 --workers 56 --clients 56 --source-ips 127.0.0.10-127.0.0.109 "
-            "--hold 30 --engine c")
+            "--hold 30 --verify-timeout 180 --engine c")
 
 
 def c1m_markdown(data: dict[str, Any]) -> str:
@@ -228,7 +228,8 @@ def c1m_markdown(data: dict[str, Any]) -> str:
         ("failed / lost while held / second answer failed",
          f"{r['failed_open']:,} / {r['lost_during_hold']:,} / {r['failed_verify']:,}"),
         ("opening time (rate)", f"{r['open_seconds']:.1f} s ({r['open_rate']:,.0f}/s)"),
-        ("second answers for all", f"{r['verify_seconds']:.1f} s"),
+        ("second answers (the verify phase; its timeout counts the unanswered as failed)",
+         f"{r['verify_seconds']:.1f} s"),
         ("kernel memory per connection (client + server socket: Slab + TCP pages)",
          f"{r['kernel_bytes_per_conn']:,.0f} B"),
         ("server user space per connection (RSS delta of the workers)", f"{r['server_rss_bytes_per_conn']:,.0f} B"),

@@ -123,3 +123,14 @@ def test_probe_exempts_its_port_from_tracking_and_removes_the_rule(monkeypatch):
     assert "nf_conntrack" not in res.next_limit
     assert f"fastc1k_notrack_{os.getpid()}" not in subprocess.run(["nft", "list", "tables"], capture_output=True,
                                                                   text=True).stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_verify_cut_by_its_timeout_counts_the_unanswered_as_failed():
+    """Every opened connection ends as held, lost or failed: the ones a verify timeout cut
+    off are failures, read after the clients counted them (they read 0 before)."""
+    spec = ProbeSpec(connections=4000, workers=1, clients=2, source_ips=parse_source_ips("127.0.0.2-127.0.0.3"),
+                     hold=0.2, verify_timeout=0.001, quiet=True)
+    res = run_probe(spec)
+    assert res.opened == 4000, summary(res)
+    assert res.held < 4000 and res.held + res.lost_during_hold + res.failed_verify == 4000, summary(res)

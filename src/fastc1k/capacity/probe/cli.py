@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("c", "python"), default=None)
     p.add_argument("--hold", type=float, default=5.0, help="seconds to hold before the second answer [5]")
     p.add_argument("--open-timeout", type=float, default=240.0, help="stop opening after this [240 s]")
+    p.add_argument("--verify-timeout", type=float, default=60.0,
+                   help="give up on the second answers after this; the unanswered count as failed [60 s]")
     p.add_argument("--in-flight", type=int, default=256, help="handshakes outstanding per client [256]")
     p.add_argument("--connect-timeout", type=float, default=10.0,
                    help="a connection unanswered this long after connect() failed (e.g. stuck in SYN-SENT "
@@ -63,7 +65,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     per_proc = 18_000   # connections per process, under the usual 20,000-fd limit
     spec = ProbeSpec(source_ips=ips, target=target, server_pids=args.server_pid, engine=args.engine,
-                     hold=args.hold, open_timeout=args.open_timeout, in_flight=args.in_flight,
+                     hold=args.hold, open_timeout=args.open_timeout, verify_timeout=args.verify_timeout,
+                     in_flight=args.in_flight,
                      connect_timeout=args.connect_timeout,
                      max_memory=args.max_memory, quiet=args.quiet, conntrack=args.conntrack)
     if args.connections == "auto":

@@ -228,7 +228,9 @@ def client_process(idx: int, n: int, ips: list[str], target: tuple[str, int], in
                     counters[base + C_VERIFY_FAILED] += 1
             counters[base + C_VERIFIED] = verified
         counters[base + C_VERIFY_FAILED] += len(waiting)  # no answer before the controller gave up
-        counters[base + C_DONE] = 2
+    else:   # the controller gave up before this process began to verify: none answered again
+        counters[base + C_VERIFY_FAILED] += len(held)
+    counters[base + C_DONE] = 2
     while phase.value != CLOSE:
         time.sleep(0.05)
     for s in socks.values():
