@@ -93,6 +93,20 @@ def test_ceiling_report_end_to_end(tmp_path):
     assert png is not None and png.stat().st_size > 1000
 
 
+def test_ceiling_says_how_much_of_its_quota_the_server_used():
+    """req/s under the quota is the server's capacity only if it used its 0.5 cores: the table
+    gives the cores beside it (the 19:17 run's 42,812 req/s came at 0.24 cores: wrk-bound)."""
+    def run(cpu_us, rps):
+        return {"cpu_us": cpu_us, "rps": rps, "sys_us": cpu_us * 0.9, "errors": {}}
+    out = ceiling.summarize(workloads.WORKLOADS["quota-c1000"], [{"c": run(5.7, 42812.0)}, {"c": run(5.0, 99740.0)},
+                                                                   {"c": run(6.0, 40000.0)}])
+    assert out["summary"]["c"]["cores"] == pytest.approx(0.24, abs=0.005)
+    md = ceiling.markdown({"machine": {"date_utc": "d", "cpu": "c", "cores": 2, "kernel": "k", "loadavg": ["1"]},
+                           "rounds": 3, "round_s": 4, "quota": "0.5", "workloads": {"quota-c1000": out},
+                           "syscalls": {}, "memory": {}, "skipped": {}})
+    assert "| req/s (server cores) |" in md and "| 42,812 (0.24) |" in md
+
+
 def test_backend_verdict_says_by_how_much_and_where():
     def summ(cpu, sys_us, vs_c=None, vs_floor=None):
         d = {"cpu_us": cpu, "sys_us": sys_us, "user_us": cpu - sys_us}
