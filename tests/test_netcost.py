@@ -58,6 +58,16 @@ def test_compare_uses_the_largest_stage_every_variant_held():
     assert "Monitor gaps: podman --network host: no sample for 71.3 s (t=2.0 to 73.3 s)." in md
 
 
+def test_a_starved_load_generator_is_a_row_of_the_table():
+    """A load process waiting for a CPU caps what the run could see: the table shows how much,
+    per variant, so a breaking point that came from the host is not read as the container's."""
+    reps = {"podman -p": report(200, 0.5, 1.8, 4000), "kernel parts": report(10**9, 0.5, 1.0, 5000, runtime="kernel")}
+    reps["podman -p"]["phases"]["stages"]["load_summary"] = {"client_cpu_wait_per_process": [0.05, 0.41]}
+    reps["podman -p"]["phases"]["ramp"]["load_summary"] = {"client_cpu_wait_per_process": [0.2]}
+    md = N.markdown({**N.compare(reps), "date": "", "host": "", "image": "", "command": ""})
+    assert "| load generator's most time waiting for a CPU (share of a phase) | 41% | - |" in md
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--variants", "podman -p,docker"], "--variants: choose from"),
     (["--bogus"], "unrecognized arguments"),

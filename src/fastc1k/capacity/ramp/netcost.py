@@ -90,6 +90,10 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "oom_kills": report.get("oom_kills"),
         "aborted": report.get("aborted"),
         "load_average": round(((report.get("host") or {}).get("loadavg") or [0])[0], 1),
+        # a starved load generator caps what the run could see (load.farm's wait figure)
+        "generator_wait": max((w for p in ph.values() if isinstance(p, dict)
+                               for w in (p.get("load_summary") or {}).get("client_cpu_wait_per_process") or []),
+                              default=None),
         # the monitor's own gaps (capacity.monitor): why a CPU cell can be "-"
         "monitor_gaps": [n.split(": ", 1)[1].split("):")[0] + ")" for n in report.get("notes") or []
                          if n.startswith("monitor: no sample for")],
@@ -149,6 +153,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{v[n]['bottleneck'] or '-'}" + (f" at {v[n]['bottleneck_clients']:,}" if v[n].get("bottleneck_clients") else "")
         for n in names) + " |")
     row("recovery after a 2x blast", "recovery")
+    lines.append("| load generator's most time waiting for a CPU (share of a phase) | "
+                 + " | ".join("-" if v[n].get("generator_wait") is None else f"{v[n]['generator_wait']:.0%}"
+                              for n in names) + " |")
     lines.append("| machine's load average at the start (other work) | "
                  + " | ".join(f"{v[n]['load_average']:.1f}" for n in names) + " |")
     lines += ["", f"Image {result['image']}; limits applied: "
