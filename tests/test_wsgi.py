@@ -349,6 +349,17 @@ def test_pipelined_requests_around_a_stream_keep_order(wsgi_server, data_file):
                                    open(wsgi_apps.FILE_PATH, "rb").read(), b"hello world"]
 
 
+def test_slow_app_responses_keep_order_and_close(wsgi_server):
+    srv = wsgi_server(validate=False)
+    with H11(srv.address) as c:
+        for _ in range(3):
+            assert c.request("GET", "/slow")[2] == b"slow"
+    req = b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /slow-gen HTTP/1.1\r\nHost: t\r\n\r\n" \
+          b"GET /list HTTP/1.1\r\nHost: t\r\n\r\nGET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    got = split_responses(raw(srv, req))
+    assert got == [(200, b"slow"), (200, b"slow stream"), (200, b"hello world"), (200, b"slow")]
+
+
 # --- errors ----------------------------------------------------------------------------------
 def _errors_logged(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "fastc1k"]

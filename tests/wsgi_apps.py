@@ -61,6 +61,11 @@ def plain(environ, start_response):
                "iter": list(inp)}
         inp.close()
         return _json(start_response, out)
+    if path.startswith("/slow"):  # a slow app (C engine: its response waits for the next round)
+        import time
+        time.sleep(0.002)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"slow"] if path == "/slow" else Closing(path, [b"slow ", b"stream"])
     if path == "/list":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"hello ", b"world"]

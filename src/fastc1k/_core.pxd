@@ -65,6 +65,7 @@ cdef class Worker:
         size_t out_total
         size_t arena_used
         bint has_refs
+        bint defer              # the output queued is a slow WSGI response's: sent next round (_flush)
         char arena[ARENA_CAP]
         epoll_event events[MAX_EVENTS]
         # the io_uring backend (core/uring.pxi); NULL with epoll

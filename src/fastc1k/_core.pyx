@@ -1087,6 +1087,7 @@ cdef class Worker:
         cdef bytes b, head = None
         cdef _StartResponse sr
         cdef int i, niov0
+        cdef uint64_t t0 = 0
         cdef size_t size0, n, k
         cdef char *p
         if self.draining:
@@ -1110,6 +1111,7 @@ cdef class Worker:
             sr.head_only, sr.v11, sr.keep_alive = head_only, not (c.flags & F_V10), keep
             clean = type(sr.inp) is not _ContinueInput  # else a body may still come: linger on it
             result = it = None
+            t0 = _clock_ns(CLOCK_MONOTONIC)
             try:
                 result = self.wsgi_app(env, sr)
                 if sr.ex is None and sr.hit is not None and type(sr.inp) is not _ContinueInput:
@@ -1182,6 +1184,8 @@ cdef class Worker:
             self._refs.append(head)
             self._refs.append(pieces)
         self.m[self.status_ctr[status] if 0 <= status < 600 else I_RESP_OTHER] += 1
+        if _clock_ns(CLOCK_MONOTONIC) - t0 >= WSGI_SLOW_NS:
+            self.defer = True  # (_flush)
         if not done:
             self._streams[fd] = ex
             c.flags |= F_STREAM
@@ -1281,6 +1285,8 @@ cdef class Worker:
         cdef size_t left, k, off, old
         cdef int i
         cdef char *p
+        cdef bint defer = self.defer
+        self.defer = False
         if self.uring:
             return u_flush(self, fd, c)
         if self.niov == 0:
@@ -1310,7 +1316,12 @@ cdef class Worker:
             self.out_total = 0
             self.arena_used = 0
             return 1
-        if self.niov == 1:  # send: no iovec to import, no VFS layer
+        if defer:
+            # a slow app's response: not sent now but on EPOLLOUT, with the other responses of
+            # the next round (as bjoern's write watcher does): while the client waits between
+            # slow responses, each lone send would pay its wake-up in our kernel time
+            w = 0
+        elif self.niov == 1:  # send: no iovec to import, no VFS layer
             w = send(fd, self.iov[0].iov_base, self.iov[0].iov_len, MSG_NOSIGNAL)
         else:
             w = writev(fd, self.iov, self.niov)

@@ -6,6 +6,7 @@ cdef enum:
     IOV_CAP = 256               # iovecs per writev (16 pipelined responses x 4 pieces, and more)
     ARENA_CAP = 32768           # per-writev scratch for dynamic pieces (/api/data)
     WSGI_COALESCE = 2048        # a WSGI response up to this size is copied into the arena: one piece
+    WSGI_SLOW_NS = 20000        # an app call this long: its response waits for the round's others (_flush)
     SCRATCH_SIZE = 65536        # lingering-close discard buffer
     MAX_WAIT_MS = 50            # the loop wakes at least this often (signals, timers)
     LINGER_MS = 1000            # read-and-discard window after an error response
