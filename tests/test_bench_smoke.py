@@ -225,14 +225,23 @@ def test_wsgi_bench_end_to_end_on_two_servers(tmp_path):
                   None)
     if anchor is None:
         pytest.skip("no WSGI anchor server installed")
-    assert wsgi_bench.main(["--servers", f"c,{anchor}", "--apps", "hello", "--rounds", "1", "--duration", "1",
+    uring = not wsgi_bench.spec("c-uring", "hello").unavailable()
+    servers = f"c,c-uring,{anchor}" if uring else f"c,{anchor}"
+    assert wsgi_bench.main(["--servers", servers, "--apps", "hello", "--rounds", "1", "--duration", "1",
                             "--idle", "200", "--out", str(tmp_path), "--no-readme"]) == 0
     md = (tmp_path / "wsgi.md").read_text()
     assert "hello: C engine CPU per request × the best other server" in md
+    # the goal line says, per backend, met or not against the best non-fastc1k server
+    goal = next(line for line in md.splitlines() if line.startswith("Goal hello ≤ 0.8 × the best other ("))
+    assert "the default backend (epoll) " in goal and ("met" in goal.split(";")[0])
+    if uring:
+        assert "| fastc1k C engine, io_uring |" in md and "; io_uring " in goal and "not measured" not in goal
     import json
     report = json.loads((tmp_path / "wsgi.json").read_text())
     hello = report["apps"]["hello"]["summary"]
     assert hello["c"]["cpu_us"] > 0 and hello[anchor]["vs_best"][0] == 1.0
+    if uring:
+        assert hello["c-uring"]["cpu_us"] > 0 and hello["c-uring"]["vs_best"][0] > 0
     assert report["apps"]["hello"]["memory"]["c"]["answered"] == 200
 
 
