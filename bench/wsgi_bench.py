@@ -38,7 +38,8 @@ COMMAND = "PYTHONPATH=src python -m bench.wsgi_bench"
 APPS = ("hello", "flask_app")
 WSGI_SERVERS = ("c", "c-uring", "python", "gunicorn", "granian", "fastpysgi", "waitress", "bjoern")
 OURS = ("c", "c-uring", "python")
-LABELS = {"c": "fastc1k C engine, epoll (default)", "c-uring": "fastc1k C engine, io_uring", "python": "fastc1k pure Python", "gunicorn": "gunicorn (sync)",
+LABELS = {"c": "fastc1k C engine, epoll (default)", "c-uring": "fastc1k C engine, io_uring",
+          "python": "fastc1k pure Python", "gunicorn": "gunicorn (sync)",
           "granian": "granian (wsgi)", "fastpysgi": "fastpysgi", "waitress": "waitress", "bjoern": "bjoern"}
 WORKLOAD = workloads.Workload("wsgi-c100", "WSGI, keep-alive c=100, 0.5-CPU quota", connections=100)
 # servers the idle-memory figure does not apply to, and why
