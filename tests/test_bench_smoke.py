@@ -252,9 +252,12 @@ def test_figures_child_cleans_up_after_ctrl_c(tmp_path):
     import subprocess
     import time
     mark = tmp_path / "cleaned"
-    child = (f"import time\ntry:\n    open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(30)\n"
+    # both take ^C as a terminal's processes do, whatever this run inherited (a run started in
+    # the background, as a CI job can be, inherits SIGINT ignored, and Python keeps it so)
+    sigint = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    child = (f"{sigint}import time\ntry:\n    open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(30)\n"
              f"except KeyboardInterrupt:\n    time.sleep(1.0); open({str(mark)!r}, 'w').close()\n")
-    parent = subprocess.Popen([sys.executable, "-c", "import sys; from bench.figures import run_child; "
+    parent = subprocess.Popen([sys.executable, "-c", f"{sigint}import sys; from bench.figures import run_child; "
                                f"run_child([sys.executable, '-c', {child!r}])"],
                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), start_new_session=True,
