@@ -3,7 +3,8 @@
 that the next connections find it full: assured entries are never early-dropped, so a new
 connection past nf_conntrack_max is refused ("table full, dropping packet") and its SYN
 vanishes. Run inside a namespace the test owns: `python tests/_conntrack.py fill N`
-(`free N` deletes the first N again, to make room for N connections).
+(`room N` inserts or deletes entries until exactly N connections fit: other entries, such
+as an earlier test's TIME_WAIT ones, expire on their own clock).
 The entries (10.200.0.0/13 -> 10.199.0.1:80, never routed) go with the namespace."""
 import socket
 import struct
@@ -45,15 +46,15 @@ def message(seq, src, dst, sport, dport, timeout, delete=False):
     return hdr + body
 
 
-def fill(n, timeout=600, batch=256, delete=False):
-    """Insert n entries (delete=True: remove the first n inserted); (sent, {errno: failures})."""
+def fill(n, timeout=600, batch=256, delete=False, start=0):
+    """Insert n entries from index start (delete=True: remove them); (sent, {errno: failures})."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     s.bind((0, 0))
     s.setblocking(False)
     failed = {}
     sent = 0
-    i = 0
+    i = start
     while sent < n:
         buf = b""
         for _ in range(min(batch, n - sent)):
@@ -86,6 +87,29 @@ def _drain(s, failed):
                     failed[err] = failed.get(err, 0) + 1
             off += (ln + 3) & ~3
 
+def _sysctl(name):
+    with open(f"/proc/sys/net/netfilter/{name}") as f:
+        return int(f.read())
+
+
+def room(n):
+    """Insert or delete this script's entries until the table has room for exactly n more;
+    an index already present (insert) or already gone (delete) fails and the next is tried."""
+    index = {False: 1 << 20, True: 0}          # inserts above fill()'s indices, deletes from its first
+    for _ in range(100):
+        change = _sysctl("nf_conntrack_count") - (_sysctl("nf_conntrack_max") - n)
+        if change == 0:
+            return
+        delete = change > 0
+        _, failed = fill(abs(change), delete=delete, start=index[delete])
+        index[delete] += abs(change)
+    raise SystemExit(f"could not bring the table to room for {n}: count {_sysctl('nf_conntrack_count')}")
+
+
 if __name__ == "__main__":
-    sent, failed = fill(int(sys.argv[2]), delete=sys.argv[1] == "free")
-    print(sent, sum(failed.values()))
+    if sys.argv[1] == "room":
+        room(int(sys.argv[2]))
+        print(_sysctl("nf_conntrack_max") - _sysctl("nf_conntrack_count"))
+    else:
+        sent, failed = fill(int(sys.argv[2]))
+        print(sent, sum(failed.values()))
