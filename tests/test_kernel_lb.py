@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from fastc1k.capacity.scaleout import kernel_lb as K
-from fastc1k.host import net, sysctl
+from fastc1k.host import conntrack, net, sysctl
 from fastc1k.capacity.scaleout.health import HealthChecker, ProbeSpec, probe_once
 from fastc1k.serve import parse_metrics
 
@@ -202,13 +202,20 @@ def test_two_replicas_share_the_connections_then_a_silent_one_leaves_the_rules_a
 @needs_root
 def test_conntrack_max_is_raised_for_the_run_and_restored():
     c = K.Conntrack("unused")
-    got = c.size(sysctl.read_int(K.CONNTRACK_MAX) + 1)
+    got = c.size(sysctl.read_int(conntrack.SYSCTL_MAX) + 1)
     try:
-        assert got["changed"] and sysctl.read_int(K.CONNTRACK_MAX) == got["before"] + 1
+        assert got["changed"] and sysctl.read_int(conntrack.SYSCTL_MAX) == got["before"] + 1
     finally:
         assert c.restore() is None
-    assert sysctl.read_int(K.CONNTRACK_MAX) == got["before"]
+    assert sysctl.read_int(conntrack.SYSCTL_MAX) == got["before"]
     assert not c.size(1)["changed"]   # never lowered unless asked to
+    got = c.size(got["before"] - 1, exact=True)   # unless asked to
+    try:
+        assert got["changed"] and sysctl.read_int(conntrack.SYSCTL_MAX) == got["before"] - 1
+        sysctl.write(conntrack.SYSCTL_MAX, str(got["before"] - 2))   # someone else's value stays
+        assert c.restore() == f"nf_conntrack_max is {got['before'] - 2}, not the {got['before'] - 1} this run set: left as it is"
+    finally:
+        sysctl.write(conntrack.SYSCTL_MAX, str(got["before"]))
 
 
 @needs_root

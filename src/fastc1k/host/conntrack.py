@@ -121,42 +121,53 @@ def fix(port: int | None = None) -> str:
 
 class raised_max:
     """For a run that opens `need` tracked connections: nf_conntrack_max raised to at least
-    `need` (from the initial namespace; restored after, unless someone else changed it
-    meanwhile); `how` says what was done, for the report."""
+    `need` (exact: set to `need`, even lower), from the initial namespace, and put back
+    after unless someone else changed it meanwhile. `how` says what was done, for the
+    report; `error` is set when the value could not be written, `note` when it was not
+    restored."""
 
-    def __init__(self, need: int) -> None:
-        self.need = need
+    def __init__(self, need: int, exact: bool = False) -> None:
+        self.need, self.exact = need, exact
         self.old: int | None = None
         self.set_to: int | None = None
         self.how = ""
+        self.error: str | None = None
+        self.note: str | None = None
 
     def __enter__(self) -> "raised_max":
         self.old = sysctl.read_int(SYSCTL_MAX)
         if self.old is None:
-            self.how = "conntrack: no nf_conntrack_max on this host (the module is not loaded)"
-        elif self.old >= self.need:
+            self.error = "no nf_conntrack_max on this host (the module is not loaded)"
+            self.how = f"conntrack: {self.error}"
+            return self
+        target = self.need if self.exact else max(self.need, self.old)
+        if target == self.old:
             self.how = f"conntrack: nf_conntrack_max {self.old} already covers {self.need} connections"
-        else:
-            try:
-                sysctl.write(SYSCTL_MAX, str(self.need))
-                self.set_to = self.need
-                self.how = f"conntrack: nf_conntrack_max raised {self.old} -> {self.need} for the run, then restored"
-            except OSError as exc:
-                self.how = (f"conntrack: nf_conntrack_max {self.old} could not be raised ({exc.strerror or exc}): "
-                            f"past {self.old} tracked connections SYNs are dropped")
+            return self
+        try:
+            sysctl.write(SYSCTL_MAX, str(target))
+            self.set_to = target
+            self.how = (f"conntrack: nf_conntrack_max {'raised' if target > self.old else 'set'} {self.old} -> "
+                        f"{target} for the run, then restored")
+        except OSError as exc:
+            self.error = f"nf_conntrack_max {self.old} could not be set to {target} ({exc.strerror or exc})"
+            self.how = f"conntrack: {self.error}: past {self.old} tracked connections SYNs are dropped"
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.set_to is None:
             return
         now = sysctl.read_int(SYSCTL_MAX)
-        if now == self.set_to:
+        if now != self.set_to:
+            self.note = f"nf_conntrack_max is {now}, not the {self.set_to} this run set: left as it is"
+        else:
             try:
                 sysctl.write(SYSCTL_MAX, str(self.old))
-            except OSError:
-                self.how += " (could not be restored)"
-        else:
-            self.how += f" (not restored: someone set it to {now} meanwhile)"
+            except OSError as exc:
+                self.note = f"nf_conntrack_max not restored to {self.old}: {exc.strerror or exc}"
+        if self.note:
+            self.how += f" (not restored: {self.note})"
+        self.set_to = None
 
 
 class notrack_port:

@@ -339,25 +339,15 @@ def _gotos(obj: Any) -> list[str]:
 
 # --------------------------------------------------------------------------- conntrack
 
-CONNTRACK_MAX = "net.netfilter.nf_conntrack_max"
-
-
-def _conntrack_max() -> int:
-    mx = sysctl.read_int(CONNTRACK_MAX)
-    if mx is None:
-        raise OSError(f"no {CONNTRACK_MAX}: the nf_conntrack module is not loaded")
-    return mx
-
-
 class Conntrack:
     """The node's connection table: nf_conntrack_max (one value for the whole host; the
-    count is per namespace) raised to what the run needs and restored afterwards, and
-    the node's count and drop counters, read from a thread inside the node."""
+    count is per namespace) sized for the run and restored afterwards (host.conntrack's
+    raised_max does both), and the node's count and drop counters, read from a thread
+    inside the node."""
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self.before: int | None = None
-        self.set_to: int | None = None
+        self._max: conntrack.raised_max | None = None
 
     @staticmethod
     def needed(max_clients: int) -> int:
@@ -367,29 +357,22 @@ class Conntrack:
 
     def size(self, want: int, exact: bool = False) -> dict[str, Any]:
         """Raises the host's nf_conntrack_max to `want` (or sets it to exactly `want`);
-        never lowers it unless asked to."""
-        self.before = _conntrack_max()
-        target = want if exact else max(want, self.before)
-        if target != self.before:
-            sysctl.write(CONNTRACK_MAX, str(target))
-            self.set_to = target
-        return {"before": self.before, "max": target, "wanted": want, "changed": target != self.before}
+        never lowers it unless asked to. OSError when it cannot."""
+        m = conntrack.raised_max(want, exact).__enter__()
+        if m.error:
+            raise OSError(m.error)
+        self._max = m
+        target = m.set_to if m.set_to is not None else m.old
+        return {"before": m.old, "max": target, "wanted": want, "changed": m.set_to is not None}
 
     def restore(self) -> str | None:
         """Puts back the value found, unless someone else changed it meanwhile (theirs
         stays); returns a note when it did not restore."""
-        if self.set_to is None or self.before is None:
+        m, self._max = self._max, None
+        if m is None:
             return None
-        try:
-            now = _conntrack_max()
-            if now != self.set_to:
-                return f"nf_conntrack_max is {now}, not the {self.set_to} this run set: left as it is"
-            sysctl.write(CONNTRACK_MAX, str(self.before))
-        except OSError as exc:
-            return f"nf_conntrack_max not restored to {self.before}: {exc}"
-        finally:
-            self.set_to = None
-        return None
+        m.__exit__(None, None, None)
+        return m.note
 
     @staticmethod
     def read_here() -> dict[str, int]:
