@@ -32,7 +32,8 @@ for _e in ENGINES:
     if _e not in ("python", "c", "c-uring"):
         raise pytest.UsageError(f"FASTC1K_TEST_ENGINES must list python, c and/or c-uring, got {_e!r}")
 # The suites of the HTTP behaviour and of hostile input, which also run on the io_uring backend.
-URING_SUITES = ("test_conformance", "test_bodies", "test_limits", "test_hostile", "test_robustness", "test_wsgi")
+URING_SUITES = ("test_conformance", "test_bodies", "test_limits", "test_hostile", "test_robustness", "test_wsgi",
+               "test_wsgi_write")
 
 
 def engine_and_backend(mode: str) -> tuple[str, str]:

@@ -9,6 +9,12 @@ import sys
 
 CLOSED: list[str] = []   # paths whose iterable's close() was called (in-process servers)
 BIG = b"z" * 65536       # one block, yielded again and again: a stream that costs no memory
+WRITE_ERRORS: list[OSError] = []  # what write() raised in /write-stream (in-process servers)
+
+
+def numbered(i: int) -> bytes:
+    """Block i of a numbered stream: 64 KiB that say their place (order is checkable)."""
+    return b"%07d\n" % i * 8192
 
 
 class Closing:
@@ -84,6 +90,21 @@ def plain(environ, start_response):
         for _ in range(32):
             write(BIG)
         return []
+    if path == "/write-stream":  # ?n=<64 KiB blocks through write()>&num&cl&tail=<items returned after>
+        q = dict(p.partition("=")[::2] for p in environ["QUERY_STRING"].split("&") if p)
+        n, tail = int(q.get("n", "1")), int(q.get("tail") or "0")
+        items = [b"tail-%d " % i for i in range(tail)] if tail < 100 else [BIG] * tail
+        headers = [("Content-Type", "application/octet-stream")]
+        if "cl" in q:
+            headers.append(("Content-Length", str(n * len(BIG) + sum(map(len, items)))))
+        write = start_response("200 OK", headers)
+        try:
+            for i in range(n):
+                write(numbered(i) if "num" in q else BIG)
+        except OSError as exc:
+            WRITE_ERRORS.append(exc)
+            raise
+        return Closing(path, items)
     if path == "/exc-info":
         try:
             raise ValueError("before any body")

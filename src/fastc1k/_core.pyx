@@ -1109,6 +1109,7 @@ cdef class Worker:
             sr = _StartResponse.__new__(_StartResponse)
             sr.app, sr.env, sr.inp = self.wsgi_app, env, inp
             sr.head_only, sr.v11, sr.keep_alive = head_only, not (c.flags & F_V10), keep
+            sr.w, sr.fd = self, fd
             clean = type(sr.inp) is not _ContinueInput  # else a body may still come: linger on it
             result = it = None
             t0 = _clock_ns(CLOCK_MONOTONIC)
@@ -1147,6 +1148,19 @@ cdef class Worker:
             wsgi.log.exception("WSGI request failed; answering 500")
             ok = False
             status = 500
+        if ex is not None and ex.sent:  # write() sent the head and the body so far itself
+            if not ok:  # no answer can follow
+                self._close(fd, c)
+                return -1
+            self.m[self.status_ctr[status] if 0 <= status < 600 else I_RESP_OTHER] += 1
+            if not keep:
+                c.flags &= ~F_KEEP
+            if not done:  # the rest streams
+                self._streams[fd] = ex
+                c.flags |= F_STREAM
+            if not (c.flags & F_KEEP):
+                c.flags |= F_CLOSING | (F_CLEAN_CLOSE if clean else 0)
+            return 0
         if not ok:
             if status == 500:
                 self.m[I_HANDLER_ERRORS] += 1
@@ -1197,6 +1211,33 @@ cdef class Worker:
                 self._refs.clear()
             return -1 if rc < 0 else 0
         return 0
+
+    def _wsgi_out(self, int fd):
+        """wsgi.Exchange.flow's hook: write() sends on fd itself from now on; this connection's
+        queued output (earlier pipelined responses) is handed to it, in order, and dropped here
+        (the iovec holds only fd's pieces: _process starts it empty and serves one connection).
+        None while an io_uring send of it is in flight (the kernel holds that output).
+        (_process never calls an app while fd has output in flight; kept for safety.)"""
+        cdef Conn *c = &self.conns[fd]
+        cdef size_t total
+        cdef int i
+        if self.uring and c.out_len:
+            return None
+        parts = [PyBytes_FromStringAndSize(c.out, c.out_len)] if c.out_len else []
+        for i in range(self.niov):
+            parts.append(PyBytes_FromStringAndSize(<char *>self.iov[i].iov_base, self.iov[i].iov_len))
+        self.niov = 0
+        self.out_total = self.arena_used = 0
+        if c.out_len:
+            if c.flags & F_OUT_OWNED:
+                memcpy(&total, c.out + c.out_len, sizeof(size_t))
+                free(c.out + c.out_len - total)
+                c.flags &= ~F_OUT_OWNED
+            c.out = NULL
+            c.out_len = 0
+            self._interest(fd, c, False)
+            t_clear(self.conns, self.tl, fd)
+        return b"".join(parts), PyBytes_FromStringAndSize(self.date, DATE_LEN)
 
     cdef int _pump(self, int fd, Conn *c) noexcept with gil:
         """Stream more of fd's WSGI response. 0 done, 1 the socket is full (EPOLLOUT armed),

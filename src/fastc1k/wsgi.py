@@ -1,4 +1,6 @@
 """WSGI (PEP 3333) for both engines: the environ, start_response, framing and streaming.
+(Over 700 lines: every rule both engines share is here, in one place, as the C engine's
+fast paths defer to it.)
 
 The engines parse a request as for any route and read its body (up to max_body, before
 the call; larger ones get 413 from the parser) - except a request that says `Expect:
@@ -21,6 +23,15 @@ Then one Exchange per request:
           sits in memory: at most one item and its unsent tail.
   close() calls the iterable's close(), once, whatever happened (engines call it when
           the connection closes early too).
+  flow(fd, out, timeout, ...)  lets write() send itself (flow control, below).
+
+write(): PEP 3333 has it return once its data is sent or buffered for sending. Up to
+WRITE_BUFFER bytes are held (they go out with the head, the whole response at once); past that, write() sends
+the head and what it holds on the socket itself, waiting (poll) for room up to send_timeout
+without progress - the worker is busy in this app call anyway (one call at a time per worker,
+as bjoern's) - so a 1 GiB body written in pieces never sits in memory. A client that stops
+reading (TimeoutError) or leaves (BrokenPipeError, ConnectionResetError) makes write() raise
+in the app, and the engine closes the connection (`sent`: the head is out, no 500 can follow).
 
 Framing: the app's Content-Length if it gave one (a body that falls short closes the
 connection; excess is cut); else Content-Length when the whole body is known at commit
@@ -30,6 +41,7 @@ status or headers, or a malformed status line are the app's errors: 500.
 """
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -55,7 +67,10 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # CTLs except HTAB (RF
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 SENDFILE_MAX = 1 << 30
 WHOLE_EXTRA = 4  # items taken past the first body byte to find the end of a Content-Length body
-WRITE_MAX = 64 << 20  # bytes write() may hold unsent (it is buffered); past it the app gets an AppError
+WRITE_BUFFER = 256 << 10  # write(): bytes held before they are sent synchronously (Exchange.flow)
+# write() when it cannot send itself (no flow(); the engine's send of the connection in flight, as
+# io_uring's may be; called from the iterable after run()): bytes it may hold unsent, past it AppError
+WRITE_MAX = 64 << 20
 
 
 class BodyTooLarge(Exception):
@@ -400,6 +415,13 @@ class Exchange:
     written: list[bytes] = []
     held = 0                      # bytes write() buffered (at least those still unsent)
     closed = False
+    out: Callable | None = None   # flow(): the engine's hook; None: write() only buffers
+    fd = -1                       # flow(): the connection, its send_timeout and bytes counter
+    timeout = 0.0
+    counters: Any = None
+    index = 0
+    sent = False                  # write() sent the head itself: the engine sends no head
+    broken: OSError | None = None  # what write()'s own send met (the client stopped reading or left)
 
     def __init__(self, app: Callable, environ: dict, head_only: bool, v11: bool, keep_alive: bool) -> None:
         self.app = app
@@ -423,26 +445,94 @@ class Exchange:
         return self.write
 
     def write(self, data: bytes) -> None:
-        """The legacy write(): buffered in order before the iterable's items (PEP 3333 lets a
-        server buffer it); it commits the headers like a body chunk does. Buffered, so bounded:
-        more than WRITE_MAX bytes held unsent raise AppError in the app (a 500 before the head
-        went out; else the connection closes). A large body streams as an iterable instead."""
+        """The legacy write(): its data goes out in order before the iterable's items; it
+        commits the headers like a body chunk does. Held up to WRITE_BUFFER bytes, then sent
+        synchronously (see the module docstring); without flow() bounded by WRITE_MAX (AppError:
+        a 500 before the head went out; else the connection closes)."""
         if self.prefix is None:
             raise AppError("write() before start_response")
         if type(data) is not bytes:
             raise AppError(f"write() takes bytes, got {type(data).__name__}")
-        if data:
-            self.committed = True
-            self.held += len(data)
-            if self.held > WRITE_MAX:  # (after run() the pump sends some: count what is left)
-                self.held = sum(map(len, self.pending if self.head else self.written)) + len(data)
-                if self.held > WRITE_MAX:
-                    raise AppError(f"write() would hold {self.held} bytes unsent, over fastc1k.wsgi.WRITE_MAX "
-                                   f"({WRITE_MAX}): return an iterable to stream a large body")
-            if self.head:  # after run(): goes out with the iterable's items
-                self._pending().extend(self._frame(data))
-            else:
-                self.written = self.written + [data]
+        if not data:
+            return
+        self.committed = True
+        self.held += len(data)
+        if self.sent:
+            if self.done:  # HEAD, 204, 304: no body
+                self.held = 0
+                return
+            self._pending().extend(self._frame(data))
+            if self.held >= WRITE_BUFFER:
+                self._send_now()
+            return
+        if self.held > WRITE_MAX:  # (after run() the pump sends some: count what is left)
+            self.held = sum(map(len, self.pending if self.head else self.written)) + len(data)
+            if self.held > WRITE_MAX:
+                raise AppError(f"write() would hold {self.held} bytes unsent, over fastc1k.wsgi.WRITE_MAX "
+                               f"({WRITE_MAX}): return an iterable to stream a large body")
+        if self.head:  # after run(): goes out with the iterable's items
+            self._pending().extend(self._frame(data))
+            return
+        if "written" in self.__dict__:
+            self.written.append(data)
+        else:
+            self.written = [data]  # (the class's empty default is shared)
+        if self.held >= WRITE_BUFFER and self.out is not None:
+            self._send_head()
+
+    def flow(self, fd: int, out: Callable, timeout: float, counters: Any = None, index: int = 0) -> None:
+        """Let write() send on `fd` itself, waiting up to `timeout` s for room (send_timeout).
+        `out(fd)` is asked just before: None if the engine cannot let go of the connection now
+        (write() keeps buffering), else (the output the engine still held for it, which it drops
+        and write() sends first; the engine's Date line)."""
+        self.fd, self.out, self.timeout, self.counters, self.index = fd, out, timeout, counters, index
+
+    def _send_head(self) -> None:
+        """write() holds WRITE_BUFFER bytes: the head and them go out now, framed as a stream."""
+        if self.status < 200:
+            raise AppError(f"interim status {self.status} as a final response")
+        got = self.out(self.fd)
+        if got is None:
+            return
+        queued, date = got
+        self._commit(self.written, False, None)
+        conn = b"Connection: close\r\n" if not self.keep_alive else b"" if self.v11 else b"Connection: keep-alive\r\n"
+        head = b"".join((queued, self.head, b"" if self.has_date else date, conn, b"\r\n"))
+        self.sent = True
+        self.pending = [head] + ([] if self.done else self.body)
+        self.written, self.body = [], []
+        self._send_now()
+
+    def _send_now(self) -> None:
+        """Send every pending piece, waiting for room; an OSError the client caused is raised
+        to the app (and `broken`: the engine closes the connection)."""
+        if self.broken is not None:
+            raise self.broken
+        pending = self.pending
+        if len(pending) > 16:
+            pending[:] = [b"".join(pending)]
+        poll = None
+        try:
+            while pending:
+                try:
+                    n = os.writev(self.fd, pending)
+                except (BlockingIOError, InterruptedError):
+                    if poll is None:
+                        poll = select.poll()
+                        poll.register(self.fd, select.POLLOUT)
+                    if not poll.poll(self.timeout * 1000):
+                        raise TimeoutError(errno.ETIMEDOUT, f"the client read nothing for {self.timeout:g} s "
+                                           "(send_timeout): the response is cut and the connection closed")
+                    continue
+                if self.counters is not None:
+                    self.counters[self.index] += n
+                _drop_sent(pending, n)
+        except OSError as exc:
+            if isinstance(exc, ConnectionError):  # EPIPE, ECONNRESET: say whose doing it is
+                exc = type(exc)(exc.errno, f"{exc.strerror}: the client left; the response is cut")
+            self.broken = exc
+            raise exc from None
+        self.held = 0
 
     # the engine's side ----------------------------------------------------------------
     def run(self) -> bool:
@@ -456,6 +546,8 @@ class Exchange:
     def finish(self, result: Any, it: Any = None) -> bool:
         """run() after the app returned `result` (the C engine calls the app itself; `it`:
         result's iterator, when the C engine has begun it: the items it took come first)."""
+        if self.sent:
+            return self._finish_sent(result, it)
         try:
             self.result = result
             if type(result) is list and self.prefix is not None and not self.written and self.status == 200 \
@@ -516,10 +608,34 @@ class Exchange:
             self.close()
         return True
 
+    def _finish_sent(self, result: Any, it: Any) -> bool:
+        """finish() after write() sent the head: the rest is a stream (pump), or nothing."""
+        self.result = result
+        if self.broken is not None:  # the app caught write()'s error: the engine closes
+            self.close()
+            return False
+        if not self.done:
+            try:
+                self.it = iter(result) if it is None else it
+            except Exception as exc:
+                return self.failed(exc)
+        else:
+            self.close()
+        return True
+
     def failed(self, exc: Exception) -> bool:
         """The app (or its iterable) raised `exc` before the head went out: False, `status`
-        says the answer (500 logged with the traceback; 413/408/400 of a body read on demand)."""
+        says the answer (500 logged with the traceback; 413/408/400 of a body read on demand).
+        After write() sent the head (`sent`): False too, and the engine closes the connection."""
         self.close()
+        if self.sent:
+            if self.broken is not None and _caused_by(exc, type(self.broken)):
+                log.warning("WSGI app %r on %s %s: write(): %s", self.app, self.environ.get("REQUEST_METHOD"),
+                            self.environ.get("PATH_INFO"), self.broken)
+            else:
+                log.error("WSGI app %r failed on %s %s after write() sent the head; closing the connection",
+                          self.app, self.environ.get("REQUEST_METHOD"), self.environ.get("PATH_INFO"), exc_info=exc)
+            return False
         for kind, status in ((BodyTooLarge, 413), (BodyTimeout, 408), (BadBody, 400)):
             if _caused_by(exc, kind):
                 self.status = status
@@ -600,14 +716,7 @@ class Exchange:
                 n = self._send(os.writev, fd, pending, counters, index)
                 if n < 0:
                     return -n
-                while n:
-                    k = len(pending[0])
-                    if n >= k:
-                        n -= k
-                        del pending[0]
-                    else:
-                        pending[0] = memoryview(pending[0])[n:]
-                        n = 0
+                _drop_sent(pending, n)
                 if pending:
                     return BLOCKED
                 continue
@@ -687,6 +796,18 @@ def close_iterable(result: Any) -> None:
             close()
         except Exception:
             log.error("WSGI iterable's close() raised", exc_info=True)
+
+
+def _drop_sent(pending: list, n: int) -> None:
+    """Take the first n bytes (sent) off the pending pieces."""
+    while n:
+        k = len(pending[0])
+        if n >= k:
+            n -= k
+            del pending[0]
+        else:
+            pending[0] = memoryview(pending[0])[n:]
+            n = 0
 
 
 def _next(it: Any) -> bytes | None:

@@ -162,12 +162,22 @@ class Writer:
         wsgi.attach_body(env, bytes(c.body) if c.body is not None else b"")
         c.body = None
         ex = wsgi.Exchange(self.wsgi_app, env, head_only, not c.flags & F_V10, bool(c.flags & F_KEEP))
+        ex.flow(c.fd, self._wsgi_out, self.cfg.send_timeout, self.m, I_BYTES_OUT)
         if not ex.run():
+            if ex.sent:  # write() sent the head: no answer can follow
+                self._close(c)
+                return -1
             if ex.status == 500:
                 self.m[I_HANDLER_ERRORS] += 1
             return self._error(c, ex.status, head_only, -1)
         if not ex.keep_alive:
             c.flags &= ~F_KEEP
+        if ex.sent:  # write() sent the head and the body so far: the rest streams
+            self._count_status(ex.status)
+            if not ex.done:
+                c.ex = ex
+                c.flags |= F_STREAM
+            return 0
         rc = self._room(c)
         if rc != 0:
             ex.close()
@@ -185,6 +195,18 @@ class Writer:
         elif len(self.iov) + 8 > IOV_CAP // 2:
             return -1 if self._flush(c) < 0 else 0
         return 0
+
+    def _wsgi_out(self, fd: int) -> tuple[bytes, bytes]:
+        """wsgi.Exchange.flow's hook: write() sends on fd itself from now on; this connection's
+        queued output (earlier pipelined responses) is handed to it, in order, and dropped here."""
+        c = self.conns[fd]
+        queued = bytes(c.out or b"") + b"".join(self.iov)
+        self.iov.clear()
+        if c.out_len:
+            c.out, c.out_len = None, 0
+            self._interest(c, False)
+            t_clear(self.tl, c)
+        return queued, self.date
 
     def _pump(self, c) -> int:
         """Stream more of c's WSGI response. 0 done, 1 the socket is full (watched for

@@ -210,6 +210,8 @@ cdef class _StartResponse:
     cdef tuple hit          # the validated head: (status code, head bytes, app's Content-Length, has Date)
     cdef object ex          # the wsgi.Exchange, once one is needed
     cdef bint head_only, v11, keep_alive
+    cdef Worker w           # the connection (write() may send on it: Exchange.flow)
+    cdef int fd
 
     def __call__(self, status, headers, exc_info=None):
         global _last_status, _last_items, _last_hit
@@ -240,6 +242,7 @@ cdef class _StartResponse:
             ex.input = self.inp
             if self.hit is not None:
                 ex.status, ex.prefix, ex.length, ex.has_date = self.hit
+            ex.flow(self.fd, self.w._wsgi_out, self.w.config.send_timeout, self.w._slot, I_BYTES_OUT)
             self.ex = ex
         return self.ex
 
