@@ -69,6 +69,30 @@ def test_write_after_pipelined_responses_keeps_their_order(wsgi_server):
                    (200, wsgi_apps.BIG * 32), (200, b"hello world")]
 
 
+def _read_all(s: socket.socket) -> bytes:
+    out = bytearray()
+    while chunk := s.recv(1 << 16):
+        out += chunk
+    return bytes(out)
+
+
+def test_write_takes_only_its_own_connections_output(wsgi_server):
+    """Connections served in the same round as write()'s keep their responses: write() sends
+    first only what the engine held for its own connection."""
+    srv = wsgi_server(validate=False)
+    conns = [socket.create_connection(srv.address, timeout=10) for _ in range(3)]
+    try:
+        conns[0].sendall(b"GET /sleep?0.3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        time.sleep(0.1)  # the worker sleeps in the app: the next two arrive together
+        conns[1].sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        conns[2].sendall(b"GET /write-stream?n=8&num HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        got = [split_responses(_read_all(s)) for s in conns]
+    finally:
+        for s in conns:
+            s.close()
+    assert got == [[(200, b"slept")], [(200, b"slow")], [(200, _write_stream(8))]]
+
+
 @pytest.mark.parametrize("cl", [False, True])
 def test_write_to_head_sends_the_head_only(wsgi_server, cl):
     srv = wsgi_server()

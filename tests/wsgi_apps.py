@@ -90,6 +90,11 @@ def plain(environ, start_response):
         for _ in range(32):
             write(BIG)
         return []
+    if path == "/sleep":  # holds the worker ?<seconds>
+        import time
+        time.sleep(float(environ["QUERY_STRING"]))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"slept"]
     if path == "/write-stream":  # ?n=<64 KiB blocks through write()>&num&cl&tail=<items returned after>
         q = dict(p.partition("=")[::2] for p in environ["QUERY_STRING"].split("&") if p)
         n, tail = int(q.get("n", "1")), int(q.get("tail") or "0")
