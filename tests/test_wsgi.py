@@ -16,6 +16,7 @@ import pytest
 
 import fastc1k
 import wsgi_apps
+from _client import RawClient
 from conftest import engine_and_backend
 from fastc1k import Routes
 
@@ -353,6 +354,77 @@ def test_slow_app_responses_keep_order_and_close(wsgi_server):
           b"GET /list HTTP/1.1\r\nHost: t\r\n\r\nGET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     got = split_responses(raw(srv, req))
     assert got == [(200, b"slow"), (200, b"slow stream"), (200, b"hello world"), (200, b"slow")]
+
+
+def test_slow_responses_pipelined_on_concurrent_connections_arrive_whole_in_order(wsgi_server):
+    """Slow responses (C epoll: sent together at the end of the event round) of every size: one
+    piece, several, past the 64 KiB flush, 1 MiB (the socket fills: the rest waits for EPOLLOUT)."""
+    srv = wsgi_server(validate=False)
+    sizes = [0, 3000, 70000, 1 << 20, 10]
+    want, got = {}, {}
+
+    def client(k):
+        reqs = [b"GET /slow?ms=1&id=%d.%d.&n=%d HTTP/1.1\r\nHost: t\r\n%s\r\n"
+                % (k, i, n, b"Connection: close\r\n" if i == len(sizes) - 1 else b"")
+                for i, n in enumerate(sizes)]
+        want[k] = [(200, b"%d.%d.slow" % (k, i) + b"z" * n) for i, n in enumerate(sizes)]
+        got[k] = split_responses(raw(srv, b"".join(reqs), timeout=10))
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(got) == list(range(6))
+    for k in range(6):
+        assert [(s, len(b)) for s, b in got[k]] == [(s, len(b)) for s, b in want[k]] and got[k] == want[k]
+
+
+def test_slow_response_to_a_slow_reader_is_whole(wsgi_server):
+    """A slow app's 8 MiB answer to a client that reads late: the round's send fills the socket,
+    the rest goes out on EPOLLOUT."""
+    srv = wsgi_server(validate=False)
+    with socket.create_connection(srv.address, timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # 8 MiB cannot sit in the socket
+        s.sendall(b"GET /slow?n=%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % (8 << 20))
+        time.sleep(0.3)
+        data = bytearray()
+        while chunk := s.recv(1 << 20):
+            data += chunk
+    assert split_responses(bytes(data)) == [(200, b"slow" + b"z" * (8 << 20))]
+
+
+def test_connection_close_after_a_slow_response_closes_at_once(wsgi_server):
+    srv = wsgi_server(validate=False)
+    with RawClient(srv.address) as c:
+        c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", ["GET"])
+        resp = c.read_response()
+        assert (resp.status, resp.body, resp.connection) == (200, b"slow", b"close")
+        c.expect_eof()
+        time.sleep(0.3)
+        k = srv.counters()
+        assert k["accepted"] - k["closed"] == 0  # closed, not lingering, while this client holds its end
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_client_gone_before_a_slow_response_leaks_nothing(wsgi_server):
+    """The client resets while the app runs: the response's send fails, the connection is
+    closed (its fd too), and the worker goes on."""
+    srv = wsgi_server(validate=False)
+    assert get(srv, "/list")[0] == 200
+    fds = _open_fds()
+    for _ in range(3):
+        with RawClient(srv.address) as c:
+            c.send(b"GET /slow?ms=100&n=100000 HTTP/1.1\r\nHost: t\r\n\r\n", ["GET"])
+            time.sleep(0.02)
+            c.reset()
+    deadline = time.monotonic() + 3
+    while (k := srv.counters())["accepted"] - k["closed"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert k["accepted"] - k["closed"] == 0 and _open_fds() <= fds
+    assert get(srv, "/slow")[2] == b"slow"
 
 
 # --- errors ----------------------------------------------------------------------------------

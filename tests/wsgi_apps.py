@@ -67,11 +67,13 @@ def plain(environ, start_response):
                "iter": list(inp)}
         inp.close()
         return _json(start_response, out)
-    if path.startswith("/slow"):  # a slow app (C engine: its response waits for the next round)
+    if path.startswith("/slow"):  # a slow app (C engine: its response goes out at the end of the round)
         import time
-        time.sleep(0.002)
+        q = dict(kv.split("=", 1) for kv in environ.get("QUERY_STRING", "").split("&") if "=" in kv)
+        time.sleep(int(q.get("ms", 2)) / 1000)
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"slow"] if path == "/slow" else Closing(path, [b"slow ", b"stream"])
+        body = q.get("id", "").encode() + b"slow" + b"z" * int(q.get("n", 0))  # ?id=..&n=<padding bytes>
+        return [body] if path == "/slow" else Closing(path, [b"slow ", b"stream"])
     if path == "/list":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"hello ", b"world"]

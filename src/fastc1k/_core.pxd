@@ -65,7 +65,9 @@ cdef class Worker:
         size_t out_total
         size_t arena_used
         bint has_refs
-        bint defer              # the output queued is a slow WSGI response's: sent next round (_flush)
+        bint defer              # the output queued is a slow WSGI response's: sent at the round's end (_flush)
+        int ndefer                      # fds in deferred (F_DEFER): each came from this round's events
+        int32_t deferred[MAX_EVENTS]
         char arena[ARENA_CAP]
         epoll_event events[MAX_EVENTS]
         # the io_uring backend (core/uring.pxi); NULL with epoll
@@ -112,6 +114,7 @@ cdef class Worker:
     cdef void _add(self, const char *p, size_t n, bint static) noexcept nogil
     cdef void _add_conn(self, Conn *c) noexcept nogil
     cdef int _flush(self, int fd, Conn *c) noexcept nogil
+    cdef void _flush_round(self) noexcept nogil
     cdef void _interest(self, int fd, Conn *c, bint out) noexcept nogil
     cdef void _linger(self, int fd, Conn *c) noexcept nogil
     cdef void _close(self, int fd, Conn *c) noexcept nogil

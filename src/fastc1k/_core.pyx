@@ -105,7 +105,7 @@ def _check_shared():
         "MAX_CHUNK_LINE": MAX_CHUNK_LINE, "MAX_ANSWER": MAX_ANSWER, "S_FREE": S_FREE, "S_HEAD": S_HEAD, "S_BODY": S_BODY,
         "S_LINGER": S_LINGER, "F_FRESH": F_FRESH, "F_KEEP": F_KEEP, "F_V10": F_V10, "F_HEAD": F_HEAD,
         "F_WANT_BODY": F_WANT_BODY, "F_CLOSING": F_CLOSING, "F_PAUSED": F_PAUSED, "F_OUT_OWNED": F_OUT_OWNED,
-        "F_REJECTED": F_REJECTED, "F_CHUNKED": F_CHUNKED, "F_PENDING_PY": F_PENDING_PY, "F_STREAM": F_STREAM,
+        "F_REJECTED": F_REJECTED, "F_CHUNKED": F_CHUNKED, "F_DEFER": F_DEFER, "F_PENDING_PY": F_PENDING_PY, "F_STREAM": F_STREAM,
         "F_PEER": F_PEER, "F_CLEAN_CLOSE": F_CLEAN_CLOSE, "F_SCAN": F_SCAN, "T_NONE": T_NONE, "T_HEADER": T_HEADER, "T_IDLE": T_IDLE, "T_SEND": T_SEND,
         "T_LINGER": T_LINGER, "T_KINDS": T_KINDS, "R_404": R_404, "R_WSGI": R_WSGI, "R_405": R_405,
         "R_OPTIONS_ALL": R_OPTIONS_ALL, "R_OPTIONS": R_OPTIONS, "MAX_ROUTES": MAX_ROUTES,
@@ -468,6 +468,8 @@ cdef class Worker:
                             continue
                     if evs & (EPOLLIN | EPOLLHUP | EPOLLERR) and not (c.flags & F_PAUSED):
                         self._on_read(fd, c)
+            if self.ndefer:
+                self._flush_round()
             self._sweep()
             if not self.accepting and not self.draining and self.stop_mode == 0 \
                     and t_due(self.accept_resume, self.now):
@@ -693,6 +695,7 @@ cdef class Worker:
         self.niov = 0
         self.out_total = 0
         self.arena_used = 0
+        self.defer = False
         while rc == 0 and not (c.flags & F_CLOSING):
             if c.state == S_BODY:
                 r = self._body(fd, c, c.buf + pos, c.buf_len - pos)
@@ -1326,7 +1329,7 @@ cdef class Worker:
         cdef size_t left, k, off, old
         cdef int i
         cdef char *p
-        cdef bint defer = self.defer
+        cdef bint hold = self.defer and self.ndefer < MAX_EVENTS  # (a full list: sent now)
         self.defer = False
         if self.uring:
             return u_flush(self, fd, c)
@@ -1357,10 +1360,11 @@ cdef class Worker:
             self.out_total = 0
             self.arena_used = 0
             return 1
-        if defer:
-            # a slow app's response: not sent now but on EPOLLOUT, with the other responses of
-            # the next round (as bjoern's write watcher does): while the client waits between
-            # slow responses, each lone send would pay its wake-up in our kernel time
+        if hold:
+            # a slow app's response: kept (as a partial write's tail) and sent at the end of
+            # this round with the round's others (_flush_round), as bjoern's write watcher does:
+            # sent alone right after its app call, each would pay the client's wake-up in our
+            # kernel time while the next app call waits
             w = 0
         elif self.niov == 1:  # send: no iovec to import, no VFS layer
             w = send(fd, self.iov[0].iov_base, self.iov[0].iov_len, MSG_NOSIGNAL)
@@ -1408,9 +1412,32 @@ cdef class Worker:
         self.niov = 0
         self.out_total = 0
         self.arena_used = 0
+        if hold:
+            c.flags |= F_DEFER
+            self.deferred[self.ndefer] = fd
+            self.ndefer += 1
+            return 1
         self._interest(fd, c, True)
         t_set(self.conns, self.tl, fd, T_SEND, self.now)
         return 1
+
+    cdef void _flush_round(self) noexcept nogil:
+        """Send the responses deferred this round (_flush), each as EPOLLOUT would: a send
+        that does not take it all arms EPOLLOUT then (no epoll_ctl otherwise). Requests
+        pipelined behind one are answered now, and may defer again: each fd is listed once."""
+        cdef int fd
+        cdef Conn *c
+        while self.ndefer:
+            self.ndefer -= 1
+            fd = self.deferred[self.ndefer]
+            c = &self.conns[fd]
+            if not (c.flags & F_DEFER):
+                continue  # closed since (its entry is stale)
+            c.flags &= ~F_DEFER
+            self._on_write(fd, c)
+            if c.state != S_FREE and c.out_len and not (c.flags & (F_PAUSED | F_DEFER)):
+                self._interest(fd, c, True)
+                t_set(self.conns, self.tl, fd, T_SEND, self.now)
 
     cdef void _on_write(self, int fd, Conn *c) noexcept nogil:
         cdef ssize_t w

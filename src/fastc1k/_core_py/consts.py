@@ -30,6 +30,7 @@ F_PAUSED = 1 << 6           # reading off: waiting for the socket to drain (back
 F_OUT_OWNED = 1 << 7        # (C only: conn.out is malloc'd)
 F_REJECTED = 1 << 8         # answered 503 at accept: not counted as active
 F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
+F_DEFER = 1 << 10           # (C only, epoll: conn.out is sent at the end of the event round)
 F_PENDING_PY = 1 << 11      # a handler request waits for its body
 F_STREAM = 1 << 12          # a WSGI response is still streaming (conn.ex; pumped when writable)
 F_PEER = 1 << 13            # (C only: Worker._peers holds the remote address; Python: conn.peer)

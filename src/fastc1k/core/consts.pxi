@@ -6,7 +6,7 @@ cdef enum:
     IOV_CAP = 256               # iovecs per writev (16 pipelined responses x 4 pieces, and more)
     ARENA_CAP = 32768           # per-writev scratch for dynamic pieces (/api/data)
     WSGI_COALESCE = 2048        # a WSGI response up to this size is copied into the arena: one piece
-    WSGI_SLOW_NS = 20000        # an app call this long: its response waits for the round's others (_flush)
+    WSGI_SLOW_NS = 20000        # an app call this long: its response goes out at the end of the round (_flush)
     SCRATCH_SIZE = 65536        # lingering-close discard buffer
     MAX_WAIT_MS = 50            # the loop wakes at least this often (signals, timers)
     LINGER_MS = 1000            # read-and-discard window after an error response
@@ -36,6 +36,7 @@ cdef enum:
     F_OUT_OWNED = 1 << 7        # conn.out is malloc'd (else it points into prebuilt memory)
     F_REJECTED = 1 << 8         # answered 503 at accept: not counted as active
     F_CHUNKED = 1 << 9          # body is chunked (else Content-Length)
+    F_DEFER = 1 << 10           # conn.out waits in Worker.deferred: sent at the end of the round (epoll)
     F_PENDING_PY = 1 << 11      # a handler request waits in Worker._pending
     F_STREAM = 1 << 12          # a WSGI response is still streaming (Worker._streams; pump on EPOLLOUT)
     F_PEER = 1 << 13            # Worker.peer4[fd] holds this connection's remote IPv4 address and port
