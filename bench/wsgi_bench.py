@@ -9,7 +9,9 @@ ceiling's method (bench/METHOD.md): every server pinned to core 0 in a 0.5-CPU q
 its own, keep-alive c=100, pair-by-pair rounds (A B C ..., A B C ...); a figure is the
 median over rounds, a ratio the median of per-round ratios (min–max). Before any load,
 memory per idle keep-alive connection on the fresh hello servers. For each app, the app
-alone (called in-process, no server) beside the table: what of a request is the app's.
+alone (called in-process by this interpreter, no server, on the servers' core): what of a
+request is the app's, what is the server's, and what that leaves of the goal (`reach`): no
+server can cost less than the app alone plus its own per-request cost, seen on hello.
 
 Writes bench/results/wsgi.json and wsgi.md, and the README block between
 <!-- wsgi:start --> and <!-- wsgi:end -->.
@@ -94,7 +96,9 @@ def spec(server: str, app: str) -> WsgiSpec:
 
 def app_alone_us(app_name: str, seconds: float = 0.5) -> float:
     """The app's own CPU per request: called in-process, no server (environ copied from one
-    built once; the iterable consumed and closed), median of 3 batches of `seconds` each."""
+    built once; the iterable consumed and closed), median of 3 batches of `seconds` each, on
+    the servers' core (servers.py pins them to core 0)."""
+    import os
     import wsgiref.util
     from . import wsgi_app
     app = getattr(wsgi_app, app_name)
@@ -105,19 +109,24 @@ def app_alone_us(app_name: str, seconds: float = 0.5) -> float:
     def start_response(status, headers, exc_info=None):
         return None
     out = []
-    for _ in range(3):
-        t0, calls = time.process_time(), 0
-        while time.process_time() - t0 < seconds:
-            calls += 1
-            env = base.copy()
-            env["wsgi.input"] = io.BytesIO(b"")
-            it = app(env, start_response)
-            for _chunk in it:
-                pass
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-        out.append((time.process_time() - t0) / calls * 1e6)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        for _ in range(3):
+            t0, calls = time.process_time(), 0
+            while time.process_time() - t0 < seconds:
+                calls += 1
+                env = base.copy()
+                env["wsgi.input"] = io.BytesIO(b"")
+                it = app(env, start_response)
+                for _chunk in it:
+                    pass
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+            out.append((time.process_time() - t0) / calls * 1e6)
+    finally:
+        os.sched_setaffinity(0, cpus)
     return statistics.median(out)
 
 
@@ -189,6 +198,8 @@ def run(servers: list[str], rounds: int, duration: float, idle: int, log=print, 
                 s.stop()
         res["summary"] = summarize(res["rounds"], res["alone_us"])
         report["apps"][app] = res
+    for app, res in report["apps"].items():
+        res["reach"] = reach(app, report["apps"])
     report["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     return report
 
@@ -212,6 +223,53 @@ def summarize(rounds: list[dict], alone_us: float) -> dict:
             s["vs_best"] = (statistics.median(ratios), min(ratios), max(ratios))
         out[n] = s
     return out
+
+
+def reach(app: str, apps: dict) -> dict:
+    """What the app's own time leaves of the goal. A server's request costs at least the app
+    alone plus the server's own per-request cost, which hello shows (hello's µs/request minus
+    hello alone): so (app alone + our hello part) / the best other's µs/request is the least
+    ratio our backend can reach; app alone / the best other is the least any server can.
+    Every figure comes from this run; empty when no other server ran."""
+    res = apps[app]
+    others = {n: s for n, s in res["summary"].items() if n not in OURS}
+    if not others:
+        return {}
+    best = min(others, key=lambda n: others[n]["cpu_us"])
+    best_us, alone = others[best]["cpu_us"], res["alone_us"]
+    out = {"best": best, "best_us": best_us, "alone_us": alone, "floor": alone / best_us,
+           "allowed_us": GOALS[app] * best_us - alone, "ours": {}}
+    hello = apps.get("hello", {})
+    for n in ("c", "c-uring"):
+        s = hello.get("summary", {}).get(n)
+        if s:
+            part = max(0.0, s["cpu_us"] - hello["alone_us"])
+            out["ours"][n] = {"hello_part_us": part, "bound": (alone + part) / best_us,
+                              "app_part_us": res["summary"].get(n, {}).get("server_us")}
+    return out
+
+
+def reach_line(app: str, r: dict) -> str:
+    """The reach of the goal in words, with its figures (empty without them)."""
+    if not r:
+        return ""
+    goal, best = GOALS[app], f"{LABELS[r['best']]}'s {r['best_us']:.2f} µs"
+    head = f"What the app leaves: alone it takes {r['alone_us']:.2f} µs = {r['floor']:.2f} × {best}, so the goal ≤ {goal}"
+    if r["allowed_us"] <= 0:
+        return head + (f" leaves a server nothing: **out of reach for any server by arithmetic** (a server costing "
+                       f"nothing would be {r['floor']:.2f} ×).")
+    head += f" leaves a server {r['allowed_us']:.2f} µs per request"
+    parts = []
+    for n, name in (("c", "epoll"), ("c-uring", "io_uring")):
+        o = r["ours"].get(n)
+        if o:
+            verdict = "within reach" if o["bound"] <= goal else "**out of reach by arithmetic**"
+            took = f" (its part of this app's request here: {o['app_part_us']:.2f} µs)" \
+                if o.get("app_part_us") is not None else ""
+            parts.append(f"{name}: its own cost on hello is {o['hello_part_us']:.2f} µs, so at best "
+                         f"({r['alone_us']:.2f} + {o['hello_part_us']:.2f}) / {r['best_us']:.2f} = {o['bound']:.2f} × "
+                         f"— {verdict}{took}")
+    return head + (": " + "; ".join(parts) if parts else " (hello not run: our own cost unknown)") + "."
 
 
 def _r(v) -> str:
@@ -254,12 +312,15 @@ def markdown(report: dict) -> str:
     for app, res in report["apps"].items():
         lines += ["", f"**{app}** — server CPU per request (µs, user+sys of the server's processes); the app alone "
                       f"(called in-process, no server) takes {res['alone_us']:.2f} µs, the rest is the server's", "",
-                  "| server | µs/request | user | sys | server's part (− app alone) | × best other | req/s | errors |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| server | µs/request | user | sys | app alone | server's part (− app alone) | × best other "
+                  "| req/s | errors |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for n, s in sorted(res["summary"].items(), key=lambda kv: kv[1]["cpu_us"]):
             lines.append(f"| {LABELS[n]} | {s['cpu_us']:.2f} | {s['user_us']:.2f} | {s['sys_us']:.2f} | "
-                         f"{s['server_us']:.2f} | {_r(s.get('vs_best'))} | {s['rps']:,.0f} | {s['errors']} |")
-        lines += ["", goal_line(app, res["summary"], report["skipped"])]
+                         f"{res['alone_us']:.2f} ({res['alone_us'] / max(s['cpu_us'], 1e-9):.0%}) | {s['server_us']:.2f} | "
+                         f"{_r(s.get('vs_best'))} | {s['rps']:,.0f} | {s['errors']} |")
+        reached = reach_line(app, res.get("reach", {})) if app != "hello" else ""
+        lines += ["", goal_line(app, res["summary"], report["skipped"]) + (" " + reached if reached else "")]
         if res["memory"]:
             lines += ["", "Memory per idle keep-alive connection (fresh servers, before any load; RSS delta / answered "
                           "connections): " + ", ".join(

@@ -245,6 +245,32 @@ def test_wsgi_bench_end_to_end_on_two_servers(tmp_path):
     assert report["apps"]["hello"]["memory"]["c"]["answered"] == 200
 
 
+def test_wsgi_reach_says_when_the_app_alone_puts_the_goal_out_of_reach():
+    """The Flask goal line's reach: from the run's own figures, (app alone + our hello part) / best."""
+    from bench import wsgi_bench as wb
+
+    def apps(flask_alone, bjoern_flask, c_hello=5.0, hello_alone=1.0):
+        row = {"cpu_us": 0.0, "server_us": 0.0}
+        return {"hello": {"alone_us": hello_alone, "summary": {"c": {**row, "cpu_us": c_hello},
+                                                                "bjoern": {**row, "cpu_us": 8.0}}},
+                "flask_app": {"alone_us": flask_alone, "summary": {"c": {**row, "cpu_us": 100.0, "server_us": 12.5},
+                                                                    "bjoern": {**row, "cpu_us": bjoern_flask}}}}
+    a = apps(80.0, 100.0)  # allowed 90 - 80 = 10 µs; ours on hello 4 µs: (80 + 4) / 100
+    r = wb.reach("flask_app", a)
+    assert (r["best"], r["floor"], r["allowed_us"]) == ("bjoern", 0.8, 10.0)
+    assert r["ours"]["c"]["bound"] == 0.84 and r["ours"]["c"]["app_part_us"] == 12.5
+    line = wb.reach_line("flask_app", r)
+    assert "(80.00 + 4.00) / 100.00 = 0.84 × — within reach (its part of this app's request here: 12.50 µs)" in line
+    r = wb.reach("flask_app", apps(80.0, 100.0, c_hello=15.0))  # (80 + 14) / 100 = 0.94
+    assert "= 0.94 × — **out of reach by arithmetic**" in wb.reach_line("flask_app", r)
+    r = wb.reach("flask_app", apps(95.0, 100.0))  # the app alone is 0.95 x the best: no server can
+    assert "leaves a server nothing: **out of reach for any server by arithmetic** (a server costing nothing " \
+           "would be 0.95 ×)" in wb.reach_line("flask_app", r)
+    del a["hello"]
+    assert "hello not run" in wb.reach_line("flask_app", wb.reach("flask_app", a))
+    assert wb.reach("flask_app", {"flask_app": {"alone_us": 1.0, "summary": {"c": {"cpu_us": 2.0}}}}) == {}
+
+
 def test_figures_child_cleans_up_after_ctrl_c(tmp_path):
     """^C during `make capacity-figures` reaches the run too: bench.figures waits for it to
     clean up (its server, cgroup, nf_conntrack_max) instead of killing it at once."""
