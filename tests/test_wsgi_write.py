@@ -93,6 +93,23 @@ def test_write_takes_only_its_own_connections_output(wsgi_server):
     assert got == [[(200, b"slept")], [(200, b"slow")], [(200, _write_stream(8))]]
 
 
+def test_write_before_an_unread_100_continue_body_closes_after(wsgi_server):
+    """write() sends the head of a request whose 100-continue body the app did not read: it says
+    Connection: close, and what the client sends then is never taken for a request."""
+    srv = wsgi_server(validate=False)
+    smuggled = b"GET /list HTTP/1.1\r\nHost: t\r\n\r\n"
+    with socket.create_connection(srv.address, timeout=5) as s:
+        s.sendall(b"POST /write-stream?n=8&num HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(smuggled))
+        data = bytearray()
+        while not data.endswith(b"\r\n0\r\n\r\n"):
+            data += s.recv(1 << 16)
+        s.sendall(smuggled)  # the body, late
+        data += _read_all(s)
+    assert b"connection: close" in data.partition(b"\r\n\r\n")[0].lower() and b"100 Continue" not in data
+    assert split_responses(bytes(data)) == [(200, _write_stream(8))]
+
+
 @pytest.mark.parametrize("cl", [False, True])
 def test_write_to_head_sends_the_head_only(wsgi_server, cl):
     srv = wsgi_server()

@@ -495,6 +495,8 @@ class Exchange:
         if got is None:
             return
         queued, date = got
+        if self.input.__class__ is ContinueInput and not self.input.consumed:
+            self.keep_alive = False  # the body the client may still send is not read: close
         self._commit(self.written, False, None)
         conn = b"Connection: close\r\n" if not self.keep_alive else b"" if self.v11 else b"Connection: keep-alive\r\n"
         head = b"".join((queued, self.head, b"" if self.has_date else date, conn, b"\r\n"))
