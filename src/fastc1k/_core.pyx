@@ -1238,6 +1238,7 @@ cdef class Worker:
                 c.flags &= ~F_OUT_OWNED
             c.out = NULL
             c.out_len = 0
+            c.flags &= ~F_DEFER  # (a deferred send's entry in self.deferred is then stale)
             self._interest(fd, c, False)
             t_clear(self.conns, self.tl, fd)
         return b"".join(parts), PyBytes_FromStringAndSize(self.date, DATE_LEN)
