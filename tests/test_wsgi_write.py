@@ -110,6 +110,20 @@ def test_write_before_an_unread_100_continue_body_closes_after(wsgi_server):
     assert split_responses(bytes(data)) == [(200, _write_stream(8))]
 
 
+def test_write_then_a_100_continue_body_read_sends_no_interim_response(wsgi_server):
+    """The app reads its 100-continue body after write() sent the final head: no 100 Continue
+    lands in the body; the body the client sends anyway is read."""
+    srv = wsgi_server(validate=False)
+    with socket.create_connection(srv.address, timeout=5) as s:
+        s.sendall(b"POST /write-stream?n=8&num&read HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 5\r\n\r\n")
+        data = bytearray(s.recv(1 << 16))
+        s.sendall(b"12345")  # as curl does when no 100 Continue came
+        data += _read_all(s)
+    assert b"100 Continue" not in data
+    assert split_responses(bytes(data)) == [(200, _write_stream(8) + b"read 5")]
+
+
 @pytest.mark.parametrize("cl", [False, True])
 def test_write_to_head_sends_the_head_only(wsgi_server, cl):
     srv = wsgi_server()

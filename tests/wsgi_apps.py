@@ -108,6 +108,8 @@ def plain(environ, start_response):
         try:
             for i in range(n):
                 write(numbered(i) if "num" in q else BIG)
+            if "read" in q:  # the request body, read after the head went out
+                write(b"read %d" % len(environ["wsgi.input"].read()))
         except OSError as exc:
             WRITE_ERRORS.append(exc)
             raise

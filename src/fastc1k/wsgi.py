@@ -228,6 +228,7 @@ class ContinueInput(io.RawIOBase):
         super().__init__()
         self.fd, self.length, self.chunked, self.config = fd, length, chunked, config
         self.consumed = False
+        self.final_sent = False  # write() sent the response's head first: no 100 Continue then
         self._data: io.BytesIO | None = None
 
     def readable(self) -> bool:
@@ -243,7 +244,7 @@ class ContinueInput(io.RawIOBase):
         from ._core_py.parser import ChunkDecoder, ParseError  # the reference decoder
         deadline = time.monotonic() + self.config.header_timeout
         with socket.socket(fileno=os.dup(self.fd)) as s:  # a dup: closing it leaves the engine's fd
-            out = memoryview(CONTINUE_100)
+            out = memoryview(b"" if self.final_sent else CONTINUE_100)
             while out:
                 try:
                     out = out[s.send(out):]
@@ -497,6 +498,7 @@ class Exchange:
         queued, date = got
         if self.input.__class__ is ContinueInput and not self.input.consumed:
             self.keep_alive = False  # the body the client may still send is not read: close
+            self.input.final_sent = True
         self._commit(self.written, False, None)
         conn = b"Connection: close\r\n" if not self.keep_alive else b"" if self.v11 else b"Connection: keep-alive\r\n"
         head = b"".join((queued, self.head, b"" if self.has_date else date, conn, b"\r\n"))
