@@ -189,6 +189,31 @@ def test_write_to_a_client_that_left_raises_and_the_worker_goes_on(wsgi_server):
     assert isinstance(exc, (BrokenPipeError, ConnectionResetError)), repr(exc)
 
 
+def test_app_failing_after_write_sent_the_head_closes_the_connection(wsgi_server, caplog):
+    srv = wsgi_server(validate=False)
+    caplog.set_level(logging.ERROR, logger="fastc1k")
+    data = raw(srv, b"GET /write-stream?n=8&fail HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200") and not data.endswith(b"\r\n0\r\n\r\n")  # cut, then closed
+    assert len(data) > 8 << 16 and len(_errors_logged(caplog)) == 1
+    assert _answers_meanwhile(srv) == b"hello world"
+
+
+def test_app_that_catches_writes_error_and_returns_still_closes(wsgi_server):
+    """The app swallows write()'s OSError and returns an iterable: the connection closes all the
+    same, and the iterable's close() is called."""
+    srv = wsgi_server(validate=False, send_timeout=0.3)
+    wsgi_apps.WRITE_ERRORS.clear()
+    wsgi_apps.CLOSED.clear()
+    with socket.create_connection(srv.address, timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 14)
+        s.sendall(b"GET /write-stream?n=4096&catch&tail=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.1)
+        assert _answers_meanwhile(srv) == b"hello world"
+        got = _read_all(s)
+    assert [type(e) for e in wsgi_apps.WRITE_ERRORS] == [TimeoutError] and wsgi_apps.CLOSED == ["/write-stream"]
+    assert b"tail-0" not in got
+
+
 def test_stalled_reader_after_write_still_gets_the_iterable_closed(wsgi_server):
     """write() sent the head itself; the returned iterable then streams: a client that stalls
     there times out as any stream's does, and the iterable's close() is called."""

@@ -110,9 +110,12 @@ def plain(environ, start_response):
                 write(numbered(i) if "num" in q else BIG)
             if "read" in q:  # the request body, read after the head went out
                 write(b"read %d" % len(environ["wsgi.input"].read()))
+            if "fail" in q:
+                raise RuntimeError("app failure after write() (expected by the test)")
         except OSError as exc:
             WRITE_ERRORS.append(exc)
-            raise
+            if "catch" not in q:
+                raise
         return Closing(path, items)
     if path == "/exc-info":
         try:
