@@ -372,10 +372,14 @@ cdef class Worker:
         self.now = 0
         self.last_signal_check = 0
         self.running = True
+        if self.wsgi_app is not None:
+            _RUNNING[PyThread_get_thread_ident()] = self
         try:
             with nogil:
                 self._loop()
         finally:
+            if self.wsgi_app is not None:
+                _RUNNING.pop(PyThread_get_thread_ident(), None)
             with nogil:
                 for i in range(self.max_fd + 1):
                     if self.conns[i].state != S_FREE:
@@ -1112,7 +1116,7 @@ cdef class Worker:
             sr = _StartResponse.__new__(_StartResponse)
             sr.app, sr.env, sr.inp = self.wsgi_app, env, inp
             sr.head_only, sr.v11, sr.keep_alive = head_only, not (c.flags & F_V10), keep
-            sr.w, sr.fd = self, fd
+            sr.fd = fd
             clean = type(sr.inp) is not _ContinueInput  # else a body may still come: linger on it
             result = it = None
             t0 = _clock_ns(CLOCK_MONOTONIC)

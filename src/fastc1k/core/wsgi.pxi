@@ -6,6 +6,7 @@ from cpython.list cimport PyList_GET_ITEM
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.pythread cimport PyThread_get_thread_ident
 
 cdef extern from "Python.h":
     object PyMethod_New2 "PyMethod_New" (object func, object self)
@@ -23,6 +24,8 @@ cdef Py_ssize_t _WHOLE_EXTRA = wsgi.WHOLE_EXTRA
 cdef object _chain = itertools.chain
 cdef object _attach_body = wsgi.attach_body
 cdef object _EMPTY_INPUT = wsgi.EMPTY_INPUT
+cdef dict _RUNNING = {}  # thread ident -> the WSGI Worker whose loop runs there (Worker.run): an app
+                         # call runs on its worker's thread, so write() finds its connection there
 cdef str _GET = "GET"
 cdef str _V11 = "HTTP/1.1"
 cdef str _V10 = "HTTP/1.0"
@@ -210,8 +213,7 @@ cdef class _StartResponse:
     cdef tuple hit          # the validated head: (status code, head bytes, app's Content-Length, has Date)
     cdef object ex          # the wsgi.Exchange, once one is needed
     cdef bint head_only, v11, keep_alive
-    cdef Worker w           # the connection (write() may send on it: Exchange.flow)
-    cdef int fd
+    cdef int fd             # the connection (write() may send on it: Exchange.flow)
 
     def __call__(self, status, headers, exc_info=None):
         global _last_status, _last_items, _last_hit
@@ -237,12 +239,16 @@ cdef class _StartResponse:
         return self.exchange().write(data)
 
     cdef object exchange(self):
+        cdef Worker w
         if self.ex is None:
             ex = _Exchange(self.app, self.env, self.head_only, self.v11, self.keep_alive)
             ex.input = self.inp
             if self.hit is not None:
                 ex.status, ex.prefix, ex.length, ex.has_date = self.hit
-            ex.flow(self.fd, self.w._wsgi_out, self.w.config.send_timeout, self.w._slot, I_BYTES_OUT)
+            wo = _RUNNING.get(PyThread_get_thread_ident())
+            if wo is not None:  # (None: called from another thread; write() then only buffers)
+                w = <Worker>wo
+                ex.flow(self.fd, w._wsgi_out, w.config.send_timeout, w._slot, I_BYTES_OUT)
             self.ex = ex
         return self.ex
 
