@@ -61,7 +61,7 @@ class Writer:
             return self._error(c, 404, head_only, -1)
         if c.resp == R_WSGI:
             rc = self._respond_wsgi(c)
-            if rc == 0 and not c.flags & F_KEEP:
+            if rc == 0 and not c.flags & (F_KEEP | F_CLOSING):
                 c.flags |= F_CLOSING | F_CLEAN_CLOSE
             return rc
         if c.resp == R_OPTIONS_ALL or not c.resp & R_405 and c.resp & R_OPTIONS:
@@ -172,6 +172,8 @@ class Writer:
             return self._error(c, ex.status, head_only, -1)
         if not ex.keep_alive:
             c.flags &= ~F_KEEP
+        if not c.flags & F_KEEP and ex.input.__class__ is wsgi.ContinueInput:
+            c.flags |= F_CLOSING  # its body may still come: linger on it (as the C engine does)
         if ex.sent:  # write() sent the head and the body so far: the rest streams
             self._count_status(ex.status)
             if not ex.done:
