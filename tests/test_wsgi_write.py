@@ -10,7 +10,10 @@ import time
 
 import pytest
 
+import fastc1k
 import wsgi_apps
+from conftest import TEST_DEFAULTS, engine_and_backend
+from fastc1k import Routes, ServerConfig
 from test_wsgi import BIG_N, H11, _errors_logged, raw, split_responses, stalled_download, wsgi_server  # noqa: F401 (fixture)
 
 
@@ -212,6 +215,29 @@ def test_app_that_catches_writes_error_and_returns_still_closes(wsgi_server):
         got = _read_all(s)
     assert [type(e) for e in wsgi_apps.WRITE_ERRORS] == [TimeoutError] and wsgi_apps.CLOSED == ["/write-stream"]
     assert b"tail-0" not in got
+
+
+@pytest.mark.parametrize("graceful", [False, True])
+def test_stop_cuts_a_write_blocked_on_a_stalled_client(engine, graceful):
+    """The worker is asked to stop while write() waits for a client that reads nothing: write()
+    gives up at once (stop now) or after graceful_timeout, not after send_timeout."""
+    name, backend = engine_and_backend(engine)
+    cfg = ServerConfig(**{**TEST_DEFAULTS, "backend": backend, "send_timeout": 30.0, "graceful_timeout": 0.5})
+    wsgi_apps.WRITE_ERRORS.clear()
+    with fastc1k.running_server(cfg, Routes(wsgi=wsgi_apps.plain), engine=name) as srv, \
+            socket.create_connection(srv.address, timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 14)
+        s.sendall(b"GET /write-stream?n=4096 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        srv.stop(graceful)
+        deadline = t0 + 5
+        while not wsgi_apps.WRITE_ERRORS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        took = time.monotonic() - t0
+    [exc] = wsgi_apps.WRITE_ERRORS
+    assert isinstance(exc, TimeoutError) and "stopping" in str(exc)
+    assert (0.4 < took < 2.5) if graceful else took < 0.4, took
 
 
 def test_stalled_reader_after_write_still_gets_the_iterable_closed(wsgi_server):

@@ -1247,6 +1247,10 @@ cdef class Worker:
             t_clear(self.conns, self.tl, fd)
         return b"".join(parts), PyBytes_FromStringAndSize(self.date, DATE_LEN)
 
+    def _wsgi_grace(self):
+        """wsgi.Exchange.flow's: seconds a write() may still wait once the worker is stopping."""
+        return None if self.stop_mode == 0 else 0.0 if self.stop_mode == 2 else self.config.graceful_timeout
+
     cdef int _pump(self, int fd, Conn *c) noexcept with gil:
         """Stream more of fd's WSGI response. 0 done, 1 the socket is full (EPOLLOUT armed),
         -1 closed (a failed or cut-short response)."""

@@ -417,10 +417,12 @@ class Exchange:
     held = 0                      # bytes write() buffered (at least those still unsent)
     closed = False
     out: Callable | None = None   # flow(): the engine's hook; None: write() only buffers
-    fd = -1                       # flow(): the connection, its send_timeout and bytes counter
-    timeout = 0.0
+    fd = -1                       # flow(): the connection, its send_timeout and bytes counter,
+    timeout = 0.0                 # the worker's wake fd and grace()
     counters: Any = None
     index = 0
+    wake = -1
+    stop_at: float | None = None  # monotonic time write() stops waiting: the worker is stopping
     sent = False                  # write() sent the head itself: the engine sends no head
     broken: OSError | None = None  # what write()'s own send met (the client stopped reading or left)
 
@@ -481,12 +483,15 @@ class Exchange:
         if self.held >= WRITE_BUFFER and self.out is not None:
             self._send_head()
 
-    def flow(self, fd: int, out: Callable, timeout: float, counters: Any = None, index: int = 0) -> None:
+    def flow(self, fd: int, out: Callable, timeout: float, counters: Any, index: int, wake: int,
+             grace: Callable[[], float | None]) -> None:
         """Let write() send on `fd` itself, waiting up to `timeout` s for room (send_timeout).
         `out(fd)` is asked just before: None if the engine cannot let go of the connection now
         (write() keeps buffering), else (the output the engine still held for it, which it drops
-        and write() sends first; the engine's Date line)."""
+        and write() sends first; the engine's Date line). A stop of the worker (its `wake` fd
+        turns readable) bounds the waiting to what `grace()` says is left (None: no stop)."""
         self.fd, self.out, self.timeout, self.counters, self.index = fd, out, timeout, counters, index
+        self.wake, self.grace = wake, grace
 
     def _send_head(self) -> None:
         """write() holds WRITE_BUFFER bytes: the head and them go out now, framed as a stream."""
@@ -522,11 +527,8 @@ class Exchange:
                     n = os.writev(self.fd, pending)
                 except (BlockingIOError, InterruptedError):
                     if poll is None:
-                        poll = select.poll()
-                        poll.register(self.fd, select.POLLOUT)
-                    if not poll.poll(self.timeout * 1000):
-                        raise TimeoutError(errno.ETIMEDOUT, f"the client read nothing for {self.timeout:g} s "
-                                           "(send_timeout): the response is cut and the connection closed")
+                        poll = self._poll()
+                    self._wait_room(poll)
                     continue
                 if self.counters is not None:
                     self.counters[self.index] += n
@@ -611,6 +613,37 @@ class Exchange:
         if self.done:
             self.close()
         return True
+
+    def _poll(self) -> Any:
+        poll = select.poll()
+        poll.register(self.fd, select.POLLOUT)
+        if self.stop_at is None:
+            grace = self.grace()
+            if grace is not None:  # stopping already
+                self.stop_at = time.monotonic() + grace
+            elif self.wake >= 0:
+                poll.register(self.wake, select.POLLIN)
+        return poll
+
+    def _wait_room(self, poll: Any) -> None:
+        """Until fd takes more: up to `timeout` s, less once the worker is stopping."""
+        while True:
+            left = self.timeout if self.stop_at is None else min(self.timeout, self.stop_at - time.monotonic())
+            events = poll.poll(max(0.0, left) * 1000)
+            if any(f == self.wake for f, _ in events):  # asked to stop (or another wake-up)
+                poll.unregister(self.wake)  # (it stays readable until the loop reads it)
+                grace = self.grace()
+                if grace is not None:
+                    self.stop_at = time.monotonic() + grace
+                if len(events) == 1:
+                    continue
+            if events:
+                return
+            if self.stop_at is not None and time.monotonic() >= self.stop_at:
+                raise TimeoutError(errno.ETIMEDOUT, "the server is stopping and the client did not read the "
+                                   "rest in time (graceful_timeout): the response is cut and the connection closed")
+            raise TimeoutError(errno.ETIMEDOUT, f"the client read nothing for {self.timeout:g} s "
+                               "(send_timeout): the response is cut and the connection closed")
 
     def _finish_sent(self, result: Any, it: Any) -> bool:
         """finish() after write() sent the head: the rest is a stream (pump), or nothing."""

@@ -162,7 +162,7 @@ class Writer:
         wsgi.attach_body(env, bytes(c.body) if c.body is not None else b"")
         c.body = None
         ex = wsgi.Exchange(self.wsgi_app, env, head_only, not c.flags & F_V10, bool(c.flags & F_KEEP))
-        ex.flow(c.fd, self._wsgi_out, self.cfg.send_timeout, self.m, I_BYTES_OUT)
+        ex.flow(c.fd, self._wsgi_out, self.cfg.send_timeout, self.m, I_BYTES_OUT, self._wake_r, self._wsgi_grace)
         if not ex.run():
             if ex.sent:  # write() sent the head: no answer can follow
                 self._close(c)
@@ -209,6 +209,10 @@ class Writer:
             self._interest(c, False)
             t_clear(self.tl, c)
         return queued, self.date
+
+    def _wsgi_grace(self) -> float | None:
+        """wsgi.Exchange.flow's: seconds a write() may still wait once the worker is stopping."""
+        return None if self.stop_mode == 0 else 0.0 if self.stop_mode == 2 else self.cfg.graceful_timeout
 
     def _pump(self, c) -> int:
         """Stream more of c's WSGI response. 0 done, 1 the socket is full (watched for

@@ -248,7 +248,7 @@ cdef class _StartResponse:
             wo = _RUNNING.get(PyThread_get_thread_ident())
             if wo is not None:  # (None: called from another thread; write() then only buffers)
                 w = <Worker>wo
-                ex.flow(self.fd, w._wsgi_out, w.config.send_timeout, w._slot, I_BYTES_OUT)
+                ex.flow(self.fd, w._wsgi_out, w.config.send_timeout, w._slot, I_BYTES_OUT, w.efd, w._wsgi_grace)
             self.ex = ex
         return self.ex
 
