@@ -282,8 +282,9 @@ def test_on_this_host_names_its_real_limits():
     assert p.returncode == 0, p.stderr
     if hard != resource.RLIM_INFINITY:
         assert f"fd limit {hard:,} per process" in p.stdout
-    assert f"{hi - lo + 1:,} ephemeral ports per source address" in p.stdout
-    assert f"{lo}-{hi}" in p.stdout
+    # (the fix line "N ephemeral ports per source address: --source-ips" gives way to a host-wide
+    # wall when one caps the target: nf_conntrack_max, as other runs on this host fill the table)
+    assert f"{hi - lo + 1:,} connections per source address, capped by the ephemeral ports {lo}-{hi}" in p.stdout
     data = json.loads(run_doctor("--json").stdout)
     assert data["facts"]["ephemeral_ports"] == hi - lo + 1
     assert data["facts"]["nofile_soft"] == soft
