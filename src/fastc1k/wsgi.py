@@ -53,6 +53,8 @@ import time
 from typing import Any, Callable
 from urllib.parse import unquote
 
+from .responses import CONN_CLOSE, CONN_KEEP_ALIVE
+
 __all__ = ["Exchange", "FileWrapper", "ContinueInput", "BodyTooLarge", "base_environ", "build_environ", "attach_body", "EMPTY_INPUT",
            "header_key", "head_for", "DONE", "BLOCKED", "ABORT"]
 
@@ -505,7 +507,7 @@ class Exchange:
             self.keep_alive = False  # the body the client may still send is not read: close
             self.input.final_sent = True
         self._commit(self.written, False, None)
-        conn = b"Connection: close\r\n" if not self.keep_alive else b"" if self.v11 else b"Connection: keep-alive\r\n"
+        conn = CONN_CLOSE if not self.keep_alive else b"" if self.v11 else CONN_KEEP_ALIVE  # (the engines' _add_conn)
         head = b"".join((queued, self.head, b"" if self.has_date else date, conn, b"\r\n"))
         self.sent = True
         self.pending = [head] + ([] if self.done else self.body)
