@@ -33,6 +33,8 @@ import json, resource, socket, sys, threading
 from fastc1k import Routes, ServerConfig, _compat
 engine, limit = _compat.load_engine(sys.argv[1]), int(sys.argv[2])
 ls = socket.socket()
+if len(sys.argv) > 3:
+    ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(sys.argv[3]))
 ls.bind(("127.0.0.1", 0))
 ls.listen(512)
 ls.setblocking(False)
@@ -64,9 +66,9 @@ def shim(tmp_path_factory) -> str:
 
 
 class Proc:
-    def __init__(self, shim: str, engine: str, mode: str, limit: int = 0, **env: str) -> None:
+    def __init__(self, shim: str, engine: str, mode: str, limit: int = 0, *args: str, **env: str) -> None:
         e = {**os.environ, "PYTHONPATH": SRC, "LD_PRELOAD": shim, "FC_EPOLL_FAIL": mode, **env}
-        self.p = subprocess.Popen([sys.executable, "-c", SERVER, engine, str(limit)], env=e, text=True,
+        self.p = subprocess.Popen([sys.executable, "-c", SERVER, engine, str(limit), *args], env=e, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.port = int(self.p.stdout.readline())
         self.address = ("127.0.0.1", self.port)
@@ -97,6 +99,25 @@ def test_refused_connection_is_closed_at_once_and_counted(shim, engine):
     assert k["accept_unwatched"] == 1 and k["accepted"] == k["closed"] == 1
     assert k["active"] == 0 and k['timeouts{kind="header"}'] == 0
     assert not k["failed"] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_refused_connection_after_its_first_read_is_closed_and_counted(shim, engine):
+    """With deferred accept the request that came with the connection is read (and answered)
+    before the connection joins the event set; refused then, it is closed at once, counted
+    once, and not left active."""
+    p = Proc(shim, engine, "c", 0, "1")
+    try:
+        with socket.create_connection(p.address, timeout=3.0) as s:
+            s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b'{"status":"ok"}'), got
+    finally:
+        k, err = p.finish()
+    assert k["accept_unwatched"] == 1 and k["accepted"] == k["closed"] == 1
+    assert k["active"] == 0 and not k["failed"] and "Traceback" not in err
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -26,6 +26,8 @@ cdef class Worker:
         uint32_t last_ip                # the last REMOTE_ADDR made, and its str
         object last_ip_str
         int lfd, epfd, efd, max_fd
+        bint read_first                 # the listener defers accept: read a new connection at once (epoll)
+        int unwatched                   # the fd _admit reads before it joins the event set, else -1
         volatile int stop_mode          # 0 run, 1 graceful, 2 now (set by stop())
         bint running, accepting, draining, quit
         uint64_t *m                     # this worker's metrics slot
@@ -90,6 +92,7 @@ cdef class Worker:
     cdef void _pause_accepting(self) noexcept nogil
     cdef void _listen(self, bint on) noexcept nogil
     cdef void _admit(self, int fd) noexcept nogil
+    cdef bint _watch(self, int fd, Conn *c, bint counted) noexcept nogil
     cdef void _on_read(self, int fd, Conn *c) noexcept nogil
     cdef void _on_write(self, int fd, Conn *c) noexcept nogil
     cdef void _process(self, int fd, Conn *c) noexcept nogil

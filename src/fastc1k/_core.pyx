@@ -179,13 +179,14 @@ cdef class Worker:
         self.conns = NULL
         self.rt = NULL
         self.scratch = NULL
-        self.lfd = self.epfd = self.efd = -1
+        self.lfd = self.epfd = self.efd = self.unwatched = -1
         self.ring = NULL
         self.uc = NULL
         memset(&self.pool, 0, sizeof(Pool))
 
     def __init__(self, sock, config, routes, metrics_area=None, int slot=0):
         cdef rlimit rl
+        cdef socklen_t slen
         cdef unsigned long long[::1] mv
         cdef int i
         cdef bytes b
@@ -198,6 +199,8 @@ cdef class Worker:
         self.lfd = sock.fileno()
         i = 1
         setsockopt(self.lfd, IPPROTO_TCP, TCP_NODELAY, &i, sizeof(int))  # accepted sockets inherit it
+        slen = sizeof(int)
+        self.read_first = getsockopt(self.lfd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &i, &slen) == 0 and i > 0
         view = metrics_area.slot(slot)
         mv = view
         self._slot = view
@@ -598,11 +601,13 @@ cdef class Worker:
                     self.pid, os.strerror(e), EMFILE_PAUSE_MS)
 
     cdef void _admit(self, int fd) noexcept nogil:
-        """A new connection: its table entry, its first read armed, its header deadline
-        (or, past max_connections, a 503 and a close)."""
-        cdef bint watched
+        """A new connection: its table entry, its header deadline, its first read (or,
+        past max_connections, a 503 and a close). When the listener defers accept (the
+        kernel hands a connection over with its first bytes), epoll reads at once, before
+        the fd joins the event set: the request is answered without an epoll round, and a
+        connection its response closes never joins the set (no epoll_ctl at all)."""
         cdef Conn *c
-        cdef epoll_event ev
+        cdef bint first = self.read_first and not self.uring and self.served < self.max_connections
         if fd >= self.nconns:  # cannot happen: the table covers RLIMIT_NOFILE
             close(fd)
             return
@@ -613,30 +618,45 @@ cdef class Worker:
         c.tprev = c.tnext = -1
         if fd > self.max_fd:
             self.max_fd = fd
-        if self.uring:
-            watched = u_watch(self, fd) >= 0
-        else:
-            ev.events = EPOLLIN
-            ev.data.fd = fd
-            watched = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) == 0
-        if not watched:
-            # the event set refused it (ENOSPC past fs.epoll.max_user_watches, ENOMEM): it
-            # could never be served, so close it now, uncounted as active, and count that
-            self.m[I_ACCEPT_UNWATCHED] += 1
-            c.flags = F_REJECTED
-            self._close(fd, c)
-            return
-        if self.served >= self.max_connections:
-            c.flags = F_REJECTED
-            self.m[I_REJECTED] += 1
-            self._error(fd, c, 503, False, -1)
-            if self._flush(fd, c) == 0:
-                self._linger(fd, c)
-            return
+        if not first:
+            if not self._watch(fd, c, False):
+                return
+            if self.served >= self.max_connections:
+                c.flags = F_REJECTED
+                self.m[I_REJECTED] += 1
+                self._error(fd, c, 503, False, -1)
+                if self._flush(fd, c) == 0:
+                    self._linger(fd, c)
+                return
         self.served += 1
         self.m[I_ACTIVE] = self.served
         c.flags = F_FRESH
         t_set(self.conns, self.tl, fd, T_HEADER, self.now)  # a new connection must speak in time
+        if first:
+            self.unwatched = fd  # meanwhile _interest only notes the events wanted
+            self._on_read(fd, c)
+            self.unwatched = -1
+            if c.state != S_FREE:
+                self._watch(fd, c, True)
+
+    cdef bint _watch(self, int fd, Conn *c, bint counted) noexcept nogil:
+        """fd joins the event set (reading, or writing while F_PAUSED). When the set refuses
+        it (ENOSPC past fs.epoll.max_user_watches, ENOMEM) it could never be served: it is
+        closed now and counted (uncounted as active unless counted)."""
+        cdef epoll_event ev
+        cdef bint watched
+        if self.uring:
+            watched = u_watch(self, fd) >= 0
+        else:
+            ev.events = EPOLLOUT if c.flags & F_PAUSED else EPOLLIN
+            ev.data.fd = fd
+            watched = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) == 0
+        if not watched:
+            self.m[I_ACCEPT_UNWATCHED] += 1
+            if not counted:
+                c.flags = F_REJECTED
+            self._close(fd, c)
+        return watched
 
     cdef char *_buf_get(self) noexcept nogil:
         cdef char *b = pool_get(&self.pool)
@@ -1491,7 +1511,8 @@ cdef class Worker:
         ev.data.fd = fd
         if out == ((c.flags & F_PAUSED) != 0):
             return
-        epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &ev)
+        if fd != self.unwatched:  # (else _admit adds it with these events)
+            epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &ev)
         if out:
             c.flags |= F_PAUSED
         else:

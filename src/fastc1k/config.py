@@ -50,6 +50,10 @@ FIELDS: tuple[Field, ...] = (
     Field("port", int, 8080, 0, 65535, "TCP port (0 picks a free one)"),
     Field("workers", int, 1, 1, 4096, "worker processes (one SO_REUSEPORT listener each)"),
     Field("backlog", int, 4096, 1, 1 << 20, "listen() backlog per listener (capped by net.core.somaxconn)"),
+    Field("defer_accept", int, 0, 0, 3600,
+          "seconds the kernel may hold a new connection until its first bytes come (TCP_DEFER_ACCEPT, "
+          "nginx's `deferred`; 0: off): the worker wakes once per connection instead of twice, and a silent "
+          "client reaches it (and its header timeout) only after about this long"),
     Field("max_connections", int, 10000, 1, 1 << 24,
           "open connections per worker; past it: 503 + Retry-After, then close; "
           f"`auto`: the fd limit less {FD_RESERVE}", auto=fd_sized_connections),
@@ -133,6 +137,7 @@ class ServerConfig:
     port: int = _BY_NAME["port"].default
     workers: int = _BY_NAME["workers"].default
     backlog: int = _BY_NAME["backlog"].default
+    defer_accept: int = _BY_NAME["defer_accept"].default
     max_connections: int = _BY_NAME["max_connections"].default
     max_request_line: int = _BY_NAME["max_request_line"].default
     max_header_bytes: int = _BY_NAME["max_header_bytes"].default

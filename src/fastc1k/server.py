@@ -21,14 +21,17 @@ from .routes import Routes
 __all__ = ["Server", "running_server", "make_listener"]
 
 
-def make_listener(host: str, port: int, backlog: int, reuseport: bool = False) -> socket.socket:
-    """A non-blocking listening TCP socket (IPv6 if host has a colon)."""
+def make_listener(host: str, port: int, backlog: int, reuseport: bool = False, defer_accept: int = 0) -> socket.socket:
+    """A non-blocking listening TCP socket (IPv6 if host has a colon); defer_accept > 0:
+    TCP_DEFER_ACCEPT (the engines then read a new connection's first bytes at once)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if defer_accept:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)
@@ -59,7 +62,8 @@ class Server:
         self.config = _compat.resolve_backend(self.engine, config or ServerConfig())
         self._own_sock = sock is None
         self.sock = sock if sock is not None else make_listener(self.config.host, self.config.port,
-                                                              self.config.backlog)
+                                                              self.config.backlog,
+                                                              defer_accept=self.config.defer_accept)
         self.metrics_area = metrics_area or metrics.MetricsArea(1)
         self.worker = self.engine.Worker(self.sock, self.config, self.routes, self.metrics_area, slot)
 

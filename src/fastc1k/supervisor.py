@@ -178,7 +178,8 @@ class Supervisor:
                 # whose SO_REUSEPORT sockets would otherwise silently share the port with us.
                 probe = make_listener(host, port, 1, reuseport=False)
                 probe.close()
-            first = make_listener(host, port, self.config.backlog, reuseport=(mode == "reuseport"))
+            first = make_listener(host, port, self.config.backlog, reuseport=(mode == "reuseport"),
+                                  defer_accept=self.config.defer_accept)
         except OSError as exc:
             raise ListenError(_describe_bind_error(host, port, exc)) from None
         self.port = first.getsockname()[1]
@@ -195,7 +196,8 @@ class Supervisor:
                 raise ListenError(_describe_bind_error(host, self.port, exc)) from None
 
     def _reuseport_socket(self) -> socket.socket:
-        return make_listener(self.config.host, self.port, self.config.backlog, reuseport=True)
+        return make_listener(self.config.host, self.port, self.config.backlog, reuseport=True,
+                             defer_accept=self.config.defer_accept)
 
     @property
     def address(self) -> str:

@@ -65,6 +65,11 @@ class Worker(Writer):
                  metrics_area: metrics.MetricsArea | None = None, slot: int = 0) -> None:
         self.sock = sock
         self.lfd = sock.fileno()
+        try:
+            self.read_first = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0  # as C
+        except OSError:
+            self.read_first = False
+        self.unwatched = -1  # the fd _admit reads before it joins the event set
         self.cfg = config
         self.routes = routes
         self.metrics_area = metrics_area or metrics.MetricsArea(1)
@@ -294,8 +299,9 @@ class Worker(Writer):
                         self.pid, os.strerror(e.errno or 0), EMFILE_PAUSE_MS)
 
     def _admit(self, sock: socket.socket) -> None:
-        """A new connection: its table entry, its first read armed, its header deadline
-        (or, past max_connections, a 503 and a close)."""
+        """A new connection: its table entry, its header deadline, its first read (or,
+        past max_connections, a 503 and a close). When the listener defers accept, the
+        first read is tried at once, before the connection joins the event set (as C)."""
         m = self.m
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -303,26 +309,43 @@ class Worker(Writer):
         self.conns[c.fd] = c
         m[I_ACCEPTED] += 1
         self.nopen += 1
-        try:
-            self.sel.register(sock, selectors.EVENT_READ)
-        except OSError:
-            # the event set refused it (ENOSPC past fs.epoll.max_user_watches, ENOMEM): it
-            # could never be served, so close it now, uncounted as active, and count that
-            m[I_ACCEPT_UNWATCHED] += 1
-            c.flags = F_REJECTED
-            self._close(c)
-            return
-        if self.served >= self.cfg.max_connections:
-            c.flags = F_REJECTED
-            m[I_REJECTED] += 1
-            self._error(c, 503, False, -1)
-            if self._flush(c) == 0:
-                self._linger(c)
-            return
+        first = self.read_first and self.served < self.cfg.max_connections
+        if not first:
+            if not self._watch(c, False):
+                return
+            if self.served >= self.cfg.max_connections:
+                c.flags = F_REJECTED
+                m[I_REJECTED] += 1
+                self._error(c, 503, False, -1)
+                if self._flush(c) == 0:
+                    self._linger(c)
+                return
         self.served += 1
         m[I_ACTIVE] = self.served
         c.flags = F_FRESH
         t_set(self.tl, c, T_HEADER, self.now)  # a new connection must speak in time
+        if first:
+            self.unwatched = c.fd  # meanwhile _interest only notes the events wanted
+            try:
+                self._on_read(c)
+            finally:
+                self.unwatched = -1
+            if c.state != S_FREE:
+                self._watch(c, True)
+
+    def _watch(self, c: Conn, counted: bool) -> bool:
+        """c joins the event set (reading, or writing while F_PAUSED). When the set refuses
+        it (ENOSPC past fs.epoll.max_user_watches, ENOMEM) it could never be served: it is
+        closed now and counted (uncounted as active unless counted)."""
+        try:
+            self.sel.register(c.sock, selectors.EVENT_WRITE if c.flags & F_PAUSED else selectors.EVENT_READ)
+        except OSError:
+            self.m[I_ACCEPT_UNWATCHED] += 1
+            if not counted:
+                c.flags = F_REJECTED
+            self._close(c)
+            return False
+        return True
 
     def _buf_get(self) -> bytearray | None:
         b = self.pool.get()

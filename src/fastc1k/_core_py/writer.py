@@ -316,7 +316,8 @@ class Writer:
         """Read, or wait for the client to drain our output (writing only)."""
         if out == bool(c.flags & F_PAUSED):
             return
-        self.sel.modify(c.sock, selectors.EVENT_WRITE if out else selectors.EVENT_READ)
+        if c.fd != self.unwatched:  # (else _admit registers it with these events)
+            self.sel.modify(c.sock, selectors.EVENT_WRITE if out else selectors.EVENT_READ)
         if out:
             c.flags |= F_PAUSED
         else:

@@ -4,7 +4,7 @@ against it, under the same container limits, in the same run.
 The suite writes its config: fastc1k's routes (`/api/health` the same 15-byte JSON,
 `/api/data` the same fields) and fastc1k's limits in nginx's words (the same worker
 count, per-worker connections sized from the fd limit as `max_connections auto` does,
-the same listen backlog, header and body limits, timeouts), so that what differs is the
+the same listen backlog and deferred accept, header and body limits, timeouts), so that what differs is the
 server, not its configuration. The bench's nginx (bench/servers.py) is written here too.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen {host}:{port} backlog={backlog}{reuseport};
+        listen {host}:{port} backlog={backlog}{reuseport}{deferred};
         location = /api/health {{ return 200 '{{"status":"ok"}}'; }}
         location = /api/data {{ return 200 '{{"id":$connection_requests,"timestamp":$msec,"worker":$pid}}'; }}
         location / {{ return 404; }}
@@ -68,7 +68,7 @@ def nginx_conf(workdir: str, port: int, workers: int = 1, connections: int | Non
         os.makedirs(os.path.join(workdir, d), exist_ok=True)
     return _CONF.format(dir=workdir, host=host, port=port, workers=workers, connections=conns,
                         nofile=nofile or conns + FD_RESERVE, backlog=c.backlog,
-                        reuseport=" reuseport" if workers > 1 else "",
+                        reuseport=" reuseport" if workers > 1 else "", deferred=" deferred" if c.defer_accept else "",
                         idle_timeout=f"{idle_timeout or c.idle_timeout:g}s", header_timeout=f"{c.header_timeout:g}s",
                         send_timeout=f"{c.send_timeout:g}s", header_bytes=f"{c.max_header_bytes // 1024}k",
                         max_body=f"{c.max_body // 1024}k")

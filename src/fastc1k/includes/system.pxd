@@ -78,6 +78,7 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_DEFER_ACCEPT
 
 
 cdef extern from "<sys/uio.h>" nogil:
