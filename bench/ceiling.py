@@ -25,7 +25,7 @@ from fastc1k._readme import write_block
 from fastc1k.host import proc
 
 from . import drivers, measure, workloads
-from .servers import SERVERS, RunningServer
+from .servers import DEFER_ACCEPT, SERVERS, RunningServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CEILING_SERVERS = ("floor", "nginx", "c", "c-uring", "python", "uvloop")
@@ -71,6 +71,7 @@ def run(names: list[str], rounds: int, duration: float, idle: int, do_strace: bo
     if why:
         raise SystemExit(f"bench.ceiling: {why}")
     report = {"machine": machine(), "servers": [s.name for s in specs], "skipped": skipped,
+              "defer_accept": DEFER_ACCEPT,
               "rounds": rounds, "round_s": duration, "workloads": {}, "syscalls": {}, "memory": {}}
     running: list[RunningServer] = []
     try:
@@ -225,7 +226,9 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines.append(f"Measured {m['date_utc']} UTC on {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
                  f"load average {' '.join(m['loadavg'])} → {' '.join(m.get('loadavg_end', []))}; "
-                 f"{report['rounds']} rounds of {report['round_s']:g} s, quota {report.get('quota')}.")
+                 f"{report['rounds']} rounds of {report['round_s']:g} s, quota {report.get('quota')}; "
+                 f"listeners with deferred accept ({report.get('defer_accept', 0)} s: TCP_DEFER_ACCEPT, "
+                 "nginx `deferred`).")
     head = headline(report)
     if head:
         lines += [""] + head

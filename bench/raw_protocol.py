@@ -1,6 +1,6 @@
 """The asyncio/uvloop baseline: a raw `asyncio.Protocol` answering /api/health.
 
-`raw_protocol.py --loop uvloop|asyncio --port P`. It counts request ends ("\r\n\r\n")
+`raw_protocol.py --loop uvloop|asyncio [--defer-accept S] --port P`. It counts request ends ("\r\n\r\n")
 and answers each with fastc1k's /api/health response (same headers, Date rewritten once
 a second), closing after a request that says `Connection: close`. No parser, no limits:
 the least an asyncio server can do, as in bench/METHOD.md's anchor table.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 from email.utils import formatdate
 
 HEAD = (b"HTTP/1.1 200 OK\r\nServer: fastc1k\r\nContent-Type: application/json\r\n"
@@ -47,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--defer-accept", type=int, default=0, help="TCP_DEFER_ACCEPT seconds (0: off)")
     args = ap.parse_args()
     if args.loop == "uvloop":
         import uvloop
@@ -56,6 +58,8 @@ def main() -> None:
     asyncio.set_event_loop(loop)
     refresh_date(loop)
     server = loop.run_until_complete(loop.create_server(Health, "127.0.0.1", args.port, backlog=16384))
+    for sock in server.sockets if args.defer_accept else ():
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, args.defer_accept)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, loop.stop)
     print(f"ready {args.loop} {args.port}", flush=True)

@@ -14,6 +14,12 @@ free port of 127.0.0.1. A server that cannot run here is skipped with the reason
 - uvloop   a raw asyncio.Protocol on uvloop (bench/raw_protocol.py)
 - asyncio  the same Protocol on the stdlib loop (not in the default set)
 - uvicorn  uvicorn + uvloop + httptools with a tiny ASGI app (bench/asgi_app.py)
+
+Every server that can listens with deferred accept (DEFER_ACCEPT: TCP_DEFER_ACCEPT, nginx's
+`listen ... deferred`, fastc1k's `defer_accept`): the kernel hands a connection over with its
+request, so a new connection wakes a server once, not twice (on a VM a sleep and wake-up can
+cost a server more CPU than serving the request: it would dominate the new-connection
+figures). uvicorn has no such option; the floor never closes (no new-connection workload).
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 HEALTH, DATA, HANDLER = "/api/health", "/api/data", "/bench/handler"
 DEFAULT_SERVERS = ("floor", "nginx", "c", "python", "uvloop", "uvicorn")
+DEFER_ACCEPT = 1  # seconds (see above)
 
 
 def free_port() -> int:
@@ -133,14 +140,16 @@ class ServerSpec:
         if self.name == "nginx":   # the capacity suite's config, with the bench's sizes
             conf = workdir / "nginx.conf"
             conf.write_text(nginx_conf(str(workdir), port, workers=1, connections=20000, nofile=20000,
-                                       config=ServerConfig(backlog=16384), idle_timeout=300))
+                                       config=ServerConfig(backlog=16384, defer_accept=DEFER_ACCEPT), idle_timeout=300))
             return ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
+        defer = ["--defer-accept", str(DEFER_ACCEPT)]
         if self.name in ("c", "python"):
-            return [py, str(BENCH / "serve_fastc1k.py"), "--engine", self.name, "--port", str(port)]
+            return [py, str(BENCH / "serve_fastc1k.py"), "--engine", self.name, "--port", str(port), *defer]
         if self.name == "c-uring":
-            return [py, str(BENCH / "serve_fastc1k.py"), "--engine", "c", "--backend", "io_uring", "--port", str(port)]
+            return [py, str(BENCH / "serve_fastc1k.py"), "--engine", "c", "--backend", "io_uring", "--port", str(port),
+                    *defer]
         if self.name in ("uvloop", "asyncio"):
-            return [py, str(BENCH / "raw_protocol.py"), "--loop", self.name, "--port", str(port)]
+            return [py, str(BENCH / "raw_protocol.py"), "--loop", self.name, "--port", str(port), *defer]
         if self.name == "uvicorn":
             return [py, "-m", "uvicorn", "bench.asgi_app:app", "--host", "127.0.0.1", "--port", str(port),
                     "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",

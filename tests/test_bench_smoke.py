@@ -39,6 +39,17 @@ def test_server_under_quota(name):
     assert not any(os.path.exists(f"/proc/{p}") and _alive(p) for p in pids), "server left running"
 
 
+def test_servers_listen_with_deferred_accept(tmp_path):
+    """The new-connection figures compare like with like: every server that has the option
+    gets the same deferred accept (bench/servers.py)."""
+    for name in ("nginx", "c", "c-uring", "python", "uvloop"):
+        cmd = servers.SERVERS[name].command(8080, tmp_path)
+        if name == "nginx":
+            assert re.search(r"listen \S+ backlog=\d+ deferred;", (tmp_path / "nginx.conf").read_text())
+        else:
+            assert cmd[cmd.index("--defer-accept") + 1] == str(servers.DEFER_ACCEPT) != "0", cmd
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
