@@ -603,11 +603,12 @@ cdef class Worker:
     cdef void _admit(self, int fd) noexcept nogil:
         """A new connection: its table entry, its header deadline, its first read (or,
         past max_connections, a 503 and a close). When the listener defers accept (the
-        kernel hands a connection over with its first bytes), epoll reads at once, before
-        the fd joins the event set: the request is answered without an epoll round, and a
-        connection its response closes never joins the set (no epoll_ctl at all)."""
+        kernel hands a connection over with its first bytes), it is read at once, before the
+        fd joins the event set: the request is answered without an epoll round, and a
+        connection its response closes never joins the set (no epoll_ctl at all; io_uring:
+        no recv armed, none to cancel at the close)."""
         cdef Conn *c
-        cdef bint first = self.read_first and not self.uring and self.served < self.max_connections
+        cdef bint first = self.read_first and self.served < self.max_connections
         if fd >= self.nconns:  # cannot happen: the table covers RLIMIT_NOFILE
             close(fd)
             return
@@ -633,11 +634,17 @@ cdef class Worker:
         c.flags = F_FRESH
         t_set(self.conns, self.tl, fd, T_HEADER, self.now)  # a new connection must speak in time
         if first:
-            self.unwatched = fd  # meanwhile _interest only notes the events wanted
+            if self.uring:
+                memset(&self.uc[fd], 0, sizeof(UConn))
+            self.unwatched = fd  # meanwhile _interest only notes the events wanted (epoll)
             self._on_read(fd, c)
             self.unwatched = -1
-            if c.state != S_FREE:
+            if c.state == S_FREE:
+                return
+            if not self.uring:
                 self._watch(fd, c, True)
+            elif c.state != S_LINGER and not (c.out_len or c.flags & (F_PAUSED | F_STREAM)):
+                u_interest(self, fd, c, False)  # its recv (while writing: once sent, by u_sent)
 
     cdef bint _watch(self, int fd, Conn *c, bint counted) noexcept nogil:
         """fd joins the event set (reading, or writing while F_PAUSED). When the set refuses
