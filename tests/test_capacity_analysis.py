@@ -212,3 +212,23 @@ def test_peak_names_its_stage_and_the_servers_cpu_there():
     assert A.peak_text(stages) == ("100,000 req/s at 250 clients (server CPU 0.40 of 0.50 cores allowed, "
                                    "4.0 µs/request)")
     assert A.peak_text(stages[:1]) == "90,000 req/s at 100 clients" and A.peak_text([]) is None
+
+
+def test_peak_adds_the_kernels_softirq_work_outside_the_container():
+    """Packet work the kernel hands to ksoftirqd runs outside the container's cgroup: not
+    in the server's CPU, not capped by its quota. The stage carries it and the CPU per
+    request both ways; a report without it (an older one), or with next to none, reads as
+    before."""
+    samples = [{"t": 10 + i / 10, "cpu_used": 0.4, "cpu_allowed": 0.5, "ksoftirqd": k}
+               for i, k in enumerate([0.2, 0.4] * 5)]
+    cpu = A.server_cpu(samples, 100_000.0)
+    assert cpu == {"server_cpu": 0.4, "server_cpu_allowed": 0.5, "cpu_us_per_request": 4.0,
+                   "kernel_outside_cores": 0.3, "cpu_us_per_request_with_kernel": 7.0}
+    assert A.peak_text([{"clients": 250, "throughput": 100_000.0, **cpu}]) == (
+        "100,000 req/s at 250 clients (server CPU 0.40 of 0.50 cores allowed, 4.0 µs/request; "
+        "plus 0.30 cores of ksoftirqd outside the container's cgroup (host-wide), 7.0 µs/request with it)")
+    samples[3]["ksoftirqd"] = None   # the sample before it had no previous reading: skipped
+    assert A.server_cpu(samples, 100_000.0)["kernel_outside_cores"] == 0.289
+    idle = {**cpu, "kernel_outside_cores": 0.004, "cpu_us_per_request_with_kernel": 4.04}
+    assert A.peak_text([{"clients": 250, "throughput": 100_000.0, **idle}]) == (   # none to speak of: not named
+        "100,000 req/s at 250 clients (server CPU 0.40 of 0.50 cores allowed, 4.0 µs/request)")

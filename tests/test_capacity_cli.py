@@ -79,6 +79,16 @@ def test_kernel_readers_and_prometheus():
     assert monitor._snake("TCPAbortOnMemory") == "tcp_abort_on_memory"
 
 
+def test_monitor_samples_ksoftirqd_outside_the_container():
+    """Each sample after the first carries the cores the ksoftirqd threads used since the
+    one before (host-wide), whatever the server: they are in no container's cgroup."""
+    assert proc.ksoftirqd_pids(), "a Linux host has one ksoftirqd/N a CPU"
+    m = monitor.Monitor(None)
+    assert "ksoftirqd" not in m.sample_once(None)   # no previous reading: no rate yet
+    s = m.sample_once(0.1)
+    assert isinstance(s["ksoftirqd"], float) and 0 <= s["ksoftirqd"] <= os.cpu_count() * 1.5, s
+
+
 def synthetic_report() -> dict:
     th = A.Thresholds()
     stages = []

@@ -172,6 +172,9 @@ def test_process_and_kernel_readings():
     assert 0 < proc.mem_used_fraction() < 1 and proc.meminfo()["MemTotal"] > 0
     busy, irq = proc.host_busy_seconds()
     assert busy > irq >= 0 and "CPUs" in proc.host_info()["summary"]
+    ks = proc.ksoftirqd_pids()   # one kernel thread a CPU, found by name
+    assert ks and all(open(f"/proc/{p}/comm").read().startswith("ksoftirqd/") for p in ks)
+    assert proc.cpu_seconds(ks) >= 0
 
 
 def test_source_address_ranges():

@@ -1,7 +1,8 @@
 """The resource monitor: the server's processes, its limits and the kernel, every 100 ms.
 
 One thread samples psutil (CPU, RSS, fds, context switches of the server's process
-tree), the kernel's TCP counters (/proc/net/netstat, /proc/net/sockstat) and the
+tree), the cores the kernel's ksoftirqd threads use outside the container (host-wide),
+the kernel's TCP counters (/proc/net/netstat, /proc/net/sockstat) and the
 cgroup's throttling; a second thread scrapes the server's own /metrics (loop lag, events
 per wait, buffer pool) when it is fastc1k, because a scrape can take long on a saturated
 server and must not stall the 100 ms samples. Samples carry the client count the
@@ -74,6 +75,8 @@ class Monitor:
         self.base_conntrack: dict[str, int] = {}
         self.port = urlsplit(metrics_url).port if metrics_url else None
         self.netns_pid: int | None = None   # read the kernel counters of this process's namespace (a container's)
+        self._ksoftirqd = proc.ksoftirqd_pids()
+        self._last_ksoftirqd: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Monitor":
@@ -196,6 +199,11 @@ class Monitor:
                         "the figures are not the container's")
                 if note not in self.notes:
                     self.notes.append(note)
+        if self._ksoftirqd:   # host-wide: packet work outside any container's cgroup and quota
+            k = proc.cpu_seconds(self._ksoftirqd)
+            if self._last_ksoftirqd is not None and dt:
+                s["ksoftirqd"] = round((k - self._last_ksoftirqd) / dt, 3)
+            self._last_ksoftirqd = k
         ns = proc.netstat(pid=self.netns_pid)
         for k, v in ns.items():
             s[_snake(k)] = v - self.base_netstat.get(k, 0)
