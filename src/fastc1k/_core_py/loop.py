@@ -576,10 +576,11 @@ class Worker(Writer):
             return  # closed already
         t_clear(self.tl, c)
         self._buf_put(c)
-        try:
-            self.sel.unregister(c.sock)
-        except (KeyError, ValueError):
-            pass
+        if c.fd != self.unwatched:  # (the one _admit reads first is in no event set yet)
+            try:
+                self.sel.unregister(c.sock)
+            except (KeyError, ValueError):  # the KeyError's message is repr(sock): 2 syscalls
+                pass
         c.sock.close()
         m = self.m
         m[I_CLOSED] += 1
