@@ -95,7 +95,7 @@ def test_sweep_removes_only_dead_runs_of_its_own_prefix(monkeypatch):
     def run(argv, **kw):
         deleted.append(argv[-1])
         return subprocess.CompletedProcess(argv, 0, tables if argv[:3] == ["nft", "list", "tables"] else "", "")
-    monkeypatch.setattr(K.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)   # ip and nft, both run by the host layer
     assert K.sweep(alive=lambda pid: pid == 222) == ["fc1k-kbal-111-1-node", "fc1k_kbal_111_1"]
     assert deleted == ["fc1k-kbal-111-1-node", "ip", "fc1k_kbal_111_1"]   # ip netns del; nft list; nft delete
 

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import time
 from typing import Any
 
-from . import sysctl
+from . import net, sysctl
 
 __all__ = ["read", "ruleset_needs_tracking", "active", "fix", "raised_max", "notrack_port", "MAX", "COUNT", "STAT"]
 
@@ -73,14 +71,10 @@ def ruleset_needs_tracking(ruleset: str) -> list[str]:
 
 
 def _ruleset() -> str | None:
-    nft = shutil.which("nft")
-    if not nft:
-        return None
     try:
-        r = subprocess.run([nft, "list", "ruleset"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+        return net.nft("list", "ruleset", timeout=10)
+    except OSError:
         return None
-    return r.stdout if r.returncode == 0 else None
 
 
 def active(watch_s: float = 0.5) -> dict[str, Any]:
@@ -183,15 +177,13 @@ class notrack_port:
         self.made = False
         self.how = ""
 
-    def _nft(self, *args: str, stdin: str | None = None) -> tuple[bool, str]:
-        nft = shutil.which("nft")
-        if not nft:
-            return False, "nft is not installed"
+    @staticmethod
+    def _nft(*args: str, stdin: str | None = None) -> tuple[bool, str]:
         try:
-            r = subprocess.run([nft, *args], input=stdin, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return False, str(exc)
-        return r.returncode == 0, (r.stderr.strip().splitlines() or [""])[-1]
+            net.nft(*args, stdin=stdin, timeout=10)
+            return True, ""
+        except OSError as exc:
+            return False, (str(exc).splitlines() or [""])[-1]
 
     def __enter__(self) -> "notrack_port":
         p = self.port

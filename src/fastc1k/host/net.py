@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from . import sysctl
 
-__all__ = ["CLONE_NEWNET", "ip", "ip_available", "enter_netns", "enter", "in_netns", "netns_names", "NetNs",
+__all__ = ["CLONE_NEWNET", "ip", "nft", "ip_available", "enter_netns", "enter", "in_netns", "netns_names", "NetNs",
            "Veth", "free_block", "parse_source_ips"]
 
 CLONE_NEWNET = 0x40000000
@@ -41,6 +41,24 @@ def ip(*argv: str, netns: str | None = None) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise OSError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def nft(*argv: str, stdin: str | None = None, netns: str | None = None, timeout: float | None = None) -> str:
+    """Run `nft ARGV` (inside the named `netns` when given); its stdout, or OSError with its
+    stderr (or why it could not run)."""
+    where = f" in {netns}" if netns else ""
+    try:
+        r = subprocess.run(["nft", *argv], input=stdin, capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=(lambda: enter(netns)) if netns else None)
+    except FileNotFoundError:
+        raise OSError(f"nft {' '.join(argv)}{where}: nft is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise OSError(f"nft {' '.join(argv)}{where}: no answer in {timeout:g} s") from None
+    except subprocess.SubprocessError:   # the child could not enter netns (it is gone)
+        raise OSError(f"nft {' '.join(argv)}: cannot enter the namespace {netns}") from None
+    if r.returncode != 0:
+        raise OSError(f"nft {' '.join(argv)}{where}: {r.stderr.strip() or r.returncode}")
     return r.stdout
 
 

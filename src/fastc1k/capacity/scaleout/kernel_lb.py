@@ -25,12 +25,12 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import subprocess
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ...host import conntrack, net, sysctl
+from ...host.net import nft
 
 __all__ = ["PREFIX", "NeedsRoot", "require_root", "Endpoint", "ruleset", "service_rule", "ServiceNet",
            "KernelBalancer", "Conntrack", "nft", "sweep", "PICKS", "host_notrack_rules"]
@@ -100,18 +100,6 @@ def host_notrack_rules(table: str, block: str) -> str:
 
 
 # --------------------------------------------------------------------------- namespaces
-
-def nft(*argv: str, stdin: str | None = None, netns: str | None = None) -> str:
-    """Runs `nft ARGV` (inside the named namespace when given); its stdout, or OSError."""
-    try:
-        r = subprocess.run(["nft", *argv], input=stdin, capture_output=True, text=True,
-                           preexec_fn=(lambda: net.enter(netns)) if netns else None)
-    except subprocess.SubprocessError:   # the child could not enter netns (it is gone)
-        raise OSError(f"nft {' '.join(argv)}: cannot enter the namespace {netns}") from None
-    if r.returncode != 0:
-        raise OSError(f"nft {' '.join(argv)}{f' in {netns}' if netns else ''}: {r.stderr.strip() or r.returncode}")
-    return r.stdout
-
 
 def _quietly(fn: Callable[..., Any], *argv: str, **kw: Any) -> str | None:
     """fn(*argv): None when it worked, else its error (for teardown, which goes on)."""
