@@ -3,8 +3,9 @@
 that the next connections find it full: assured entries are never early-dropped, so a new
 connection past nf_conntrack_max is refused ("table full, dropping packet") and its SYN
 vanishes. Run inside a namespace the test owns: `python tests/_conntrack.py fill N`
-(`room N` inserts or deletes entries until exactly N connections fit: other entries, such
-as an earlier test's TIME_WAIT ones, expire on their own clock).
+(`room N` flushes the namespace's table and fills it until exactly N connections fit:
+an earlier run's entries, closing ones with a 10 s timeout among them, would otherwise
+expire, or be evicted once expired, in the middle of the next run, and give it more room).
 The entries (10.200.0.0/13 -> 10.199.0.1:80, never routed) go with the namespace."""
 import socket
 import struct
@@ -32,35 +33,33 @@ def _tuple(src, dst, sport, dport):
     return ip + proto
 
 
-def message(seq, src, dst, sport, dport, timeout, delete=False):
+def message(seq, src, dst, sport, dport, timeout):
     body = struct.pack("=BBH", socket.AF_INET, 0, 0)
     body += _nla(1 | NLA_F_NESTED, _tuple(src, dst, sport, dport))
-    if not delete:
-        body += _nla(2 | NLA_F_NESTED, _tuple(dst, src, dport, sport))
-        body += _nla(3, struct.pack("!I", IPS_ASSURED | IPS_CONFIRMED))
-        body += _nla(7, struct.pack("!I", timeout))
-        body += _nla(4 | NLA_F_NESTED, _nla(1 | NLA_F_NESTED, _nla(1, bytes([TCP_CONNTRACK_ESTABLISHED]))))
-    kind = IPCTNL_MSG_CT_DELETE if delete else IPCTNL_MSG_CT_NEW
-    flags = NLM_F_REQUEST if delete else NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
-    hdr = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | kind, flags, seq, 0)
+    body += _nla(2 | NLA_F_NESTED, _tuple(dst, src, dport, sport))
+    body += _nla(3, struct.pack("!I", IPS_ASSURED | IPS_CONFIRMED))
+    body += _nla(7, struct.pack("!I", timeout))
+    body += _nla(4 | NLA_F_NESTED, _nla(1 | NLA_F_NESTED, _nla(1, bytes([TCP_CONNTRACK_ESTABLISHED]))))
+    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+    hdr = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, flags, seq, 0)
     return hdr + body
 
 
-def fill(n, timeout=600, batch=256, delete=False, start=0):
-    """Insert n entries from index start (delete=True: remove them); (sent, {errno: failures})."""
+def fill(n, timeout=600, batch=256):
+    """Insert n entries; (sent, {errno: failures})."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     s.bind((0, 0))
     s.setblocking(False)
     failed = {}
     sent = 0
-    i = start
+    i = 0
     while sent < n:
         buf = b""
         for _ in range(min(batch, n - sent)):
             a, b = divmod(i, 60000)
             src = f"10.{200 + a // 250}.{a % 250}.1"
-            buf += message(i, src, "10.199.0.1", 1024 + b, 80, timeout, delete)
+            buf += message(i, src, "10.199.0.1", 1024 + b, 80, timeout)
             i += 1
             sent += 1
         s.send(buf)
@@ -87,23 +86,32 @@ def _drain(s, failed):
                     failed[err] = failed.get(err, 0) + 1
             off += (ln + 3) & ~3
 
+
 def _sysctl(name):
     with open(f"/proc/sys/net/netfilter/{name}") as f:
         return int(f.read())
 
 
-def room(n):
-    """Insert or delete this script's entries until the table has room for exactly n more;
-    an index already present (insert) or already gone (delete) fails and the next is tried."""
-    index = {False: 1 << 20, True: 0}          # inserts above fill()'s indices, deletes from its first
-    for _ in range(100):
-        change = _sysctl("nf_conntrack_count") - (_sysctl("nf_conntrack_max") - n)
-        if change == 0:
+def flush():
+    """Delete every entry of this namespace's table (ctnetlink IPCTNL_MSG_CT_DELETE without a
+    tuple, what `conntrack -F` sends), then wait for the count to fall."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    s.bind((0, 0))
+    body = struct.pack("=BBH", socket.AF_INET, 0, 0)
+    s.send(struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+                       NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+    s.recv(1 << 16)   # the ack: the flush is done
+    s.close()
+    for _ in range(250):
+        if _sysctl("nf_conntrack_count") == 0:
             return
-        delete = change > 0
-        _, failed = fill(abs(change), delete=delete, start=index[delete])
-        index[delete] += abs(change)
-    raise SystemExit(f"could not bring the table to room for {n}: count {_sysctl('nf_conntrack_count')}")
+        time.sleep(0.02)
+
+
+def room(n):
+    """Exactly n connections fit: the table flushed, then filled with this script's entries."""
+    flush()
+    fill(_sysctl("nf_conntrack_max") - _sysctl("nf_conntrack_count") - n)
 
 
 if __name__ == "__main__":

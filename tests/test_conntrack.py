@@ -97,7 +97,7 @@ def test_a_full_table_is_named_as_the_first_bottleneck(netns, tmp_path):
 def test_the_probe_counts_connections_stuck_in_syn_sent_as_failed(netns, tmp_path):
     """Behind the full table SYNs vanish and the kernel retries them for two minutes: the
     probe gives each its connect timeout, counts it failed and names conntrack."""
-    # room for the probe's own check, set exactly: the ramp test's TIME_WAIT entries expire meanwhile
+    # room for the probe's own check, set exactly: the ramp test's entries would expire meanwhile
     r = _ns(sys.executable, os.path.join(TESTS, "_conntrack.py"), "room", "300")
     assert abs(int(r.stdout) - 300) <= 20, r.stdout
     out = tmp_path / "probe.json"
