@@ -172,6 +172,16 @@ cdef inline uint8_t _bit_length(uint64_t v) noexcept nogil:
     return n
 
 
+cdef inline void _out_free(Conn *c) noexcept nogil:
+    """Free c.out when it is malloc'd (F_OUT_OWNED): the block's size is stored right after
+    its unsent tail (c.out advances as it is sent)."""
+    cdef size_t total
+    if c.flags & F_OUT_OWNED:
+        memcpy(&total, c.out + c.out_len, sizeof(size_t))
+        free(c.out + c.out_len - total)
+        c.flags &= ~F_OUT_OWNED
+
+
 cdef class Worker:
     """One worker loop over a listening socket. See fastc1k.server.Server for the API."""
 
@@ -1253,7 +1263,6 @@ cdef class Worker:
         None while an io_uring send of it is in flight (the kernel holds that output).
         (_process never calls an app while fd has output in flight; kept for safety.)"""
         cdef Conn *c = &self.conns[fd]
-        cdef size_t total
         cdef int i
         if self.uring and c.out_len:
             return None
@@ -1263,10 +1272,7 @@ cdef class Worker:
         self.niov = 0
         self.out_total = self.arena_used = 0
         if c.out_len:
-            if c.flags & F_OUT_OWNED:
-                memcpy(&total, c.out + c.out_len, sizeof(size_t))
-                free(c.out + c.out_len - total)
-                c.flags &= ~F_OUT_OWNED
+            _out_free(c)
             c.out = NULL
             c.out_len = 0
             c.flags &= ~F_DEFER  # (a deferred send's entry in self.deferred is then stale)
@@ -1381,9 +1387,7 @@ cdef class Worker:
                 self._close(fd, c)
                 return -1
             memcpy(p, c.out, old)
-            if c.flags & F_OUT_OWNED:
-                memcpy(&k, c.out + old, sizeof(size_t))
-                free(c.out + old - k)
+            _out_free(c)
             k = old
             for i in range(self.niov):
                 memcpy(p + k, self.iov[i].iov_base, self.iov[i].iov_len)
@@ -1477,7 +1481,6 @@ cdef class Worker:
 
     cdef void _on_write(self, int fd, Conn *c) noexcept nogil:
         cdef ssize_t w
-        cdef size_t total
         if c.out_len:
             w = write(fd, c.out, c.out_len)
             if w < 0:
@@ -1491,10 +1494,7 @@ cdef class Worker:
                 if w:
                     t_set(self.conns, self.tl, fd, T_SEND, self.now)  # progress restarts the send timer
                 return
-            if c.flags & F_OUT_OWNED:
-                memcpy(&total, c.out, sizeof(size_t))
-                free(c.out - total)
-                c.flags &= ~F_OUT_OWNED
+            _out_free(c)
             c.out = NULL
             t_clear(self.conns, self.tl, fd)
         if c.flags & F_STREAM and self._pump(fd, c) != 0:
@@ -1546,12 +1546,9 @@ cdef class Worker:
         t_set(self.conns, self.tl, fd, T_LINGER, self.now)
 
     cdef void _close(self, int fd, Conn *c) noexcept nogil:
-        cdef size_t total
         t_clear(self.conns, self.tl, fd)
         self._buf_put(c)
-        if c.flags & F_OUT_OWNED:
-            memcpy(&total, c.out + c.out_len, sizeof(size_t))
-            free(c.out + c.out_len - total)
+        _out_free(c)
         if c.flags & (F_PENDING_PY | F_STREAM):
             self._drop_pending(fd, c.flags)
         if self.uring:
