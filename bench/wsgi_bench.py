@@ -225,6 +225,11 @@ def summarize(rounds: list[dict], alone_us: float) -> dict:
     return out
 
 
+def best_other(summary: dict) -> str | None:
+    """The cheapest server that is not fastc1k (median µs/request), or None."""
+    return min((n for n in summary if n not in OURS), key=lambda n: summary[n]["cpu_us"], default=None)
+
+
 def reach(app: str, apps: dict) -> dict:
     """What the app's own time leaves of the goal. A server's request costs at least the app
     alone plus the server's own per-request cost, which hello shows (hello's µs/request minus
@@ -232,11 +237,10 @@ def reach(app: str, apps: dict) -> dict:
     ratio our backend can reach; app alone / the best other is the least any server can.
     Every figure comes from this run; empty when no other server ran."""
     res = apps[app]
-    others = {n: s for n, s in res["summary"].items() if n not in OURS}
-    if not others:
+    best = best_other(res["summary"])
+    if best is None:
         return {}
-    best = min(others, key=lambda n: others[n]["cpu_us"])
-    best_us, alone = others[best]["cpu_us"], res["alone_us"]
+    best_us, alone = res["summary"][best]["cpu_us"], res["alone_us"]
     out = {"best": best, "best_us": best_us, "alone_us": alone, "floor": alone / best_us,
            "allowed_us": GOALS[app] * best_us - alone, "ours": {}}
     hello = apps.get("hello", {})
@@ -281,9 +285,8 @@ GOALS = {"hello": 0.8, "flask_app": 0.9}
 
 def goal_line(app: str, summary: dict, skipped: dict) -> str:
     """Whether the default backend (epoll) and io_uring each met the app's goal (median ratio)."""
-    others = {n: s for n, s in summary.items() if n not in OURS}
-    top = min(others, key=lambda n: others[n]["cpu_us"], default=None)
-    best = f" ({LABELS[top]}, {others[top]['cpu_us']:.2f} µs)" if top else ""
+    top = best_other(summary)
+    best = f" ({LABELS[top]}, {summary[top]['cpu_us']:.2f} µs)" if top else ""
     parts = []
     for n, name in (("c", "the default backend (epoll)"), ("c-uring", "io_uring")):
         v = summary.get(n, {}).get("vs_best")
