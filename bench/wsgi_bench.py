@@ -1,4 +1,4 @@
-"""The WSGI bench: `python -m bench.wsgi_bench` (about 5 minutes with the defaults).
+"""The WSGI bench: `python -m bench.wsgi_bench` (about 12 minutes with the defaults).
 
 fastc1k's two engines serving a WSGI app (`--wsgi`; the C engine on its default epoll
 backend and on io_uring, `--backend io_uring`), beside the WSGI servers people run:
@@ -11,7 +11,11 @@ median over rounds, a ratio the median of per-round ratios (min–max). Before a
 memory per idle keep-alive connection on the fresh hello servers. For each app, the app
 alone (called in-process by this interpreter, no server, on the servers' core): what of a
 request is the app's, what is the server's, and what that leaves of the goal (`reach`): no
-server can cost less than the app alone plus its own per-request cost, seen on hello.
+server can cost less than the app alone plus its own per-request cost, seen on hello. With
+`--in-situ`, each server then serves the app once more wrapped by bench.wsgi_app.timed,
+which counts the app's own CPU per call as that server runs it: an app runs slower between
+a server's system calls than in a tight loop, and this splits a request into the app's
+time there and the server's own.
 
 Writes bench/results/wsgi.json and wsgi.md, and the README block between
 <!-- wsgi:start --> and <!-- wsgi:end -->.
@@ -62,7 +66,7 @@ class WsgiSpec(ServerSpec):
         if importlib.util.find_spec(module) is None:
             extra = " (needs libev-dev to build)" if module == "bjoern" else ""
             return f"{module} not installed (pip install {module}){extra}"
-        if self.app == "flask_app" and importlib.util.find_spec("flask") is None:
+        if self.app.startswith("flask_app") and importlib.util.find_spec("flask") is None:
             return "flask not installed"
         return None
 
@@ -130,13 +134,55 @@ def app_alone_us(app_name: str, seconds: float = 0.5) -> float:
     return statistics.median(out)
 
 
+def _read_in_situ(s: RunningServer) -> dict:
+    """The timed app's count since the last read (bench.wsgi_app.timed), and a new count."""
+    import urllib.request
+    from .wsgi_app import IN_SITU
+    with urllib.request.urlopen(s.url(IN_SITU), timeout=10) as r:
+        return json.load(r)
+
+
+def in_situ(servers: list[str], app: str, rounds: int, duration: float, log=print, warmup: float = 1.0) -> dict:
+    """Per server, serving `app` wrapped by bench.wsgi_app.timed alone (one after the other,
+    `rounds` runs each, medians): the app's CPU per call as it ran there (`app_us`, one clock
+    read taken off), the server's CPU per request in the same runs, and the difference
+    (`own_us`: the server's own part). A server that fails is left out, with why."""
+    out = {}
+    for n in servers:
+        try:
+            s = RunningServer(spec(n, f"{app}_timed"))
+        except RuntimeError as exc:
+            log(f"in situ {n} ({app}): not measured ({exc})")
+            continue
+        rows = []
+        try:
+            workloads.measure_run(s, WORKLOAD, duration=warmup, max_requests=0)
+            for _ in range(rounds):
+                _read_in_situ(s)
+                m = workloads.measure_run(s, WORKLOAD, duration=duration, max_requests=0)
+                st = _read_in_situ(s)
+                if st["calls"]:
+                    rows.append({"cpu_us": m["cpu_us"], "calls": st["calls"],
+                                 "app_us": (st["app_ns"] / st["calls"] - st["timer_ns"]) / 1000})
+        except (RuntimeError, OSError, ValueError) as exc:
+            log(f"in situ {n} ({app}): failed ({exc}); its log: {s.log_tail()[-200:]!r}")
+            rows = []
+        finally:
+            s.stop()
+        if rows:
+            cpu, app_us = (statistics.median(r[k] for r in rows) for k in ("cpu_us", "app_us"))
+            out[n] = {"cpu_us": cpu, "app_us": app_us, "own_us": cpu - app_us, "calls": sum(r["calls"] for r in rows)}
+            log(f"in situ {n} ({app}): the app {app_us:.2f} us/call, the server's own {cpu - app_us:.2f} us")
+    return out
+
+
 def run(servers: list[str], rounds: int, duration: float, idle: int, log=print, warmup: float = 1.0,
-        apps: tuple[str, ...] = APPS) -> dict:
+        apps: tuple[str, ...] = APPS, situ: bool = False) -> dict:
     why = drivers.driver_missing()
     if why:
         raise SystemExit(f"bench.wsgi_bench: {why}")
     report = {"machine": ceiling.machine(), "servers": servers, "rounds": rounds, "round_s": duration,
-              "workload": WORKLOAD.title, "apps": {}, "skipped": {}}
+              "workload": WORKLOAD.title, "apps": {}, "skipped": {}, "in_situ": situ}
     for app in apps:
         specs = []
         for n in servers:
@@ -197,6 +243,8 @@ def run(servers: list[str], rounds: int, duration: float, idle: int, log=print, 
             for s in running:
                 s.stop()
         res["summary"] = summarize(res["rounds"], res["alone_us"])
+        if situ:
+            res["in_situ"] = in_situ([n for n in servers if n in res["summary"]], app, rounds, duration, log)
         report["apps"][app] = res
     for app, res in report["apps"].items():
         res["reach"] = reach(app, report["apps"])
@@ -250,6 +298,10 @@ def reach(app: str, apps: dict) -> dict:
             part = max(0.0, s["cpu_us"] - hello["alone_us"])
             out["ours"][n] = {"hello_part_us": part, "bound": (alone + part) / best_us,
                               "app_part_us": res["summary"].get(n, {}).get("server_us")}
+            situ = res.get("in_situ", {}).get(n)
+            if situ:  # the app as it ran under our server, not in a tight loop
+                out["ours"][n]["situ_app_us"] = situ["app_us"]
+                out["ours"][n]["situ_bound"] = (situ["app_us"] + part) / best_us
     return out
 
 
@@ -270,9 +322,15 @@ def reach_line(app: str, r: dict) -> str:
             verdict = "within reach" if o["bound"] <= goal else "**out of reach by arithmetic**"
             took = f" (its part of this app's request here: {o['app_part_us']:.2f} µs)" \
                 if o.get("app_part_us") is not None else ""
+            situ = ""
+            if "situ_bound" in o:
+                situ = (f"; in situ the app took {o['situ_app_us']:.2f} µs per call under it, so at best "
+                        f"({o['situ_app_us']:.2f} + {o['hello_part_us']:.2f}) / {r['best_us']:.2f} = "
+                        f"{o['situ_bound']:.2f} × — "
+                        + ("within reach" if o["situ_bound"] <= goal else "**out of reach by arithmetic**"))
             parts.append(f"{name}: its own cost on hello is {o['hello_part_us']:.2f} µs, so at best "
                          f"({r['alone_us']:.2f} + {o['hello_part_us']:.2f}) / {r['best_us']:.2f} = {o['bound']:.2f} × "
-                         f"— {verdict}{took}")
+                         f"— {verdict}{took}{situ}")
     return head + (": " + "; ".join(parts) if parts else " (hello not run: our own cost unknown)") + "."
 
 
@@ -313,15 +371,24 @@ def markdown(report: dict) -> str:
         head.append(f"| memory per idle keep-alive connection, C engine + WSGI | {mc['rss_per_conn']:.0f} B | ≤ 128 B |")
     lines += head
     for app, res in report["apps"].items():
+        situ = res.get("in_situ")
         lines += ["", f"**{app}** — server CPU per request (µs, user+sys of the server's processes); the app alone "
                       f"(called in-process, no server) takes {res['alone_us']:.2f} µs, the rest is the server's", "",
                   "| server | µs/request | user | sys | app alone | server's part (− app alone) | × best other "
-                  "| req/s | errors |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| req/s | errors |" + (" app in situ | server's own (− app in situ) |" if situ else ""),
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if situ else "")]
         for n, s in sorted(res["summary"].items(), key=lambda kv: kv[1]["cpu_us"]):
-            lines.append(f"| {LABELS[n]} | {s['cpu_us']:.2f} | {s['user_us']:.2f} | {s['sys_us']:.2f} | "
-                         f"{res['alone_us']:.2f} ({res['alone_us'] / max(s['cpu_us'], 1e-9):.0%}) | {s['server_us']:.2f} | "
-                         f"{_r(s.get('vs_best'))} | {s['rps']:,.0f} | {s['errors']} |")
+            row = (f"| {LABELS[n]} | {s['cpu_us']:.2f} | {s['user_us']:.2f} | {s['sys_us']:.2f} | "
+                   f"{res['alone_us']:.2f} ({res['alone_us'] / max(s['cpu_us'], 1e-9):.0%}) | {s['server_us']:.2f} | "
+                   f"{_r(s.get('vs_best'))} | {s['rps']:,.0f} | {s['errors']} |")
+            if situ:
+                i = situ.get(n)
+                row += f" {i['app_us']:.2f} | {i['own_us']:.2f} |" if i else " n/a | n/a |"
+            lines.append(row)
+        if situ:
+            lines += ["", "App in situ: the app's own CPU per call (the call, its iteration and close()) as each "
+                          "server ran it, counted by the app's thread CPU clock in runs of its own (`--in-situ`, "
+                          "bench.wsgi_app.timed); the server's own: that run's µs/request minus it."]
         reached = reach_line(app, res.get("reach", {})) if app != "hello" else ""
         lines += ["", goal_line(app, res["summary"], report["skipped"]) + (" " + reached if reached else "")]
         if res["memory"]:
@@ -346,12 +413,14 @@ def update_readme(md: str, readme: Path = README) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.wsgi_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", default=",".join(WSGI_SERVERS), help="comma list (default: %(default)s)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=3.0, help="seconds per server per round")
+    ap.add_argument("--rounds", type=int, default=5, help="(bench/METHOD.md: at least 5 of 4-5 s)")
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds per server per round")
     ap.add_argument("--idle", type=int, default=2000, help="idle connections for memory (0: skip)")
     ap.add_argument("--apps", default=",".join(APPS), help="comma list (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--in-situ", action=argparse.BooleanOptionalAction, default=True,
+                    help="then serve each app timed (bench.wsgi_app.timed): the app's CPU per call in each server")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     apps = tuple(a.strip() for a in args.apps.split(",") if a.strip())
@@ -362,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.monotonic()
     report = run(names, args.rounds, args.duration, args.idle, log=lambda m: print(m, file=sys.stderr, flush=True),
-                 apps=apps)
+                 apps=apps, situ=args.in_situ)
     report["command"] = COMMAND
     report["wall_s"] = round(time.monotonic() - t0)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -239,7 +239,7 @@ def test_wsgi_bench_end_to_end_on_two_servers(tmp_path):
     uring = not wsgi_bench.spec("c-uring", "hello").unavailable()
     servers = f"c,c-uring,{anchor}" if uring else f"c,{anchor}"
     assert wsgi_bench.main(["--servers", servers, "--apps", "hello", "--rounds", "1", "--duration", "1",
-                            "--idle", "200", "--out", str(tmp_path), "--no-readme"]) == 0
+                            "--idle", "200", "--no-in-situ", "--out", str(tmp_path), "--no-readme"]) == 0
     md = (tmp_path / "wsgi.md").read_text()
     assert "hello: C engine CPU per request × the best other server" in md
     # the goal line says, per backend, met or not against the best non-fastc1k server
@@ -272,6 +272,12 @@ def test_wsgi_reach_says_when_the_app_alone_puts_the_goal_out_of_reach():
     assert r["ours"]["c"]["bound"] == 0.84 and r["ours"]["c"]["app_part_us"] == 12.5
     line = wb.reach_line("flask_app", r)
     assert "(80.00 + 4.00) / 100.00 = 0.84 × — within reach (its part of this app's request here: 12.50 µs)" in line
+    a["flask_app"]["in_situ"] = {"c": {"app_us": 88.0, "own_us": 12.0, "cpu_us": 100.0}}
+    r = wb.reach("flask_app", a)  # in situ the app took 88: (88 + 4) / 100 = 0.92
+    assert r["ours"]["c"]["situ_bound"] == pytest.approx(0.92)
+    assert "; in situ the app took 88.00 µs per call under it, so at best (88.00 + 4.00) / 100.00 = 0.92 × — " \
+           "**out of reach by arithmetic**" in wb.reach_line("flask_app", r)
+    del a["flask_app"]["in_situ"]
     r = wb.reach("flask_app", apps(80.0, 100.0, c_hello=15.0))  # (80 + 14) / 100 = 0.94
     assert "= 0.94 × — **out of reach by arithmetic**" in wb.reach_line("flask_app", r)
     r = wb.reach("flask_app", apps(95.0, 100.0))  # the app alone is 0.95 x the best: no server can
@@ -362,3 +368,63 @@ def test_c1m_reports_a_run_that_did_not_hold_every_connection(monkeypatch):
     assert saved["name"] == "c1m" and "**999,990** of 1,000,000" in saved["md"]
     assert "| failed / lost while held / second answer failed | 0 / 4 / 6 |" in saved["md"]
     assert "| conntrack | conntrack: nf_conntrack_max raised 262144 -> 1136966" in saved["md"]
+
+
+def test_a_timed_app_counts_its_own_cpu_and_answers_as_the_app_does():
+    """bench.wsgi_app.timed: the wrapped app's answers are the app's (status, headers, body,
+    close() called), and GET /_in_situ gives the calls and the app's CPU since the last read."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+    from bench import wsgi_app
+
+    closed = []
+
+    class Body(list):
+        def close(self):
+            closed.append(True)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/boom":
+            raise ValueError("boom")
+        start_response("201 Created", [("X-App", "1")])
+        sum(range(20000))  # some CPU of the app's own
+        return Body([b"a", b"", b"bc"])
+
+    timed = wsgi_app.timed(app)
+
+    def call(path):
+        env = {"PATH_INFO": path}
+        setup_testing_defaults(env)
+        got = {}
+        body = b"".join(timed(env, lambda s, h, e=None: got.update(status=s, headers=h)))
+        return got, body
+    for _ in range(3):
+        assert call("/x") == ({"status": "201 Created", "headers": [("X-App", "1")]}, b"abc")
+    assert closed == [True] * 3
+    with pytest.raises(ValueError):
+        call("/boom")
+    got, body = call(wsgi_app.IN_SITU)
+    stats = json.loads(body)
+    assert got["status"] == "200 OK" and stats["calls"] == 3
+    assert stats["app_ns"] > 3 * 50_000 and stats["timer_ns"] >= 0  # sum(range(20000)) is ~0.2 ms
+    assert json.loads(call(wsgi_app.IN_SITU)[1])["calls"] == 0  # read and reset
+    assert wsgi_app.flask_app_timed is wsgi_app.flask_app_timed  # made once, on first use
+
+
+def test_wsgi_bench_measures_the_app_in_situ(tmp_path):
+    """`--in-situ`: each server serves the timed app once more; the app's CPU per call as the
+    server runs it, and the server's own part beside it, in the JSON and the markdown."""
+    import json
+    from bench import wsgi_bench
+    if wsgi_bench.spec("c", "hello").unavailable() or drivers.driver_missing():
+        pytest.skip(wsgi_bench.spec("c", "hello").unavailable() or drivers.driver_missing())
+    assert wsgi_bench.main(["--servers", "c", "--apps", "hello", "--rounds", "1", "--duration", "1", "--idle", "0",
+                            "--in-situ", "--out", str(tmp_path), "--no-readme"]) == 0
+    res = json.loads((tmp_path / "wsgi.json").read_text())["apps"]["hello"]
+    s = res["in_situ"]["c"]
+    assert 0 < s["app_us"] < s["cpu_us"] and s["calls"] > 100
+    assert s["own_us"] == pytest.approx(s["cpu_us"] - s["app_us"])
+    md = (tmp_path / "wsgi.md").read_text()
+    assert "| app in situ | server's own (− app in situ) |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| fastc1k C engine, epoll (default) |"))
+    assert f"| {s['app_us']:.2f} | {s['own_us']:.2f} |" in row
