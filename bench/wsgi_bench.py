@@ -145,8 +145,8 @@ def _read_in_situ(s: RunningServer) -> dict:
 def in_situ(servers: list[str], app: str, rounds: int, duration: float, log=print, warmup: float = 1.0) -> dict:
     """Per server, serving `app` wrapped by bench.wsgi_app.timed alone (one after the other,
     `rounds` runs each, medians): the app's CPU per call as it ran there (`app_us`, one clock
-    read taken off), the server's CPU per request in the same runs, and the difference
-    (`own_us`: the server's own part). A server that fails is left out, with why."""
+    read taken off), and the server's CPU per request in the same runs (`cpu_us`: above the
+    main rounds', by the wrapper's own work). A server that fails is left out, with why."""
     out = {}
     for n in servers:
         try:
@@ -171,8 +171,8 @@ def in_situ(servers: list[str], app: str, rounds: int, duration: float, log=prin
             s.stop()
         if rows:
             cpu, app_us = (statistics.median(r[k] for r in rows) for k in ("cpu_us", "app_us"))
-            out[n] = {"cpu_us": cpu, "app_us": app_us, "own_us": cpu - app_us, "calls": sum(r["calls"] for r in rows)}
-            log(f"in situ {n} ({app}): the app {app_us:.2f} us/call, the server's own {cpu - app_us:.2f} us")
+            out[n] = {"cpu_us": cpu, "app_us": app_us, "calls": sum(r["calls"] for r in rows)}
+            log(f"in situ {n} ({app}): the app {app_us:.2f} us/call ({cpu:.2f} us/request with the wrapper)")
     return out
 
 
@@ -383,12 +383,14 @@ def markdown(report: dict) -> str:
                    f"{_r(s.get('vs_best'))} | {s['rps']:,.0f} | {s['errors']} |")
             if situ:
                 i = situ.get(n)
-                row += f" {i['app_us']:.2f} | {i['own_us']:.2f} |" if i else " n/a | n/a |"
+                row += f" {i['app_us']:.2f} | {s['cpu_us'] - i['app_us']:.2f} |" if i else " n/a | n/a |"
             lines.append(row)
         if situ:
             lines += ["", "App in situ: the app's own CPU per call (the call, its iteration and close()) as each "
                           "server ran it, counted by the app's thread CPU clock in runs of its own (`--in-situ`, "
-                          "bench.wsgi_app.timed); the server's own: that run's µs/request minus it."]
+                          "bench.wsgi_app.timed); the server's own: µs/request minus it. (The app alone also pays "
+                          "for copying an environ and making a wsgi.input, which a server does itself: a tiny app's "
+                          "time in situ reads below its time alone.)"]
         reached = reach_line(app, res.get("reach", {})) if app != "hello" else ""
         lines += ["", goal_line(app, res["summary"], report["skipped"]) + (" " + reached if reached else "")]
         if res["memory"]:
