@@ -143,35 +143,43 @@ def _read_in_situ(s: RunningServer) -> dict:
 
 
 def in_situ(servers: list[str], app: str, rounds: int, duration: float, log=print, warmup: float = 1.0) -> dict:
-    """Per server, serving `app` wrapped by bench.wsgi_app.timed alone (one after the other,
-    `rounds` runs each, medians): the app's CPU per call as it ran there (`app_us`, one clock
-    read taken off), and the server's CPU per request in the same runs (`cpu_us`: above the
-    main rounds', by the wrapper's own work). A server that fails is left out, with why."""
-    out = {}
-    for n in servers:
-        try:
-            s = RunningServer(spec(n, f"{app}_timed"))
-        except RuntimeError as exc:
-            log(f"in situ {n} ({app}): not measured ({exc})")
-            continue
-        rows = []
-        try:
-            workloads.measure_run(s, WORKLOAD, duration=warmup, max_requests=0)
-            for _ in range(rounds):
-                _read_in_situ(s)
-                m = workloads.measure_run(s, WORKLOAD, duration=duration, max_requests=0)
-                st = _read_in_situ(s)
-                if st["calls"]:
-                    rows.append({"cpu_us": m["cpu_us"], "calls": st["calls"],
-                                 "app_us": (st["app_ns"] / st["calls"] - st["timer_ns"]) / 1000})
-        except (RuntimeError, OSError, ValueError) as exc:
-            log(f"in situ {n} ({app}): failed ({exc}); its log: {s.log_tail()[-200:]!r}")
-            rows = []
-        finally:
+    """Per server, serving `app` wrapped by bench.wsgi_app.timed, in rounds as the main ones
+    (A B C, A B C ...: a stretch of a busy host then spoils one round of each, not every run
+    of one server), medians: the app's CPU per call as it ran there (`app_us`, one clock read
+    taken off), and the server's CPU per request in the same runs (`cpu_us`: above the main
+    rounds', by the wrapper's own work). A server that fails is left out, with why."""
+    running: list[RunningServer] = []
+    rows: dict[str, list[dict]] = {}
+    try:
+        for n in servers:
+            try:
+                running.append(RunningServer(spec(n, f"{app}_timed")))
+                rows[n] = []
+            except RuntimeError as exc:
+                log(f"in situ {n} ({app}): not measured ({exc})")
+        for r in range(rounds + 1):  # the first: a warm-up, not kept
+            for s in list(running):
+                try:
+                    _read_in_situ(s)
+                    m = workloads.measure_run(s, WORKLOAD, duration=warmup if r == 0 else duration, max_requests=0)
+                    st = _read_in_situ(s)
+                except (RuntimeError, OSError, ValueError) as exc:
+                    log(f"in situ {s.spec.server} ({app}): failed ({exc}); its log: {s.log_tail()[-200:]!r}")
+                    running.remove(s)
+                    s.stop()
+                    rows.pop(s.spec.server)
+                    continue
+                if r and st["calls"]:
+                    rows[s.spec.server].append({"cpu_us": m["cpu_us"], "calls": st["calls"],
+                                                "app_us": (st["app_ns"] / st["calls"] - st["timer_ns"]) / 1000})
+    finally:
+        for s in running:
             s.stop()
-        if rows:
-            cpu, app_us = (statistics.median(r[k] for r in rows) for k in ("cpu_us", "app_us"))
-            out[n] = {"cpu_us": cpu, "app_us": app_us, "calls": sum(r["calls"] for r in rows)}
+    out = {}
+    for n, rs in rows.items():
+        if rs:
+            cpu, app_us = (statistics.median(r[k] for r in rs) for k in ("cpu_us", "app_us"))
+            out[n] = {"cpu_us": cpu, "app_us": app_us, "calls": sum(r["calls"] for r in rs)}
             log(f"in situ {n} ({app}): the app {app_us:.2f} us/call ({cpu:.2f} us/request with the wrapper)")
     return out
 
