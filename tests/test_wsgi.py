@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from wsgiref.validate import validator
@@ -377,6 +378,43 @@ def test_slow_responses_pipelined_on_concurrent_connections_arrive_whole_in_orde
     assert sorted(got) == list(range(6))
     for k in range(6):
         assert [(s, len(b)) for s, b in got[k]] == [(s, len(b)) for s, b in want[k]] and got[k] == want[k]
+
+
+def test_a_round_of_many_ready_connections_is_answered_whole_and_in_order(wsgi_server):
+    """While one slow call holds the worker, 30 connections send (pipelined pairs, one that
+    resets at once, one half a head): the next round finds them all ready at once (C epoll
+    reads them all before any app call) and answers each in order; the reset one leaks no
+    connection, the half head is answered once it is whole."""
+    srv = wsgi_server(validate=False)
+    blocker = socket.create_connection(srv.address, timeout=10)
+    blocker.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
+    time.sleep(0.05)  # the worker is in the app now
+    socks = [socket.create_connection(srv.address, timeout=10) for _ in range(30)]
+    for k, s in enumerate(socks):
+        s.sendall(b"GET /slow?ms=0&id=%d.a. HTTP/1.1\r\nHost: t\r\n\r\n"
+                  b"GET /slow?ms=0&id=%d.b. HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % (k, k))
+    gone = socket.create_connection(srv.address, timeout=10)
+    gone.sendall(b"GET /slow?ms=0 HTTP/1.1\r\nHost: t\r\n\r\n")
+    gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    gone.close()  # a reset in the same round as the others
+    half = socket.create_connection(srv.address, timeout=10)
+    half.sendall(b"GET /slow?ms=0&id=half. HTTP/1.1\r\nHo")
+    try:
+        for k, s in enumerate(socks):
+            out = bytearray()
+            while chunk := s.recv(65536):
+                out += chunk
+            assert split_responses(bytes(out)) == [(200, b"%d.a.slow" % k), (200, b"%d.b.slow" % k)]
+        half.sendall(b"st: t\r\nConnection: close\r\n\r\n")
+        assert split_responses(half.recv(65536)) == [(200, b"half.slow")]
+        assert split_responses(blocker.recv(65536)) == [(200, b"slow")]
+    finally:
+        for s in (*socks, half, blocker):
+            s.close()
+    deadline = time.monotonic() + 3
+    while (k := srv.counters())["accepted"] - k["closed"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert k["accepted"] - k["closed"] == 0
 
 
 def test_slow_response_to_a_slow_reader_is_whole(wsgi_server):

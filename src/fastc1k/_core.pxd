@@ -94,6 +94,7 @@ cdef class Worker:
     cdef void _admit(self, int fd) noexcept nogil
     cdef bint _watch(self, int fd, Conn *c, bint counted) noexcept nogil
     cdef void _on_read(self, int fd, Conn *c) noexcept nogil
+    cdef bint _recv(self, int fd, Conn *c) noexcept nogil
     cdef void _on_write(self, int fd, Conn *c) noexcept nogil
     cdef void _process(self, int fd, Conn *c) noexcept nogil
     cdef void _after(self, int fd, Conn *c, bint restart) noexcept nogil

@@ -449,7 +449,9 @@ cdef class Worker:
     # --- the loop -----------------------------------------------------------------------
     @cython.cdivision(True)  # constant divisors
     cdef void _loop(self) noexcept nogil:
-        cdef int n, i, fd
+        cdef int n, i, fd, nread
+        cdef int ready[MAX_EVENTS]  # WSGI on epoll: the connections read this round, processed after
+        cdef bint reads_first = self.wsgi_app is not None and not self.uring
         cdef uint32_t evs
         cdef uint64_t t0, lag
         cdef uint64_t *m = self.m
@@ -467,6 +469,7 @@ cdef class Worker:
                     self.last_signal_check = self.now - MAX_WAIT_MS
                 m[I_LOOP_WAITS] += 1
                 m[I_LOOP_EVENTS] += n
+            nread = 0
             for i in range(n):
                 fd = self.events[i].data.fd
                 evs = self.events[i].events
@@ -484,7 +487,17 @@ cdef class Worker:
                         if c.state == S_FREE or c.out_len or c.flags & F_STREAM:
                             continue
                     if evs & (EPOLLIN | EPOLLHUP | EPOLLERR) and not (c.flags & F_PAUSED):
-                        self._on_read(fd, c)
+                        if not reads_first:
+                            self._on_read(fd, c)
+                        elif self._recv(fd, c):
+                            ready[nread] = fd
+                            nread += 1
+            # every read of the round before any app call, as io_uring's completions come:
+            # the apps then run back to back, each on a cache the kernel has not just churned
+            for i in range(nread):
+                c = &self.conns[ready[i]]
+                if c.state != S_FREE:  # (only its own processing closes a connection here)
+                    self._process(ready[i], c)
             if self.ndefer:
                 self._flush_round()
             self._sweep()
@@ -691,12 +704,17 @@ cdef class Worker:
             self.m[I_POOL_IN_USE] = self.pool.total - self.pool.nfree
 
     cdef void _on_read(self, int fd, Conn *c) noexcept nogil:
+        if self._recv(fd, c):
+            self._process(fd, c)
+
+    cdef bint _recv(self, int fd, Conn *c) noexcept nogil:
+        """One read into c.buf; True: new bytes to process."""
         cdef ssize_t n
         if c.state == S_LINGER:
             n = read(fd, self.scratch, SCRATCH_SIZE)
             if n == 0 or (n < 0 and errno != EAGAIN and errno != EINTR):
                 self._close(fd, c)
-            return
+            return False
         if c.buf == NULL:
             c.buf = self._buf_get()
             if c.buf == NULL:
@@ -707,7 +725,7 @@ cdef class Worker:
                 self._error(fd, c, 503, False, -1)
                 if self._flush(fd, c) == 0:
                     self._linger(fd, c)
-                return
+                return False
         FC_ASSERT(c.buf_len < self.pool.bufsize)
         # one read per readiness event: epoll is level-triggered, so a short read is never
         # followed by a read that would only say EAGAIN
@@ -716,15 +734,15 @@ cdef class Worker:
             if n < 0 and (errno == EAGAIN or errno == EINTR):
                 if c.buf_len == 0:
                     self._buf_put(c)
-                return
+                return False
             self._close(fd, c)  # EOF or reset
-            return
+            return False
         self.m[I_BYTES_IN] += n
         c.buf_len += n
         c.flags &= ~F_FRESH
         if c.tkind == T_IDLE:
             t_clear(self.conns, self.tl, fd)
-        self._process(fd, c)
+        return True
 
     cdef void _process(self, int fd, Conn *c) noexcept nogil:
         """Answer every complete request in c.buf (one writev), keep a partial one."""
