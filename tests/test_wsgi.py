@@ -381,18 +381,18 @@ def test_slow_responses_pipelined_on_concurrent_connections_arrive_whole_in_orde
 
 
 def test_a_round_of_many_ready_connections_is_answered_whole_and_in_order(wsgi_server):
-    """While one slow call holds the worker, 30 connections send (pipelined pairs, one that
-    resets at once, one half a head): the next round finds them all ready at once (C epoll
-    reads them all before any app call) and answers each in order; the reset one leaks no
-    connection, the half head is answered once it is whole."""
+    """While one slow call holds the worker, 40 connections send (pipelined pairs, one that
+    resets at once, one half a head): the next round finds them all ready at once (C epoll,
+    after a slow app call: up to READ_AHEAD reads before their apps run) and answers each in
+    order; the reset one leaks no connection, the half head is answered once it is whole."""
     srv = wsgi_server(validate=False)
     blocker = socket.create_connection(srv.address, timeout=10)
     blocker.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
     time.sleep(0.05)  # the worker is in the app now
-    socks = [socket.create_connection(srv.address, timeout=10) for _ in range(30)]
+    socks = [socket.create_connection(srv.address, timeout=10) for _ in range(40)]
     for k, s in enumerate(socks):
-        s.sendall(b"GET /slow?ms=0&id=%d.a. HTTP/1.1\r\nHost: t\r\n\r\n"
-                  b"GET /slow?ms=0&id=%d.b. HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % (k, k))
+        s.sendall(b"GET /slow?ms=1&id=%d.a. HTTP/1.1\r\nHost: t\r\n\r\n"
+                  b"GET /slow?ms=1&id=%d.b. HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % (k, k))
     gone = socket.create_connection(srv.address, timeout=10)
     gone.sendall(b"GET /slow?ms=0 HTTP/1.1\r\nHost: t\r\n\r\n")
     gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -415,6 +415,36 @@ def test_a_round_of_many_ready_connections_is_answered_whole_and_in_order(wsgi_s
     while (k := srv.counters())["accepted"] - k["closed"] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert k["accepted"] - k["closed"] == 0
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_reading_ahead_holds_a_bounded_number_of_buffers(wsgi_server, slow):
+    """100 connections ready at once after a slow call: a slow app's reads (C epoll: after
+    SLOW_STREAK slow calls in a row) go ahead of its calls, READ_AHEAD at a time, so at most
+    that many buffers are held at once; a fast app's connections are read and answered one
+    by one (one buffer): one slow call (a cold start) does not make an app slow."""
+    srv = wsgi_server(validate=False)
+    if not hasattr(srv.worker, "pool_stats"):
+        pytest.skip("no buffer pool in this engine")
+    ahead = 1
+    if srv.engine_name == "c" and slow:
+        from fastc1k import _core
+        ahead = _core.MAX_READ_AHEAD
+    blocker = socket.create_connection(srv.address, timeout=10)
+    blocker.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
+    time.sleep(0.05)
+    socks = [socket.create_connection(srv.address, timeout=10) for _ in range(100)]
+    try:
+        for k, s in enumerate(socks):
+            target = b"/slow?ms=1&id=%d." % k if slow else b"/list"
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % target)
+        for k, s in enumerate(socks):
+            assert split_responses(s.recv(65536)) == [(200, b"%d.slow" % k if slow else b"hello world")]
+    finally:
+        for s in (*socks, blocker):
+            s.close()
+    peak = srv.worker.pool_stats[2]
+    assert peak <= ahead + 2, peak
 
 
 def test_slow_response_to_a_slow_reader_is_whole(wsgi_server):

@@ -68,6 +68,7 @@ cdef class Worker:
         size_t arena_used
         bint has_refs
         bint defer              # the output queued is a slow WSGI response's: sent at the round's end (_flush)
+        int slow_calls          # app calls in a row that took WSGI_SLOW_NS or more (SLOW_STREAK: reads go first)
         int ndefer                      # fds in deferred (F_DEFER): each came from this round's events
         int32_t deferred[MAX_EVENTS]
         char arena[ARENA_CAP]
@@ -95,6 +96,7 @@ cdef class Worker:
     cdef bint _watch(self, int fd, Conn *c, bint counted) noexcept nogil
     cdef void _on_read(self, int fd, Conn *c) noexcept nogil
     cdef bint _recv(self, int fd, Conn *c) noexcept nogil
+    cdef void _process_read(self, int *fds, int n) noexcept nogil
     cdef void _on_write(self, int fd, Conn *c) noexcept nogil
     cdef void _process(self, int fd, Conn *c) noexcept nogil
     cdef void _after(self, int fd, Conn *c, bint restart) noexcept nogil

@@ -37,6 +37,7 @@ log = logging.getLogger("fastc1k")
 ENGINE_NAME = "c"
 ENGINE_READY = True
 CONN_STRUCT_SIZE = sizeof(Conn)
+MAX_READ_AHEAD, SLOW_STREAK_CALLS = READ_AHEAD, SLOW_STREAK  # a slow app's reads go first (epoll)
 UCONN_STRUCT_SIZE = sizeof(UConn)  # beside it, with the io_uring backend
 
 include "core/parser.pxi"
@@ -450,8 +451,7 @@ cdef class Worker:
     @cython.cdivision(True)  # constant divisors
     cdef void _loop(self) noexcept nogil:
         cdef int n, i, fd, nread
-        cdef int ready[MAX_EVENTS]  # WSGI on epoll: the connections read this round, processed after
-        cdef bint reads_first = self.wsgi_app is not None and not self.uring
+        cdef int ready[READ_AHEAD]  # read, waiting for their processing (a slow WSGI app on epoll)
         cdef uint32_t evs
         cdef uint64_t t0, lag
         cdef uint64_t *m = self.m
@@ -487,17 +487,15 @@ cdef class Worker:
                         if c.state == S_FREE or c.out_len or c.flags & F_STREAM:
                             continue
                     if evs & (EPOLLIN | EPOLLHUP | EPOLLERR) and not (c.flags & F_PAUSED):
-                        if not reads_first:
+                        if self.slow_calls < SLOW_STREAK:
                             self._on_read(fd, c)
                         elif self._recv(fd, c):
                             ready[nread] = fd
                             nread += 1
-            # every read of the round before any app call, as io_uring's completions come:
-            # the apps then run back to back, each on a cache the kernel has not just churned
-            for i in range(nread):
-                c = &self.conns[ready[i]]
-                if c.state != S_FREE:  # (only its own processing closes a connection here)
-                    self._process(ready[i], c)
+                            if nread == READ_AHEAD:
+                                self._process_read(ready, nread)
+                                nread = 0
+            self._process_read(ready, nread)
             if self.ndefer:
                 self._flush_round()
             self._sweep()
@@ -706,6 +704,18 @@ cdef class Worker:
     cdef void _on_read(self, int fd, Conn *c) noexcept nogil:
         if self._recv(fd, c):
             self._process(fd, c)
+
+    cdef void _process_read(self, int *fds, int n) noexcept nogil:
+        """The connections read ahead, in order. With a slow app (SLOW_STREAK slow calls in a
+        row) the loop takes up to READ_AHEAD reads before their apps run, as io_uring's
+        completions come: the apps then run back to back, not each after a receive path has
+        churned the cache. A fast app gains nothing by it and would only hold more buffers."""
+        cdef int i
+        cdef Conn *c
+        for i in range(n):
+            c = &self.conns[fds[i]]
+            if c.state != S_FREE:  # (only its own processing closes a connection here)
+                self._process(fds[i], c)
 
     cdef bint _recv(self, int fd, Conn *c) noexcept nogil:
         """One read into c.buf; True: new bytes to process."""
@@ -1262,6 +1272,10 @@ cdef class Worker:
         self.m[self.status_ctr[status] if 0 <= status < 600 else I_RESP_OTHER] += 1
         if _clock_ns(CLOCK_MONOTONIC) - t0 >= WSGI_SLOW_NS:
             self.defer = True  # (_flush)
+            if self.slow_calls < SLOW_STREAK and not self.uring:  # (io_uring's reads come first anyway)
+                self.slow_calls += 1
+        else:
+            self.slow_calls = 0
         if not done:
             self._streams[fd] = ex
             c.flags |= F_STREAM

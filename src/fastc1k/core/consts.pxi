@@ -7,6 +7,9 @@ cdef enum:
     ARENA_CAP = 32768           # per-writev scratch for dynamic pieces (/api/data)
     WSGI_COALESCE = 2048        # a WSGI response up to this size is copied into the arena: one piece
     WSGI_SLOW_NS = 20000        # an app call this long: its response goes out at the end of the round (_flush)
+    READ_AHEAD = 32             # with a slow app: reads taken before their apps run (epoll; each holds
+                                # a buffer till its app has run: the bound on that memory)
+    SLOW_STREAK = 8             # an app is slow after this many slow calls in a row (a cold start is not)
     SCRATCH_SIZE = 65536        # lingering-close discard buffer
     MAX_WAIT_MS = 50            # the loop wakes at least this often (signals, timers)
     LINGER_MS = 1000            # read-and-discard window after an error response
