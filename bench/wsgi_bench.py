@@ -142,14 +142,49 @@ def _read_in_situ(s: RunningServer) -> dict:
         return json.load(r)
 
 
+def in_rounds(running: list[RunningServer], rounds: int, duration: float, warmup: float, run_one, drop):
+    """The method's rounds (bench/METHOD.md §4): every server of `running` in turn, A B C,
+    A B C ..., after one warm-up pass of `warmup` s (none if 0); yields each round's
+    {server: run_one(s, seconds)}. A server whose run raises RuntimeError leaves `running`
+    and the rounds to come: drop(s, exc) says why."""
+    for r in range(rounds + (1 if warmup else 0)):
+        keep = r >= (1 if warmup else 0)
+        row = {}
+        for s in list(running):
+            try:
+                m = run_one(s, duration if keep else warmup)
+            except RuntimeError as exc:
+                running.remove(s)
+                drop(s, exc)
+                continue
+            row[s.spec.server] = m
+        if keep:
+            yield row
+
+
 def in_situ(servers: list[str], app: str, rounds: int, duration: float, log=print, warmup: float = 1.0) -> dict:
     """Per server, serving `app` wrapped by bench.wsgi_app.timed, in rounds as the main ones
-    (A B C, A B C ...: a stretch of a busy host then spoils one round of each, not every run
-    of one server), medians: the app's CPU per call as it ran there (`app_us`, one clock read
-    taken off), and the server's CPU per request in the same runs (`cpu_us`: above the main
-    rounds', by the wrapper's own work). A server that fails is left out, with why."""
+    (a stretch of a busy host then spoils one round of each, not every run of one server),
+    medians: the app's CPU per call as it ran there (`app_us`, one clock read taken off), and
+    the server's CPU per request in the same runs (`cpu_us`: above the main rounds', by the
+    wrapper's own work). A server that fails is left out, with why."""
     running: list[RunningServer] = []
     rows: dict[str, list[dict]] = {}
+
+    def timed_run(s: RunningServer, seconds: float) -> dict:
+        try:
+            _read_in_situ(s)
+            m = workloads.measure_run(s, WORKLOAD, duration=seconds, max_requests=0)
+            st = _read_in_situ(s)
+        except (OSError, ValueError) as exc:  # (the count's GET)
+            raise RuntimeError(exc) from exc
+        return {"cpu_us": m["cpu_us"], "calls": st["calls"],
+                "app_us": (st["app_ns"] / st["calls"] - st["timer_ns"]) / 1000 if st["calls"] else None}
+
+    def drop(s: RunningServer, exc: Exception) -> None:
+        log(f"in situ {s.spec.server} ({app}): failed ({exc}); its log: {s.log_tail()[-200:]!r}")
+        s.stop()
+        rows.pop(s.spec.server)
     try:
         for n in servers:
             try:
@@ -157,21 +192,10 @@ def in_situ(servers: list[str], app: str, rounds: int, duration: float, log=prin
                 rows[n] = []
             except RuntimeError as exc:
                 log(f"in situ {n} ({app}): not measured ({exc})")
-        for r in range(rounds + 1):  # the first: a warm-up, not kept
-            for s in list(running):
-                try:
-                    _read_in_situ(s)
-                    m = workloads.measure_run(s, WORKLOAD, duration=warmup if r == 0 else duration, max_requests=0)
-                    st = _read_in_situ(s)
-                except (RuntimeError, OSError, ValueError) as exc:
-                    log(f"in situ {s.spec.server} ({app}): failed ({exc}); its log: {s.log_tail()[-200:]!r}")
-                    running.remove(s)
-                    s.stop()
-                    rows.pop(s.spec.server)
-                    continue
-                if r and st["calls"]:
-                    rows[s.spec.server].append({"cpu_us": m["cpu_us"], "calls": st["calls"],
-                                                "app_us": (st["app_ns"] / st["calls"] - st["timer_ns"]) / 1000})
+        for row in in_rounds(running, rounds, duration, warmup, timed_run, drop):
+            for n, m in row.items():
+                if m["calls"]:
+                    rows[n].append(m)
     finally:
         for s in running:
             s.stop()
@@ -222,30 +246,19 @@ def run(servers: list[str], rounds: int, duration: float, idle: int, log=print, 
                         log(f"idle memory {s.spec.server}: failed ({exc})")
                         continue
                     log(f"idle memory {s.spec.server}: {res['memory'][s.spec.server]['rss_per_conn']:.0f} B/conn")
-            measured = list(running)
+            def drop(s: RunningServer, exc: Exception) -> None:
+                """A server that fails (exits, refuses) leaves the rounds, the earlier ones too, with why."""
+                why = f"failed during the {app} runs: {exc}; its log: {s.log_tail()[-200:]!r}"
+                report["skipped"].setdefault(s.spec.server, why)
+                log(f"drop {s.spec.server}: {why}")
+                for row in res["rounds"]:
+                    row.pop(s.spec.server, None)
 
-            def measure(s: RunningServer, seconds: float) -> dict | None:
-                """One run; a server that fails (exits, refuses) is dropped from the rounds, with why."""
-                try:
-                    return workloads.measure_run(s, WORKLOAD, duration=seconds, max_requests=0)
-                except RuntimeError as exc:
-                    why = f"failed during the {app} runs: {exc}; its log: {s.log_tail()[-200:]!r}"
-                    report["skipped"].setdefault(s.spec.server, why)
-                    log(f"drop {s.spec.server}: {why}")
-                    measured.remove(s)
-                    for row in res["rounds"]:
-                        row.pop(s.spec.server, None)
-                    return None
-            for s in list(measured) if warmup else ():
-                measure(s, warmup)
-            for r in range(rounds):
-                row = {}
-                for s in list(measured):
-                    m = measure(s, duration)
-                    if m is not None:
-                        row[s.spec.server] = m
+            def plain_run(s: RunningServer, seconds: float) -> dict:
+                return workloads.measure_run(s, WORKLOAD, duration=seconds, max_requests=0)
+            for row in in_rounds(list(running), rounds, duration, warmup, plain_run, drop):
                 res["rounds"].append(row)
-                log(f"{app} round {r + 1}/{rounds}: " + "  ".join(
+                log(f"{app} round {len(res['rounds'])}/{rounds}: " + "  ".join(
                     f"{n} {m['cpu_us']:.1f}us {m['rps'] / 1000:.1f}k/s" for n, m in row.items()))
         finally:
             for s in running:
