@@ -37,7 +37,7 @@ log = logging.getLogger("fastc1k")
 ENGINE_NAME = "c"
 ENGINE_READY = True
 CONN_STRUCT_SIZE = sizeof(Conn)
-MAX_READ_AHEAD, SLOW_STREAK_CALLS = READ_AHEAD, SLOW_STREAK  # a slow app's reads go first (epoll)
+MAX_READ_AHEAD = READ_AHEAD  # a slow app's reads go first, this many at a time (epoll)
 UCONN_STRUCT_SIZE = sizeof(UConn)  # beside it, with the io_uring backend
 
 include "core/parser.pxi"
@@ -1272,7 +1272,7 @@ cdef class Worker:
         self.m[self.status_ctr[status] if 0 <= status < 600 else I_RESP_OTHER] += 1
         if _clock_ns(CLOCK_MONOTONIC) - t0 >= WSGI_SLOW_NS:
             self.defer = True  # (_flush)
-            if self.slow_calls < SLOW_STREAK and not self.uring:  # (io_uring's reads come first anyway)
+            if self.slow_calls < SLOW_STREAK:  # (read by the epoll loop only: io_uring's reads come first anyway)
                 self.slow_calls += 1
         else:
             self.slow_calls = 0
